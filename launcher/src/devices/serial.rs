@@ -1,0 +1,57 @@
+//! The 8250 UART at 0x3f8 (COM1), a thin wrapper over vm-superio wired to
+//! IRQ 4 of the in-kernel irqchip through an eventfd.
+
+use kvm_ioctls::VmFd;
+use vm_superio::{Serial, Trigger};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::console::Console;
+use crate::error::{Error, Result};
+
+pub const COM1_BASE: u16 = 0x3f8;
+pub const COM1_LEN: u16 = 8;
+const COM1_GSI: u32 = 4;
+
+pub struct IrqTrigger(EventFd);
+
+impl Trigger for IrqTrigger {
+    type E = std::io::Error;
+    fn trigger(&self) -> std::io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+pub struct SerialPort {
+    uart: Serial<IrqTrigger, vm_superio::serial::NoEvents, Console>,
+}
+
+impl SerialPort {
+    pub fn new(vm: &VmFd, console: Console) -> Result<Self> {
+        let irq = EventFd::new(libc::EFD_NONBLOCK)?;
+        vm.register_irqfd(&irq, COM1_GSI)
+            .map_err(Error::kvm("KVM_IRQFD (serial)"))?;
+        Ok(SerialPort {
+            uart: Serial::new(IrqTrigger(irq), console),
+        })
+    }
+
+    pub fn read(&mut self, offset: u16) -> u8 {
+        self.uart.read(offset as u8)
+    }
+
+    pub fn write(&mut self, offset: u16, value: u8) {
+        // A console write failure (closed stdout) must not kill the guest.
+        if let Err(e) = self.uart.write(offset as u8, value) {
+            tracing::debug!("serial write: {e:?}");
+        }
+    }
+
+    pub fn flush(&mut self) {
+        use std::io::Write;
+        let _ = self.uart.writer_mut().flush();
+    }
+
+    pub fn state(&self) -> vm_superio::serial::SerialState {
+        self.uart.state()
+    }
+}

@@ -1,0 +1,296 @@
+//! A pc-lite machine: builds a VM for a cold boot (in the order of
+//! docs/boot.md), runs its vCPU threads, and stops them.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::boot::e820::{memory_map, ram_end};
+use crate::boot::layout::{
+    BOOT_GDT_START, BOOT_IDT_START, CMDLINE_MAX_SIZE, CMDLINE_START, PMEM_ALIGN, PML4_START,
+};
+use crate::boot::loader::{load_initrd, load_kernel, BootProtocol, Entry, KernelSource};
+use crate::boot::{gdt, mptable, paging, params};
+use crate::control::{Control, StopReason};
+use crate::devices::console::Console;
+use crate::devices::serial::SerialPort;
+use crate::devices::PortIoBus;
+use crate::error::{Error, Result};
+use crate::kvm_host::KvmHost;
+use crate::memory::{anonymous_ram, PmemImage};
+use crate::vcpu::run::{run_loop, VcpuContext};
+use crate::vcpu::setup::{configure_vcpu, vcpu_cpuid};
+use crate::vcpu::{kick, Vcpu};
+use crate::vm::Vm;
+
+/// The MP table addresses APIC IDs with one byte and 0xff is broadcast.
+pub const MAX_VCPUS: u8 = 254;
+/// Below this the boot structures and the smallest kernel do not fit.
+pub const MIN_MEM_SIZE: u64 = 2 << 20;
+pub const MAX_MEM_SIZE: u64 = 1 << 40;
+
+pub struct MachineConfig {
+    pub kernel: KernelSource,
+    pub initrd: Option<PathBuf>,
+    pub rootfs: Option<PathBuf>,
+    pub mem_size: u64,
+    pub vcpus: u8,
+    pub cmdline: String,
+    pub protocol: BootProtocol,
+    pub console: Console,
+    pub exit_on_ready: bool,
+    /// Latencies (ready_us) are measured from here.
+    pub started: Instant,
+}
+
+pub struct Machine {
+    // Field order is drop order: vCPUs and the VM go before the memory
+    // they map.
+    vcpus: Vec<Vcpu>,
+    vm: Vm,
+    mem: GuestMemoryMmap,
+    pmem: Option<PmemImage>,
+    bus: Arc<Mutex<PortIoBus>>,
+    control: Arc<Control>,
+    host: &'static KvmHost,
+    pub entry: Entry,
+    pub mem_size: u64,
+}
+
+fn validate(config: &MachineConfig, host: &KvmHost) -> Result<()> {
+    let max = host.max_vcpus().min(usize::from(MAX_VCPUS));
+    if config.vcpus == 0 || usize::from(config.vcpus) > max {
+        return Err(Error::InvalidArgument(format!(
+            "--vcpus {} is out of range 1..={max}",
+            config.vcpus
+        )));
+    }
+    if config.mem_size < MIN_MEM_SIZE || config.mem_size > MAX_MEM_SIZE {
+        return Err(Error::InvalidArgument(format!(
+            "--mem {} MiB is out of range {}..={} MiB",
+            config.mem_size >> 20,
+            MIN_MEM_SIZE >> 20,
+            MAX_MEM_SIZE >> 20
+        )));
+    }
+    if config.mem_size % 4096 != 0 {
+        return Err(Error::InvalidArgument(
+            "--mem must be a multiple of 4 KiB".into(),
+        ));
+    }
+    if config.cmdline.len() >= CMDLINE_MAX_SIZE || config.cmdline.contains('\0') {
+        return Err(Error::InvalidArgument(format!(
+            "--cmdline must be under {CMDLINE_MAX_SIZE} bytes with no NUL"
+        )));
+    }
+    Ok(())
+}
+
+fn write(mem: &GuestMemoryMmap, bytes: &[u8], addr: u64, what: &str) -> Result<()> {
+    mem.write_slice(bytes, GuestAddress(addr))
+        .map_err(|e| Error::MemoryTooSmall(format!("cannot write {what} at {addr:#x}: {e}")))
+}
+
+impl Machine {
+    pub fn cold_boot(config: MachineConfig) -> Result<Machine> {
+        let host = KvmHost::get()?;
+        validate(&config, host)?;
+        let mut vm = Vm::new(host)?;
+        let mem = anonymous_ram(config.mem_size)?;
+        vm.register_ram(&mem)?;
+
+        let kernel = load_kernel(&mem, &config.kernel, config.protocol)
+            .map_err(|e| too_small_hint(e, config.mem_size))?;
+        if kernel.kernel_end > ram_end(config.mem_size) {
+            return Err(Error::MemoryTooSmall(format!(
+                "the kernel ends at {:#x}, past the end of {} MiB of RAM",
+                kernel.kernel_end,
+                config.mem_size >> 20
+            )));
+        }
+
+        let pmem = match &config.rootfs {
+            Some(path) => {
+                if !host.has_readonly_mem() {
+                    return Err(Error::HostUnsupported(
+                        "KVM lacks KVM_CAP_READONLY_MEM, needed for a read-only rootfs".into(),
+                    ));
+                }
+                let image = PmemImage::open(path)?;
+                let addr = ram_end(config.mem_size).next_multiple_of(PMEM_ALIGN);
+                vm.register_readonly(addr, image.size, image.host_addr())?;
+                Some((image, addr))
+            }
+            None => None,
+        };
+        let map = memory_map(config.mem_size, pmem.as_ref().map(|(i, a)| (*a, i.size)));
+
+        let mut cmdline = config.cmdline.clone().into_bytes();
+        cmdline.push(0);
+        write(&mem, &cmdline, CMDLINE_START, "the command line")?;
+
+        let initrd = match &config.initrd {
+            Some(path) => Some(load_initrd(
+                &mem,
+                path,
+                config.mem_size,
+                kernel.kernel_end,
+                kernel.setup_header.map(|h| u64::from(h.initrd_addr_max)),
+            )?),
+            None => None,
+        };
+        match kernel.entry {
+            Entry::Linux64 { .. } => {
+                let zero_page =
+                    params::zero_page(kernel.setup_header, cmdline.len(), &map, initrd)?;
+                params::write_zero_page(&mem, &zero_page)?;
+                write(&mem, &paging::identity_tables(), PML4_START, "page tables")?;
+            }
+            Entry::Pvh { .. } => params::write_pvh_start_info(&mem, &map, initrd)?,
+        }
+        let gdt: Vec<u8> = gdt::boot_gdt()
+            .iter()
+            .flat_map(|d| d.to_le_bytes())
+            .collect();
+        write(&mem, &gdt, BOOT_GDT_START, "the boot GDT")?;
+        write(&mem, &0u64.to_le_bytes(), BOOT_IDT_START, "the boot IDT")?;
+        mptable::setup_mptable(&mem, config.vcpus)?;
+
+        let supported = host.supported_cpuid()?;
+        let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
+        for index in 0..config.vcpus {
+            let vcpu = Vcpu::new(&vm, index)?;
+            let cpuid = vcpu_cpuid(supported, index, config.vcpus)?;
+            configure_vcpu(&vcpu.fd, &cpuid, index, kernel.entry)?;
+            vcpus.push(vcpu);
+        }
+
+        let serial = SerialPort::new(&vm.fd, config.console)?;
+        Ok(Machine {
+            vcpus,
+            vm,
+            mem,
+            pmem: pmem.map(|(image, _)| image),
+            bus: Arc::new(Mutex::new(PortIoBus::new(serial))),
+            control: Arc::new(Control::new(config.started, config.exit_on_ready)),
+            host,
+            entry: kernel.entry,
+            mem_size: config.mem_size,
+        })
+    }
+
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
+    }
+
+    pub fn vm(&self) -> &Vm {
+        &self.vm
+    }
+
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    pub fn has_rootfs(&self) -> bool {
+        self.pmem.is_some()
+    }
+
+    /// Starts one thread per vCPU.
+    pub fn start(mut self) -> Result<RunningMachine> {
+        kick::install_kick_handler()?;
+        let mut threads = Vec::with_capacity(self.vcpus.len());
+        for mut vcpu in self.vcpus.drain(..) {
+            let control = self.control.clone();
+            let bus = self.bus.clone();
+            let host = self.host.virt;
+            let handle = std::thread::Builder::new()
+                .name(format!("vcpu{}", vcpu.index))
+                .spawn(move || {
+                    let ctx = VcpuContext {
+                        control: &control,
+                        bus: &bus,
+                        host,
+                    };
+                    run_loop(vcpu.index, &mut vcpu.fd, &ctx);
+                    vcpu
+                })?;
+            threads.push(handle);
+        }
+        Ok(RunningMachine {
+            machine: self,
+            threads,
+        })
+    }
+}
+
+/// linux-loader reports "cannot write guest memory" for a kernel larger
+/// than RAM; say what the user can do about it.
+fn too_small_hint(e: Error, mem_size: u64) -> Error {
+    match e {
+        Error::KernelLoad(msg) if msg.contains("guest memory") || msg.contains("Guest memory") => {
+            Error::MemoryTooSmall(format!(
+                "{msg}: the kernel does not fit in {} MiB of RAM; raise --mem",
+                mem_size >> 20
+            ))
+        }
+        other => other,
+    }
+}
+
+pub struct RunningMachine {
+    machine: Machine,
+    threads: Vec<JoinHandle<Vcpu>>,
+}
+
+impl RunningMachine {
+    pub fn control(&self) -> &Arc<Control> {
+        &self.machine.control
+    }
+
+    pub fn wait(&self, ready_timeout: Option<Duration>) -> StopReason {
+        self.machine.control.wait_stopped(ready_timeout)
+    }
+
+    /// Stops every vCPU thread and hands the machine back, vCPUs included,
+    /// so its state can still be read.
+    pub fn stop(mut self, reason: StopReason) -> Result<Machine> {
+        self.machine.control.stop(reason);
+        // A kick can land just before a thread enters KVM_RUN and be lost,
+        // so keep kicking until each thread has returned.
+        for handle in self.threads.drain(..) {
+            while !handle.is_finished() {
+                use std::os::unix::thread::JoinHandleExt;
+                kick::kick(handle.as_pthread_t());
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            let vcpu = handle.join().map_err(|_| Error::Vcpu {
+                index: self.machine.vcpus.len(),
+                reason: "vCPU thread panicked".into(),
+            })?;
+            self.machine.vcpus.push(vcpu);
+        }
+        self.machine
+            .bus
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .serial
+            .flush();
+        Ok(self.machine)
+    }
+}
+
+/// Resident set size of this process, in KiB, from /proc/self/status.
+pub fn vmm_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}

@@ -1,0 +1,57 @@
+//! The `vmfork` binary: parse the command line, run, and turn every failure
+//! into one line on stderr plus a distinct exit status.
+
+use std::time::Instant;
+
+use clap::Parser;
+use launcher::cli::{dispatch, signals, Cli};
+
+fn main() {
+    let started = Instant::now();
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("vmfork: internal error (a bug, please report it): {info}");
+    }));
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = e.print();
+                std::process::exit(
+                    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                        2
+                    } else {
+                        0
+                    },
+                );
+            }
+            let rendered = e.render().to_string();
+            let first = rendered.lines().next().unwrap_or("invalid command line");
+            eprintln!(
+                "vmfork: {} (see vmfork --help)",
+                first.trim_start_matches("error: ")
+            );
+            std::process::exit(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("VMFORK_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    signals::block_stop_signals();
+    let result = std::panic::catch_unwind(|| dispatch(cli, started));
+    let code = match result {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => {
+            eprintln!("vmfork: error: {e}");
+            e.exit_code()
+        }
+        Err(_) => 70,
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,94 @@
+//! Guest RAM and the read-only persistent-memory window for the rootfs.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+use crate::boot::e820::ram_ranges;
+use crate::error::{Error, Result};
+
+/// Anonymous, private guest RAM. vm-memory's default bitmap type is `()`,
+/// so no dirty-page bitmap exists.
+pub fn anonymous_ram(mem_size: u64) -> Result<GuestMemoryMmap> {
+    let ranges: Vec<(GuestAddress, usize)> = ram_ranges(mem_size)
+        .into_iter()
+        .map(|(start, size)| (GuestAddress(start), size as usize))
+        .collect();
+    GuestMemoryMmap::from_ranges(&ranges)
+        .map_err(|e| Error::GuestMemory(format!("mapping {} MiB of RAM: {e}", mem_size >> 20)))
+}
+
+/// A rootfs image mapped `PROT_READ`, `MAP_SHARED`: every VM reading the
+/// same image shares the host page cache, and no guest can change it (the
+/// KVM slot is also read-only, so guest writes exit as MMIO and are refused).
+pub struct PmemImage {
+    host_addr: *mut libc::c_void,
+    pub size: u64,
+    _file: File,
+}
+
+// SAFETY: the mapping is read-only and lives as long as the struct; sharing
+// a read-only pointer across threads cannot race.
+unsafe impl Send for PmemImage {}
+// SAFETY: as above, nothing mutates through the pointer.
+unsafe impl Sync for PmemImage {}
+
+/// Linux maps persistent memory in 2 MiB subsections.
+pub const PMEM_SIZE_ALIGN: u64 = 2 << 20;
+
+impl PmemImage {
+    pub fn open(path: &Path) -> Result<PmemImage> {
+        let err = |source| Error::Image {
+            what: "rootfs",
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::open(path).map_err(err)?;
+        let meta = file.metadata().map_err(err)?;
+        let size = meta.len();
+        if !meta.is_file() || size == 0 || size % PMEM_SIZE_ALIGN != 0 {
+            return Err(err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "a rootfs image must be a regular file whose size is a non-zero multiple of 2 MiB (it is {size} bytes)"
+                ),
+            )));
+        }
+        // SAFETY: mapping a file we hold open, read-only, at a kernel-chosen
+        // address; the result is checked before use and unmapped in Drop.
+        let host_addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size as usize,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if host_addr == libc::MAP_FAILED {
+            return Err(err(std::io::Error::last_os_error()));
+        }
+        Ok(PmemImage {
+            host_addr,
+            size,
+            _file: file,
+        })
+    }
+
+    pub fn host_addr(&self) -> u64 {
+        self.host_addr as u64
+    }
+}
+
+impl Drop for PmemImage {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the mapping created in `open`; the VM
+        // that used it is gone before its PmemImage is dropped.
+        unsafe {
+            libc::munmap(self.host_addr, self.size as usize);
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! The vCPU run loop. Every KVM exit is decided here, in one match.
+
+use std::sync::Mutex;
+
+use kvm_bindings::KVM_SYSTEM_EVENT_RESET;
+use kvm_ioctls::{VcpuExit, VcpuFd};
+
+use crate::control::{Control, StopReason};
+use crate::devices::ready_port::{self, GuestSignal, READY_PORT};
+use crate::devices::{PlatformEvent, PortIoBus};
+use crate::kvm_host::HostVirt;
+
+/// What the vCPU loop does after one exit.
+enum Next {
+    Run,
+    Stop(StopReason),
+    /// The VM is stopping for a reason already recorded.
+    Quit,
+}
+
+pub struct VcpuContext<'a> {
+    pub control: &'a Control,
+    pub bus: &'a Mutex<PortIoBus>,
+    pub host: HostVirt,
+}
+
+/// Runs until the VM stops. The guest's own stop reasons are recorded in
+/// `control`; this returns when the thread should end.
+pub fn run_loop(index: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext) {
+    loop {
+        if ctx.control.is_stopping() {
+            return;
+        }
+        match step(index, vcpu, ctx) {
+            Next::Run => {}
+            Next::Quit => return,
+            Next::Stop(reason) => {
+                ctx.control.stop(reason);
+                return;
+            }
+        }
+    }
+}
+
+fn step(index: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext) -> Next {
+    let exit = match vcpu.run() {
+        Ok(exit) => exit,
+        Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => return Next::Run,
+        Err(e) => {
+            return Next::Stop(StopReason::VcpuFailed(format!(
+                "vCPU {index}: KVM_RUN failed: {e}"
+            )))
+        }
+    };
+    match exit {
+        VcpuExit::IoOut(READY_PORT, data) => on_ready_port_write(ready_port::decode_write(data), ctx),
+        VcpuExit::IoIn(READY_PORT, data) => match ctx.control.wait_command() {
+            Some(command) => {
+                ready_port::encode_command(command, data);
+                Next::Run
+            }
+            None => Next::Quit,
+        },
+        VcpuExit::IoOut(port, data) => {
+            let event = lock(ctx.bus).write(port, data);
+            match event {
+                Some(PlatformEvent::ResetRequested) => Next::Stop(StopReason::GuestShutdown {
+                    what: "guest reset the machine through the i8042 controller".into(),
+                    rip: rip(vcpu),
+                }),
+                None => Next::Run,
+            }
+        }
+        VcpuExit::IoIn(port, data) => {
+            lock(ctx.bus).read(port, data);
+            Next::Run
+        }
+        VcpuExit::MmioRead(addr, data) => {
+            tracing::debug!("vCPU {index}: MMIO read of unbacked {addr:#x}");
+            data.fill(0xff);
+            Next::Run
+        }
+        VcpuExit::MmioWrite(addr, _) => {
+            tracing::debug!("vCPU {index}: MMIO write to unbacked or read-only {addr:#x}");
+            Next::Run
+        }
+        VcpuExit::Shutdown => Next::Stop(StopReason::GuestShutdown {
+            what: "guest triple-faulted or shut down (KVM_EXIT_SHUTDOWN)".into(),
+            rip: rip(vcpu),
+        }),
+        VcpuExit::SystemEvent(kind, _) => Next::Stop(StopReason::GuestShutdown {
+            what: if kind == KVM_SYSTEM_EVENT_RESET {
+                "guest requested a reset (KVM_SYSTEM_EVENT_RESET)".into()
+            } else {
+                format!("guest requested shutdown (KVM system event {kind})")
+            },
+            rip: rip(vcpu),
+        }),
+        VcpuExit::Hlt => Next::Stop(StopReason::GuestShutdown {
+            what: "guest halted with no interrupt source (KVM_EXIT_HLT)".into(),
+            rip: rip(vcpu),
+        }),
+        VcpuExit::InternalError => {
+            let message = internal_error_message(index, vcpu, ctx.host);
+            Next::Stop(StopReason::GuestEmulation(message))
+        }
+        VcpuExit::FailEntry(reason, cpu) => Next::Stop(StopReason::GuestEmulation(format!(
+            "KVM could not enter the guest (KVM_EXIT_FAIL_ENTRY, hardware reason {reason:#x}, host cpu {cpu}) at RIP={:#x}",
+            rip(vcpu)
+        ))),
+        VcpuExit::Intr => Next::Run,
+        other => {
+            let exit = format!("{other:?}");
+            Next::Stop(StopReason::GuestEmulation(format!(
+                "vCPU {index}: unexpected KVM exit {exit} at RIP={:#x}",
+                rip(vcpu)
+            )))
+        }
+    }
+}
+
+fn on_ready_port_write(signal: GuestSignal, ctx: &VcpuContext) -> Next {
+    match signal {
+        GuestSignal::Ready => {
+            if ctx.control.mark_ready() {
+                Next::Quit
+            } else {
+                Next::Run
+            }
+        }
+        GuestSignal::Exit(code) => Next::Stop(StopReason::GuestExit(code)),
+        GuestSignal::Panic(vector) => Next::Stop(StopReason::GuestCrash { vector }),
+        GuestSignal::Ack(_) => {
+            ctx.control.mark_ack();
+            Next::Run
+        }
+        GuestSignal::Unknown(value) => {
+            tracing::debug!("guest wrote unknown value {value:#x} to the ready port");
+            Next::Run
+        }
+    }
+}
+
+fn lock(bus: &Mutex<PortIoBus>) -> std::sync::MutexGuard<'_, PortIoBus> {
+    bus.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn rip(vcpu: &VcpuFd) -> u64 {
+    vcpu.get_regs().map(|r| r.rip).unwrap_or(0)
+}
+
+const KVM_INTERNAL_ERROR_EMULATION: u32 = 1;
+
+fn internal_error_message(index: u8, vcpu: &mut VcpuFd, host: HostVirt) -> String {
+    // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is
+    // the active member of the kvm_run union.
+    let (suberror, ndata, data) = unsafe {
+        let internal = vcpu.get_kvm_run().__bindgen_anon_1.internal;
+        (internal.suberror, internal.ndata, internal.data)
+    };
+    let shown = (ndata as usize).min(data.len()).min(4);
+    let detail: Vec<String> = data[..shown].iter().map(|d| format!("{d:#x}")).collect();
+    let rip = rip(vcpu);
+    let what = if suberror == KVM_INTERNAL_ERROR_EMULATION {
+        "instruction emulation failure"
+    } else {
+        "internal error"
+    };
+    let hint = if host == HostVirt::Pvm && suberror == KVM_INTERNAL_ERROR_EMULATION {
+        "; this host's KVM is PVM (no VMX/SVM), which emulates guest ring 0 and cannot run this instruction (e.g. XSAVE), so Linux guests only reach their early console here: use a VMX/SVM host"
+    } else {
+        ""
+    };
+    format!(
+        "KVM internal error on vCPU {index} (suberror {suberror}: {what}, data [{}]) at RIP={rip:#x}{hint}",
+        detail.join(", ")
+    )
+}

@@ -1,0 +1,2 @@
+//! Guest artifact builders.
+#![deny(unsafe_op_in_unsafe_fn)]
