@@ -6,6 +6,7 @@ pub mod cli;
 pub mod control;
 pub mod devices;
 pub mod error;
+pub mod floor;
 pub mod kvm_host;
 pub mod machine;
 pub mod memory;

@@ -58,6 +58,8 @@ pub struct Machine {
     host: &'static KvmHost,
     pub entry: Entry,
     pub mem_size: u64,
+    /// (phase, microseconds since `started`) for each cold-boot step.
+    pub phases: Vec<(&'static str, u64)>,
 }
 
 fn validate(config: &MachineConfig, host: &KvmHost) -> Result<()> {
@@ -96,11 +98,17 @@ fn write(mem: &GuestMemoryMmap, bytes: &[u8], addr: u64, what: &str) -> Result<(
 
 impl Machine {
     pub fn cold_boot(config: MachineConfig) -> Result<Machine> {
+        let mut phases = Vec::new();
+        let mut mark = |name| phases.push((name, config.started.elapsed().as_micros() as u64));
+        mark("start");
         let host = KvmHost::get()?;
         validate(&config, host)?;
+        mark("open_kvm");
         let mut vm = Vm::new(host)?;
+        mark("create_vm");
         let mem = anonymous_ram(config.mem_size)?;
         vm.register_ram(&mem)?;
+        mark("memory");
 
         let kernel = load_kernel(&mem, &config.kernel, config.protocol)
             .map_err(|e| too_small_hint(e, config.mem_size))?;
@@ -126,6 +134,9 @@ impl Machine {
             }
             None => None,
         };
+        mark("load_kernel");
+        vm.create_platform()?;
+        mark("irqchip");
         let map = memory_map(config.mem_size, pmem.as_ref().map(|(i, a)| (*a, i.size)));
 
         let mut cmdline = config.cmdline.clone().into_bytes();
@@ -158,6 +169,7 @@ impl Machine {
         write(&mem, &gdt, BOOT_GDT_START, "the boot GDT")?;
         write(&mem, &0u64.to_le_bytes(), BOOT_IDT_START, "the boot IDT")?;
         mptable::setup_mptable(&mem, config.vcpus)?;
+        mark("boot_structures");
 
         let supported = host.supported_cpuid()?;
         let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
@@ -168,7 +180,9 @@ impl Machine {
             vcpus.push(vcpu);
         }
 
+        mark("vcpus");
         let serial = SerialPort::new(&vm.fd, config.console)?;
+        mark("devices");
         Ok(Machine {
             vcpus,
             vm,
@@ -179,6 +193,7 @@ impl Machine {
             host,
             entry: kernel.entry,
             mem_size: config.mem_size,
+            phases,
         })
     }
 

@@ -168,7 +168,16 @@ pub fn run(args: &BootArgs, started: Instant) -> Result<()> {
         .slots()
         .iter()
         .any(|s| s.flags & kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES != 0);
+    let mut phases: serde_json::Map<String, serde_json::Value> = machine
+        .phases
+        .iter()
+        .map(|(name, us)| (name.to_string(), json!(us)))
+        .collect();
     let running = machine.start()?;
+    phases.insert(
+        "vcpus_started".into(),
+        json!(started.elapsed().as_micros() as u64),
+    );
     signals::forward_to(running.control().clone());
     let reason = running.wait(timeout);
     let ready_at = running.control().ready_at();
@@ -188,6 +197,7 @@ pub fn run(args: &BootArgs, started: Instant) -> Result<()> {
                 "mem": args.vm.mem,
                 "host_virt": host.virt.name(),
                 "dirty_logging": slots_logging_dirty,
+                "phases_us": phases,
             })
         );
     }

@@ -2,6 +2,7 @@
 
 pub mod args;
 pub mod boot;
+pub mod floor;
 pub mod signals;
 
 use std::time::Instant;
@@ -31,10 +32,13 @@ pub struct Cli {
 pub enum Command {
     /// Cold-boot a VM and stream its console to stdout.
     Boot(boot::BootArgs),
+    /// Measure the KVM floor: create a VM and vCPU and run to the first HLT.
+    Floor(floor::FloorArgs),
 }
 
 pub fn dispatch(cli: Cli, started: Instant) -> crate::Result<()> {
     match cli.command {
         Command::Boot(args) => boot::run(&args, started),
+        Command::Floor(args) => floor::run(&args),
     }
 }
