@@ -1,0 +1,220 @@
+//! The default vmfork guest application: ring 3, no_std, entered from
+//! ring0/boot.S with RDI = &BootInfo. It does what docs/guest-abi.md
+//! describes: banner, command line, application init, READY, then it
+//! parks on the ready port waiting for commands (the snapshot point).
+//!
+//! Ring 3 runs natively on a PVM host while ring 0 is emulated, so all of
+//! the guest's real work happens here; ring 0 is only entered for the
+//! timer, crashes and the few service calls below.
+
+#![no_std]
+
+mod abi;
+mod boot;
+mod config;
+mod io;
+mod mem;
+
+use core::hint::black_box;
+use core::ptr::{read_volatile, write_volatile};
+
+use abi::{
+    BootInfo, ACK_TAG, CMD_EXIT, CMD_NO_VMM, PANIC_GUEST_FATAL, READY, READY_PORT,
+    SVC_EMULATION_ERROR, SVC_TIMER_START, SVC_TRIPLE_FAULT,
+};
+use config::{Config, Test};
+use io::{crash, exit, inl, outl, rdtsc, say, service};
+
+const PAGE: u64 = 4096;
+
+/// Exit statuses of the guest itself (docs/guest-abi.md).
+const EXIT_BAD_CMDLINE: u8 = 2;
+const EXIT_NO_ROOM: u8 = 3;
+
+#[no_mangle]
+pub extern "C" fn vmfork_main(info: &'static BootInfo) -> ! {
+    // Differs on every cold boot, and a clone inherits its parent's: the
+    // pong line shows which boot a clone's memory came from.
+    let boot_nonce = rdtsc();
+
+    let boot = match boot::read(info) {
+        Ok(b) => b,
+        Err(why) => {
+            say!("vmfork-guest: panic: bad boot parameters: {}", why);
+            crash(PANIC_GUEST_FATAL)
+        }
+    };
+    let cfg = match config::parse(boot.cmdline) {
+        Ok(c) => c,
+        Err(bad) => {
+            say!("vmfork-guest: error: bad command line word {}", bad);
+            exit(EXIT_BAD_CMDLINE)
+        }
+    };
+    // Every byte on the console is a VM exit (about 27 us each on a PVM
+    // host), so quiet=1 drops the informational lines from the boot path.
+    let quiet = cfg.quiet;
+    if !quiet {
+        say!(
+            "vmfork-guest: boot proto={} ram={}MiB",
+            boot.proto,
+            boot::mib(boot.memmap.ram_bytes())
+        );
+    }
+
+    if cfg.timer_hz > 0 && service(SVC_TIMER_START, cfg.timer_hz) == 0 {
+        say!("vmfork-guest: warning: the CPU has no x2APIC; timer off");
+    }
+
+    let start = rdtsc();
+    let touched = touch(&cfg, info.image_end, boot.memmap);
+    let checksum = mix(touched, cfg.work);
+    let cycles = rdtsc().wrapping_sub(start);
+    if !quiet {
+        say!(
+            "vmfork-guest: init touch_mib={} work={} timer_hz={} checksum={:#x} cycles={} boot_nonce={:#x}",
+            cfg.touch_mib,
+            cfg.work,
+            cfg.timer_hz,
+            checksum,
+            cycles,
+            boot_nonce
+        );
+    }
+
+    if cfg.test != Test::None {
+        misbehave(cfg.test);
+    }
+
+    if !quiet {
+        say!("vmfork-guest: READY");
+    }
+    outl(READY_PORT, READY);
+    serve(boot_nonce, checksum, quiet)
+}
+
+/// Application init, part 1: a runtime warming its heap. Writes one byte
+/// in every page of a `touch_mib` MiB buffer right after the image, then
+/// reads them back into a checksum.
+fn touch(cfg: &Config, image_end: u64, memmap: boot::MemMap) -> u64 {
+    let start = (image_end + PAGE - 1) & !(PAGE - 1);
+    let bytes = cfg.touch_mib << 20; // config::parse rejected overflow
+    let limit = memmap.ram_end_from(start);
+    let end = match (start.checked_add(bytes), limit) {
+        (Some(end), Some(limit)) if end <= limit => end,
+        _ => {
+            say!(
+                "vmfork-guest: error: touch_mib={} needs RAM from {:#x} to {:#x}, but the RAM there ends at {:#x} ({} MiB of RAM in all)",
+                cfg.touch_mib,
+                start,
+                start.saturating_add(bytes),
+                limit.unwrap_or(0),
+                boot::mib(memmap.ram_bytes())
+            );
+            exit(EXIT_NO_ROOM)
+        }
+    };
+    let mut page = start;
+    while page < end {
+        // SAFETY: [start, end) is RAM past the image (checked above),
+        // identity mapped and owned by nobody else.
+        unsafe { write_volatile(page as *mut u8, (page >> 12) as u8 ^ 0x5a) };
+        page += PAGE;
+    }
+    let mut sum: u64 = 0;
+    let mut page = start;
+    while page < end {
+        let b = unsafe { read_volatile(page as *const u8) };
+        sum = sum.wrapping_mul(31).wrapping_add(u64::from(b));
+        page += PAGE;
+    }
+    sum
+}
+
+/// Application init, part 2: `n` rounds of an integer mix. Each round
+/// depends on the last and the inputs are opaque to the optimiser, so it
+/// cannot be folded or skipped.
+fn mix(seed: u64, n: u64) -> u64 {
+    let n = black_box(n);
+    let mut x = black_box(seed) ^ 0x243f_6a88_85a3_08d3;
+    let mut i = 0;
+    while i < n {
+        x = (x.rotate_left(7) ^ i).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        i += 1;
+    }
+    black_box(x)
+}
+
+/// The `test=` misbehaviours. Each ends the VM one way or another.
+fn misbehave(test: Test) -> ! {
+    say!("vmfork-guest: test {}", test.name());
+    match test {
+        Test::None => unreachable!(),
+        // #UD in ring 3; ring 0 reports it with PN 6.
+        Test::Panic => unsafe { core::arch::asm!("ud2", options(noreturn)) },
+        Test::TripleFault => {
+            service(SVC_TRIPLE_FAULT, 0);
+            panic!("the triple fault service returned");
+        }
+        Test::Exit(status) => exit(status),
+        Test::Hang => loop {
+            core::hint::spin_loop();
+        },
+        Test::EmulationError => {
+            match service(SVC_EMULATION_ERROR, 0) {
+                0 => say!("vmfork-guest: panic: xsave ran in ring 0 without an emulation error: this host runs ring 0 natively"),
+                _ => say!("vmfork-guest: panic: the CPU has no XSAVE, so no emulation error can be provoked"),
+            }
+            crash(PANIC_GUEST_FATAL)
+        }
+    }
+}
+
+/// The command loop. The `in` is where the guest idles, and where a
+/// snapshot is taken: a clone resumes by completing it. Everything the
+/// pong line shows lives in this frame or in guest memory, so it carries
+/// over into clones.
+fn serve(boot_nonce: u64, checksum: u64, quiet: bool) -> ! {
+    let mut commands: u32 = 0;
+    let mut pings: u64 = 0;
+    loop {
+        let command = inl(READY_PORT);
+        commands = commands.wrapping_add(1);
+        match command {
+            CMD_EXIT => exit(0),
+            CMD_NO_VMM => {
+                say!("vmfork-guest: no VMM on port 0xdf0; exiting through isa-debug-exit");
+                exit(0)
+            }
+            // PING, and (per the ABI) any other command word.
+            _ => {
+                pings += 1;
+                if !quiet {
+                    let ticks = unsafe { read_volatile(&raw const abi::vmfork_ticks) };
+                    say!(
+                        "vmfork-guest: pong n={} boot_nonce={:#x} ticks={} checksum={:#x}",
+                        pings,
+                        boot_nonce,
+                        ticks,
+                        checksum
+                    );
+                }
+                outl(READY_PORT, ACK_TAG | (commands & 0xffff));
+            }
+        }
+    }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    match info.location() {
+        Some(at) => say!(
+            "vmfork-guest: panic: {} at {}:{}",
+            info.message(),
+            at.file(),
+            at.line()
+        ),
+        None => say!("vmfork-guest: panic: {}", info.message()),
+    }
+    crash(PANIC_GUEST_FATAL)
+}
