@@ -1,1 +1,152 @@
-//! Shared helpers for the integration tests live in `common/`.
+//! Helpers for the integration tests: run the real `vmfork` binary against
+//! the real /dev/kvm and look at what it printed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The vmfork binary built for the same profile as these tests
+/// (`target/<profile>/vmfork`), or `$VMFORK_BIN`.
+pub fn vmfork_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("VMFORK_BIN") {
+        return PathBuf::from(bin);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test>-<hash>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let bin = profile_dir.join("vmfork");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build --release -p vmfork-launcher` or scripts/test.sh)",
+        bin.display()
+    );
+    bin
+}
+
+pub struct Run {
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Run {
+    /// The JSON object on the last line of stdout.
+    pub fn json(&self) -> serde_json::Value {
+        let last = self.stdout.lines().last().unwrap_or_default();
+        serde_json::from_str(last)
+            .unwrap_or_else(|e| panic!("last stdout line is not JSON ({e}): {last:?}\n{self}"))
+    }
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {} after {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.status, self.elapsed, self.stdout, self.stderr
+        )
+    }
+}
+
+fn finish(output: Output, start: Instant) -> Run {
+    Run {
+        status: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        elapsed: start.elapsed(),
+    }
+}
+
+/// Runs `vmfork ARGS...` to completion.
+pub fn vmfork(args: &[&str]) -> Run {
+    let start = Instant::now();
+    let output = Command::new(vmfork_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawn vmfork");
+    finish(output, start)
+}
+
+/// Runs any command to completion (for wrappers like unshare).
+pub fn command(program: &str, args: &[&str]) -> Run {
+    let start = Instant::now();
+    let output = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
+    finish(output, start)
+}
+
+/// A fresh scratch directory under the system temp dir, removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!(
+            "vmfork-test-{name}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Scratch(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    pub fn str(&self, name: &str) -> String {
+        self.path(name).to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Exit statuses of vmfork (see `vmfork --help`).
+pub mod exit {
+    pub const USAGE: i32 = 2;
+    pub const INVALID_ARGUMENT: i32 = 3;
+    pub const KVM_UNAVAILABLE: i32 = 4;
+    pub const KERNEL_UNREADABLE: i32 = 6;
+    pub const KERNEL_FORMAT: i32 = 7;
+    pub const MEMORY_TOO_SMALL: i32 = 8;
+    pub const IMAGE: i32 = 9;
+    pub const GUEST_SHUTDOWN: i32 = 10;
+    pub const KVM_INTERNAL_ERROR: i32 = 11;
+    pub const GUEST_CRASH: i32 = 12;
+    pub const GUEST_EXIT_STATUS: i32 = 13;
+    pub const TIMEOUT: i32 = 14;
+    pub const TEMPLATE: i32 = 16;
+    pub const CONTROL: i32 = 17;
+}
+
+/// Whether this host's KVM is PVM (guest ring 0 emulated).
+pub fn host_is_pvm() -> bool {
+    Path::new("/sys/module/kvm_pvm").exists()
+}
+
+/// Asserts an error run: exact status, one line on stderr naming `needle`,
+/// and no panic or backtrace.
+pub fn assert_clean_error(run: &Run, status: i32, needle: &str) {
+    assert_eq!(run.status, status, "{run}");
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one stderr line: {run}");
+    assert!(lines[0].starts_with("vmfork: "), "{run}");
+    assert!(
+        run.stderr.to_lowercase().contains(&needle.to_lowercase()),
+        "stderr should mention {needle:?}: {run}"
+    );
+    assert!(!run.stderr.contains("panicked"), "{run}");
+}

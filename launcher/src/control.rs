@@ -28,19 +28,45 @@ pub enum StopReason {
     VcpuFailed(String),
 }
 
+/// What the owner of a running VM is asked to do, by its control socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestKind {
+    Snapshot { out: std::path::PathBuf, diff: bool },
+    Ping,
+    Pause,
+    Resume,
+}
+
+pub struct OwnerRequest {
+    pub kind: RequestKind,
+    /// Where the owner sends its one-line answer.
+    pub reply: std::sync::mpsc::Sender<std::result::Result<String, String>>,
+}
+
+/// What woke the owner up.
+pub enum OwnerEvent {
+    Stopped(StopReason),
+    Request(OwnerRequest),
+}
+
 #[derive(Default)]
 struct State {
     ready_at: Option<Duration>,
     stop: Option<StopReason>,
+    pausing: bool,
     commands: VecDeque<u32>,
+    requests: VecDeque<OwnerRequest>,
     acks: u64,
+    /// First acknowledgement since this Control was created.
+    first_ack_at: Option<Duration>,
     parked: bool,
 }
 
 pub struct Control {
     started: Instant,
     exit_on_ready: bool,
-    stopping: AtomicBool,
+    /// Set on stop or pause: vCPU threads leave their loops when they see it.
+    leaving: AtomicBool,
     state: Mutex<State>,
     changed: Condvar,
 }
@@ -52,7 +78,7 @@ impl Control {
         Control {
             started,
             exit_on_ready,
-            stopping: AtomicBool::new(false),
+            leaving: AtomicBool::new(false),
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
         }
@@ -63,8 +89,83 @@ impl Control {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A restored VM was ready before it was saved, with `acks`
+    /// acknowledgements already counted.
+    /// With `exit_on_ack`, the VM stops at the guest's first
+    /// acknowledgement after the restore.
+    pub fn new_restored(started: Instant, acks: u64, exit_on_ack: bool) -> Self {
+        let c = Control::new(started, exit_on_ack);
+        {
+            let mut s = c.lock();
+            s.ready_at = Some(Duration::ZERO);
+            s.acks = acks;
+        }
+        c
+    }
+
+    /// vCPU threads must leave their run loops (stop or pause).
+    pub fn is_leaving(&self) -> bool {
+        self.leaving.load(Ordering::Acquire)
+    }
+
     pub fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::Acquire)
+        self.lock().stop.is_some()
+    }
+
+    pub fn request_pause(&self) {
+        let mut s = self.lock();
+        s.pausing = true;
+        self.leaving.store(true, Ordering::Release);
+        self.changed.notify_all();
+    }
+
+    /// Called when vCPU threads start (again).
+    pub fn clear_pause(&self) {
+        let mut s = self.lock();
+        s.pausing = false;
+        s.parked = false;
+        self.leaving.store(s.stop.is_some(), Ordering::Release);
+    }
+
+    /// Queues a request for the owner and wakes it.
+    pub fn submit(&self, request: OwnerRequest) {
+        let mut s = self.lock();
+        s.requests.push_back(request);
+        self.changed.notify_all();
+    }
+
+    /// Blocks until the VM stops or a request arrives. Before the guest is
+    /// ready, `ready_timeout` bounds the wait and then stops the VM.
+    pub fn wait_event(&self, ready_timeout: Option<Duration>) -> OwnerEvent {
+        let deadline = ready_timeout.map(|t| Instant::now() + t);
+        let mut s = self.lock();
+        loop {
+            if let Some(reason) = &s.stop {
+                return OwnerEvent::Stopped(reason.clone());
+            }
+            if let Some(r) = s.requests.pop_front() {
+                return OwnerEvent::Request(r);
+            }
+            match deadline {
+                Some(d) if s.ready_at.is_none() => {
+                    let now = Instant::now();
+                    if now >= d {
+                        drop(s);
+                        if let Some(t) = ready_timeout {
+                            self.stop(StopReason::Timeout(t));
+                        }
+                        s = self.lock();
+                        continue;
+                    }
+                    s = self
+                        .changed
+                        .wait_timeout(s, d - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+                _ => s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner()),
+            }
+        }
     }
 
     /// Records the first stop reason; later ones (other vCPUs winding down)
@@ -74,7 +175,7 @@ impl Control {
         if s.stop.is_none() {
             s.stop = Some(reason);
         }
-        self.stopping.store(true, Ordering::Release);
+        self.leaving.store(true, Ordering::Release);
         self.changed.notify_all();
     }
 
@@ -100,7 +201,21 @@ impl Control {
     pub fn mark_ack(&self) {
         let mut s = self.lock();
         s.acks += 1;
+        let first = s.first_ack_at.is_none();
+        if first {
+            s.first_ack_at = Some(self.started.elapsed());
+        }
         self.changed.notify_all();
+        drop(s);
+        // A restored VM is past its ready point; its first acknowledgement
+        // is the ready point of the restore.
+        if first && self.exit_on_ready && self.lock().ready_at == Some(Duration::ZERO) {
+            self.stop(StopReason::ReadyReached);
+        }
+    }
+
+    pub fn first_ack_at(&self) -> Option<Duration> {
+        self.lock().first_ack_at
     }
 
     pub fn acks(&self) -> u64 {
@@ -115,13 +230,13 @@ impl Control {
 
     /// Called by the vCPU thread whose guest is parked in an `in` from the
     /// ready port. Blocks until there is a command, or returns None when
-    /// the VM is stopping.
+    /// the VM is stopping or pausing.
     pub fn wait_command(&self) -> Option<u32> {
         let mut s = self.lock();
         s.parked = true;
         self.changed.notify_all();
         loop {
-            if s.stop.is_some() {
+            if s.stop.is_some() || s.pausing {
                 return None;
             }
             if let Some(c) = s.commands.pop_front() {
@@ -178,6 +293,10 @@ impl Control {
     /// Waits until at least `n` acknowledgements arrived (or stopped).
     pub fn wait_acks(&self, n: u64, deadline: Option<Instant>) -> bool {
         self.wait_until(deadline, |s| s.acks >= n || s.stop.is_some()) && !self.is_stopping()
+    }
+
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        self.lock().stop.clone()
     }
 }
 

@@ -48,6 +48,12 @@ pub enum Error {
     GuestExitStatus(u8),
     #[error("vCPU {index}: {reason}")]
     Vcpu { index: usize, reason: String },
+    #[error("snapshot: {0}")]
+    Snapshot(String),
+    #[error("template {path}: {reason}")]
+    Template { path: PathBuf, reason: String },
+    #[error("control socket {0}")]
+    Control(String),
     #[error("timed out: {0}")]
     Timeout(String),
     #[error("{0}")]
@@ -73,6 +79,9 @@ impl Error {
             Error::GuestCrash(_) => 12,
             Error::GuestExitStatus(_) => 13,
             Error::Timeout(_) => 14,
+            Error::Snapshot(_) => 15,
+            Error::Template { .. } => 16,
+            Error::Control(_) => 17,
         }
     }
 

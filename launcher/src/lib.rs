@@ -10,6 +10,8 @@ pub mod floor;
 pub mod kvm_host;
 pub mod machine;
 pub mod memory;
+pub mod persist;
+pub mod template;
 pub mod vcpu;
 pub mod vm;
 

@@ -101,4 +101,12 @@ impl Vm {
     pub fn slots(&self) -> &[MemorySlot] {
         &self.slots
     }
+
+    /// Whether any slot has KVM dirty logging on (vmfork never turns it on;
+    /// reported so tests and users can check).
+    pub fn dirty_logging(&self) -> bool {
+        self.slots
+            .iter()
+            .any(|s| s.flags & kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES != 0)
+    }
 }

@@ -22,8 +22,24 @@ impl KernelSource {
     pub fn describe(&self) -> String {
         match self {
             KernelSource::File(p) => p.display().to_string(),
-            KernelSource::Embedded(_) => "embedded guest".to_string(),
+            KernelSource::Embedded(_) => "embedded".to_string(),
         }
+    }
+
+    /// Hex SHA-256 of the image, recorded in templates.
+    pub fn sha256(&self) -> Result<String> {
+        use sha2::{Digest, Sha256};
+        let digest = match self {
+            KernelSource::Embedded(bytes) => Sha256::digest(bytes),
+            KernelSource::File(path) => {
+                let bytes = std::fs::read(path).map_err(|source| Error::KernelUnreadable {
+                    path: path.clone(),
+                    source,
+                })?;
+                Sha256::digest(&bytes)
+            }
+        };
+        Ok(digest.iter().map(|b| format!("{b:02x}")).collect())
     }
 }
 

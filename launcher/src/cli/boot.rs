@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use super::args::{parse_count, parse_duration, parse_size};
-use super::signals;
+use super::{api, owner, signals};
 use crate::boot::loader::{BootProtocol, KernelSource};
 use crate::control::StopReason;
 use crate::devices::console::Console;
@@ -68,6 +68,10 @@ pub struct BootArgs {
     /// Print one JSON object with timings on the last line of stdout.
     #[arg(long)]
     pub json: bool,
+    /// Listen for control requests (snapshot, ping, pause, resume, stop) on
+    /// this Unix socket; see `vmfork ctl`.
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: Option<PathBuf>,
 }
 
 const LINUX_DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=t panic=-1";
@@ -163,43 +167,42 @@ pub fn run(args: &BootArgs, started: Instant) -> Result<()> {
         .transpose()?;
     let config = args.vm.machine_config(started, args.exit_on_ready)?;
     let machine = Machine::cold_boot(config)?;
-    let slots_logging_dirty = machine
-        .vm()
-        .slots()
-        .iter()
-        .any(|s| s.flags & kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES != 0);
-    let mut phases: serde_json::Map<String, serde_json::Value> = machine
-        .phases
-        .iter()
-        .map(|(name, us)| (name.to_string(), json!(us)))
-        .collect();
-    let running = machine.start()?;
-    phases.insert(
-        "vcpus_started".into(),
-        json!(started.elapsed().as_micros() as u64),
-    );
-    signals::forward_to(running.control().clone());
-    let reason = running.wait(timeout);
-    let ready_at = running.control().ready_at();
+    let dirty_logging = machine.vm().dirty_logging();
+    let phases = phases_json(&machine.phases);
+    signals::forward_to(machine.control().clone());
+    let _api = args
+        .api_sock
+        .as_deref()
+        .map(|p| api::serve(p, machine.control().clone()))
+        .transpose()?;
+    let control = machine.control().clone();
+    let (reason, machine) = owner::run(machine, timeout)?;
     let rss = vmm_rss_kib();
-    let machine = running.stop(StopReason::Requested)?;
     drop(machine);
     if args.json {
-        let host = KvmHost::get()?;
         println!(
             "{}",
             json!({
-                "ready_us": ready_at.map(|d| d.as_micros() as u64),
+                "ready_us": control.ready_at().map(|d| d.as_micros() as u64),
                 "vmm_rss_kib": rss,
                 "stop": stop_name(&reason),
                 "kernel": args.vm.kernel_source().describe(),
                 "vcpus": args.vm.vcpus,
                 "mem": args.vm.mem,
-                "host_virt": host.virt.name(),
-                "dirty_logging": slots_logging_dirty,
+                "host_virt": KvmHost::get()?.virt.name(),
+                "dirty_logging": dirty_logging,
                 "phases_us": phases,
             })
         );
     }
     stop_result(&reason)
+}
+
+pub fn phases_json(phases: &[(&'static str, u64)]) -> serde_json::Value {
+    serde_json::Value::Object(
+        phases
+            .iter()
+            .map(|(name, us)| (name.to_string(), json!(us)))
+            .collect(),
+    )
 }

@@ -1,9 +1,15 @@
 //! The `vmfork` command line.
 
+pub mod api;
 pub mod args;
 pub mod boot;
+pub mod ctl;
+pub mod export;
 pub mod floor;
+pub mod owner;
+pub mod restore;
 pub mod signals;
+pub mod template;
 
 use std::time::Instant;
 
@@ -21,7 +27,7 @@ With no --kernel it boots its embedded unikernel guest.",
     after_help = "Exit status: 0 ok; 2 bad command line; 3 invalid argument value; 4 /dev/kvm \
 unavailable; 5 host lacks a needed KVM feature; 6 kernel unreadable; 7 kernel format; \
 8 guest memory too small; 9 bad rootfs/initrd; 10 guest shutdown/triple fault; 11 KVM internal \
-error; 12 guest crash; 13 guest exited non-zero; 14 timeout; 1 other."
+error; 12 guest crash; 13 guest exited non-zero; 14 timeout; 15 snapshot; 16 bad template; 17 control socket; 1 other."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -32,13 +38,26 @@ pub struct Cli {
 pub enum Command {
     /// Cold-boot a VM and stream its console to stdout.
     Boot(boot::BootArgs),
+    /// Work with templates (VMs saved at their ready point).
+    #[command(subcommand)]
+    Template(template::TemplateCommand),
+    /// Restore a VM from a template and resume it.
+    Restore(restore::RestoreArgs),
+    /// Send a request to a running VM's control socket.
+    Ctl(ctl::CtlArgs),
     /// Measure the KVM floor: create a VM and vCPU and run to the first HLT.
     Floor(floor::FloorArgs),
+    /// Write the embedded guest ELF to a file.
+    ExportGuest(export::ExportArgs),
 }
 
 pub fn dispatch(cli: Cli, started: Instant) -> crate::Result<()> {
     match cli.command {
         Command::Boot(args) => boot::run(&args, started),
+        Command::Template(command) => template::run(&command, started),
+        Command::Restore(args) => restore::run(&args, started),
+        Command::Ctl(args) => ctl::run(&args),
         Command::Floor(args) => floor::run(&args),
+        Command::ExportGuest(args) => export::run(&args),
     }
 }

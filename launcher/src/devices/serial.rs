@@ -27,12 +27,26 @@ pub struct SerialPort {
 
 impl SerialPort {
     pub fn new(vm: &VmFd, console: Console) -> Result<Self> {
+        Ok(SerialPort {
+            uart: Serial::new(Self::irq(vm)?, console),
+        })
+    }
+
+    pub fn from_state(
+        vm: &VmFd,
+        state: &vm_superio::serial::SerialState,
+        console: Console,
+    ) -> Result<Self> {
+        let uart = Serial::from_state(state, Self::irq(vm)?, vm_superio::serial::NoEvents, console)
+            .map_err(|e| Error::Snapshot(format!("serial state: {e:?}")))?;
+        Ok(SerialPort { uart })
+    }
+
+    fn irq(vm: &VmFd) -> Result<IrqTrigger> {
         let irq = EventFd::new(libc::EFD_NONBLOCK)?;
         vm.register_irqfd(&irq, COM1_GSI)
             .map_err(Error::kvm("KVM_IRQFD (serial)"))?;
-        Ok(SerialPort {
-            uart: Serial::new(IrqTrigger(irq), console),
-        })
+        Ok(IrqTrigger(irq))
     }
 
     pub fn read(&mut self, offset: u16) -> u8 {

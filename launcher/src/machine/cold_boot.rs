@@ -1,35 +1,35 @@
-//! A pc-lite machine: builds a VM for a cold boot (in the order of
-//! docs/boot.md), runs its vCPU threads, and stops them.
+//! Building a pc-lite machine for a cold boot, in the order of docs/boot.md.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::Machine;
 use crate::boot::e820::{memory_map, ram_end};
 use crate::boot::layout::{
     BOOT_GDT_START, BOOT_IDT_START, CMDLINE_MAX_SIZE, CMDLINE_START, PMEM_ALIGN, PML4_START,
 };
 use crate::boot::loader::{load_initrd, load_kernel, BootProtocol, Entry, KernelSource};
 use crate::boot::{gdt, mptable, paging, params};
-use crate::control::{Control, StopReason};
+use crate::control::Control;
 use crate::devices::console::Console;
 use crate::devices::serial::SerialPort;
 use crate::devices::PortIoBus;
 use crate::error::{Error, Result};
 use crate::kvm_host::KvmHost;
 use crate::memory::{anonymous_ram, PmemImage};
-use crate::vcpu::run::{run_loop, VcpuContext};
+use crate::template::manifest::KernelInfo;
 use crate::vcpu::setup::{configure_vcpu, vcpu_cpuid};
-use crate::vcpu::{kick, Vcpu};
+use crate::vcpu::Vcpu;
 use crate::vm::Vm;
 
 /// The MP table addresses APIC IDs with one byte and 0xff is broadcast.
 pub const MAX_VCPUS: u8 = 254;
-/// Below this the boot structures and the smallest kernel do not fit.
-pub const MIN_MEM_SIZE: u64 = 2 << 20;
+/// Below 1 MiB not even the boot structures fit; whether a kernel fits
+/// above them is checked when it is loaded.
+pub const MIN_MEM_SIZE: u64 = 1 << 20;
 pub const MAX_MEM_SIZE: u64 = 1 << 40;
 
 pub struct MachineConfig {
@@ -44,22 +44,6 @@ pub struct MachineConfig {
     pub exit_on_ready: bool,
     /// Latencies (ready_us) are measured from here.
     pub started: Instant,
-}
-
-pub struct Machine {
-    // Field order is drop order: vCPUs and the VM go before the memory
-    // they map.
-    vcpus: Vec<Vcpu>,
-    vm: Vm,
-    mem: GuestMemoryMmap,
-    pmem: Option<PmemImage>,
-    bus: Arc<Mutex<PortIoBus>>,
-    control: Arc<Control>,
-    host: &'static KvmHost,
-    pub entry: Entry,
-    pub mem_size: u64,
-    /// (phase, microseconds since `started`) for each cold-boot step.
-    pub phases: Vec<(&'static str, u64)>,
 }
 
 fn validate(config: &MachineConfig, host: &KvmHost) -> Result<()> {
@@ -97,6 +81,7 @@ fn write(mem: &GuestMemoryMmap, bytes: &[u8], addr: u64, what: &str) -> Result<(
 }
 
 impl Machine {
+    /// Creates a VM ready to run the kernel from its first instruction.
     pub fn cold_boot(config: MachineConfig) -> Result<Machine> {
         let mut phases = Vec::new();
         let mut mark = |name| phases.push((name, config.started.elapsed().as_micros() as u64));
@@ -183,6 +168,11 @@ impl Machine {
         mark("vcpus");
         let serial = SerialPort::new(&vm.fd, config.console)?;
         mark("devices");
+        let kernel_info = KernelInfo {
+            source: config.kernel.describe(),
+            sha256: config.kernel.sha256()?,
+            cmdline: config.cmdline.clone(),
+        };
         Ok(Machine {
             vcpus,
             vm,
@@ -191,52 +181,10 @@ impl Machine {
             bus: Arc::new(Mutex::new(PortIoBus::new(serial))),
             control: Arc::new(Control::new(config.started, config.exit_on_ready)),
             host,
-            entry: kernel.entry,
             mem_size: config.mem_size,
             phases,
-        })
-    }
-
-    pub fn control(&self) -> &Arc<Control> {
-        &self.control
-    }
-
-    pub fn vm(&self) -> &Vm {
-        &self.vm
-    }
-
-    pub fn memory(&self) -> &GuestMemoryMmap {
-        &self.mem
-    }
-
-    pub fn has_rootfs(&self) -> bool {
-        self.pmem.is_some()
-    }
-
-    /// Starts one thread per vCPU.
-    pub fn start(mut self) -> Result<RunningMachine> {
-        kick::install_kick_handler()?;
-        let mut threads = Vec::with_capacity(self.vcpus.len());
-        for mut vcpu in self.vcpus.drain(..) {
-            let control = self.control.clone();
-            let bus = self.bus.clone();
-            let host = self.host.virt;
-            let handle = std::thread::Builder::new()
-                .name(format!("vcpu{}", vcpu.index))
-                .spawn(move || {
-                    let ctx = VcpuContext {
-                        control: &control,
-                        bus: &bus,
-                        host,
-                    };
-                    run_loop(vcpu.index, &mut vcpu.fd, &ctx);
-                    vcpu
-                })?;
-            threads.push(handle);
-        }
-        Ok(RunningMachine {
-            machine: self,
-            threads,
+            kernel: kernel_info,
+            restored_from: None,
         })
     }
 }
@@ -253,59 +201,4 @@ fn too_small_hint(e: Error, mem_size: u64) -> Error {
         }
         other => other,
     }
-}
-
-pub struct RunningMachine {
-    machine: Machine,
-    threads: Vec<JoinHandle<Vcpu>>,
-}
-
-impl RunningMachine {
-    pub fn control(&self) -> &Arc<Control> {
-        &self.machine.control
-    }
-
-    pub fn wait(&self, ready_timeout: Option<Duration>) -> StopReason {
-        self.machine.control.wait_stopped(ready_timeout)
-    }
-
-    /// Stops every vCPU thread and hands the machine back, vCPUs included,
-    /// so its state can still be read.
-    pub fn stop(mut self, reason: StopReason) -> Result<Machine> {
-        self.machine.control.stop(reason);
-        // A kick can land just before a thread enters KVM_RUN and be lost,
-        // so keep kicking until each thread has returned.
-        for handle in self.threads.drain(..) {
-            while !handle.is_finished() {
-                use std::os::unix::thread::JoinHandleExt;
-                kick::kick(handle.as_pthread_t());
-                std::thread::sleep(Duration::from_micros(200));
-            }
-            let vcpu = handle.join().map_err(|_| Error::Vcpu {
-                index: self.machine.vcpus.len(),
-                reason: "vCPU thread panicked".into(),
-            })?;
-            self.machine.vcpus.push(vcpu);
-        }
-        self.machine
-            .bus
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .serial
-            .flush();
-        Ok(self.machine)
-    }
-}
-
-/// Resident set size of this process, in KiB, from /proc/self/status.
-pub fn vmm_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }

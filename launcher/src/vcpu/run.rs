@@ -28,7 +28,7 @@ pub struct VcpuContext<'a> {
 /// `control`; this returns when the thread should end.
 pub fn run_loop(index: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext) {
     loop {
-        if ctx.control.is_stopping() {
+        if ctx.control.is_leaving() {
             return;
         }
         match step(index, vcpu, ctx) {
@@ -59,7 +59,13 @@ fn step(index: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext) -> Next {
                 ready_port::encode_command(command, data);
                 Next::Run
             }
-            None => Next::Quit,
+            None => {
+                // Leaving while parked (stop, pause, snapshot): the `in`
+                // completes on the next KVM_RUN with this value, which is
+                // therefore what the guest sees first after a restore.
+                ready_port::encode_command(ready_port::CMD_RESUMED, data);
+                Next::Quit
+            }
         },
         VcpuExit::IoOut(port, data) => {
             let event = lock(ctx.bus).write(port, data);

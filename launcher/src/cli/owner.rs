@@ -1,0 +1,99 @@
+//! The owner of a running VM: waits for it to stop, and serves requests
+//! from its control socket (snapshot, ping, pause, resume, stop) in between.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::control::{OwnerEvent, RequestKind, StopReason};
+use crate::devices::ready_port::CMD_PING;
+use crate::error::Result;
+use crate::machine::{Machine, RunningMachine};
+use crate::template;
+
+enum Vm {
+    Running(RunningMachine),
+    Paused(Machine),
+}
+
+/// How long a ping waits for the guest's acknowledgement.
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs the VM until it stops, serving control requests. Returns why it
+/// stopped and the machine (vCPUs joined).
+pub fn run(machine: Machine, ready_timeout: Option<Duration>) -> Result<(StopReason, Machine)> {
+    let control = machine.control().clone();
+    let mut vm = Vm::Running(machine.start()?);
+    let reason = loop {
+        match control.wait_event(ready_timeout) {
+            OwnerEvent::Stopped(reason) => break reason,
+            OwnerEvent::Request(request) => {
+                let (next, answer) = handle(vm, &request.kind)?;
+                vm = next;
+                let _ = request.reply.send(answer);
+            }
+        }
+    };
+    let machine = match vm {
+        Vm::Running(running) => running.stop(reason.clone())?,
+        Vm::Paused(machine) => machine,
+    };
+    Ok((reason, machine))
+}
+
+fn handle(vm: Vm, kind: &RequestKind) -> Result<(Vm, std::result::Result<String, String>)> {
+    Ok(match (vm, kind) {
+        (Vm::Running(running), RequestKind::Snapshot { out, diff }) => {
+            let mut machine = running.pause()?;
+            let answer = snapshot_answer(&mut machine, out, *diff);
+            (Vm::Running(machine.start()?), answer)
+        }
+        (Vm::Paused(mut machine), RequestKind::Snapshot { out, diff }) => {
+            let answer = snapshot_answer(&mut machine, out, *diff);
+            (Vm::Paused(machine), answer)
+        }
+        (Vm::Running(running), RequestKind::Ping) => {
+            let control = running.control().clone();
+            let before = control.acks();
+            let start = Instant::now();
+            control.send_command(CMD_PING);
+            let answer = if control.wait_acks(before + 1, Some(start + PING_TIMEOUT)) {
+                Ok(json!({"pong_us": start.elapsed().as_micros() as u64}).to_string())
+            } else {
+                Err("the guest did not acknowledge the ping".to_string())
+            };
+            (Vm::Running(running), answer)
+        }
+        (Vm::Running(running), RequestKind::Pause) => {
+            (Vm::Paused(running.pause()?), Ok("paused".into()))
+        }
+        (Vm::Paused(machine), RequestKind::Resume) => {
+            (Vm::Running(machine.start()?), Ok("resumed".into()))
+        }
+        (vm @ Vm::Paused(_), RequestKind::Ping) => (vm, Err("the VM is paused".into())),
+        (vm @ Vm::Paused(_), RequestKind::Pause) => (vm, Err("the VM is already paused".into())),
+        (vm @ Vm::Running(_), RequestKind::Resume) => (vm, Err("the VM is not paused".into())),
+    })
+}
+
+fn snapshot_answer(
+    machine: &mut Machine,
+    out: &Path,
+    diff: bool,
+) -> std::result::Result<String, String> {
+    let start = Instant::now();
+    template::snapshot(machine, out, diff)
+        .map(|report| {
+            json!({
+                "out": report.dir,
+                "snapshot_us": start.elapsed().as_micros() as u64,
+                "state_bytes": report.state_bytes,
+                "memory_bytes": report.memory_bytes,
+                "memory_written_bytes": report.memory_written,
+                "dirty_pages": report.dirty_pages,
+            })
+            .to_string()
+        })
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,104 @@
+//! `vmfork restore`: bring a template back to life and resume it.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+use serde_json::json;
+
+use super::args::parse_duration;
+use super::boot::{phases_json, stop_name, stop_result};
+use super::{api, owner, signals};
+use crate::devices::console::Console;
+use crate::error::Result;
+use crate::machine::vmm_rss_kib;
+use crate::persist::vm::ClockMode;
+use crate::template::{self, RestoreOptions};
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The template directory.
+    pub template: PathBuf,
+    /// Stop once the guest has acknowledged its resume.
+    #[arg(long)]
+    pub exit_on_ready: bool,
+    /// Fail if the guest does not acknowledge within this time.
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// Listen for control requests (snapshot [--diff], ping, pause, resume,
+    /// stop) on this Unix socket; see `vmfork ctl`.
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: Option<PathBuf>,
+    /// Set the guest clock to the host's present instead of the snapshot's.
+    #[arg(long)]
+    pub clock_now: bool,
+    /// Discard the guest console.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Print one JSON object with `restore_us` on the last line of stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: &RestoreArgs, started: Instant) -> Result<()> {
+    let timeout = args
+        .timeout
+        .as_deref()
+        .map(|t| parse_duration("--timeout", t))
+        .transpose()?;
+    let machine = template::restore(
+        &args.template,
+        RestoreOptions {
+            console: if args.quiet {
+                Console::Discard
+            } else {
+                Console::Stdout(Vec::new())
+            },
+            clock: if args.clock_now {
+                ClockMode::HostNow
+            } else {
+                ClockMode::AsSaved
+            },
+            started,
+            exit_on_ack: args.exit_on_ready,
+        },
+    )?;
+    let dirty_logging = machine.vm().dirty_logging();
+    let phases = phases_json(&machine.phases);
+    let control = machine.control().clone();
+    signals::forward_to(control.clone());
+    let _api = args
+        .api_sock
+        .as_deref()
+        .map(|p| api::serve(p, control.clone()))
+        .transpose()?;
+    let deadline = timeout.map(|t| (t, Instant::now() + t));
+    let watchdog_control = control.clone();
+    if let Some((t, at)) = deadline {
+        // Before the first acknowledgement the guest is not "ready" for the
+        // purposes of a timeout.
+        std::thread::spawn(move || {
+            if !watchdog_control.wait_acks(watchdog_control.acks() + 1, Some(at))
+                && watchdog_control.first_ack_at().is_none()
+            {
+                watchdog_control.stop(crate::control::StopReason::Timeout(t));
+            }
+        });
+    }
+    let (reason, machine) = owner::run(machine, None)?;
+    let rss = vmm_rss_kib();
+    drop(machine);
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "restore_us": control.first_ack_at().map(|d| d.as_micros() as u64),
+                "vmm_rss_kib": rss,
+                "stop": stop_name(&reason),
+                "dirty_logging": dirty_logging,
+                "phases_us": phases,
+            })
+        );
+    }
+    stop_result(&reason)
+}

@@ -1,0 +1,266 @@
+//! A pc-lite machine: its VM, memory, vCPUs and devices; running it on one
+//! thread per vCPU; pausing, stopping and capturing its state.
+
+mod cold_boot;
+
+pub use cold_boot::{MachineConfig, MAX_MEM_SIZE, MAX_VCPUS, MIN_MEM_SIZE};
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmfork_snapshot::state::{
+    DeviceState, MachineState, MemoryRegion, MemoryState, ReadyPortState,
+};
+use vmfork_snapshot::Persist;
+
+use crate::control::{Control, StopReason};
+use crate::devices::PortIoBus;
+use crate::error::{Error, Result};
+use crate::kvm_host::KvmHost;
+use crate::memory::PmemImage;
+use crate::template::manifest::KernelInfo;
+use crate::vcpu::run::{run_loop, VcpuContext};
+use crate::vcpu::{kick, Vcpu};
+use crate::vm::Vm;
+
+pub struct Machine {
+    // Field order is drop order: vCPUs and the VM go before the memory
+    // they map.
+    vcpus: Vec<Vcpu>,
+    vm: Vm,
+    mem: GuestMemoryMmap,
+    pmem: Option<PmemImage>,
+    bus: Arc<Mutex<PortIoBus>>,
+    control: Arc<Control>,
+    host: &'static KvmHost,
+    pub mem_size: u64,
+    /// (phase, microseconds since the start instant) for each setup step.
+    pub phases: Vec<(&'static str, u64)>,
+    pub kernel: KernelInfo,
+    /// The template this machine was restored from, if any.
+    pub restored_from: Option<PathBuf>,
+}
+
+/// Everything a restore has rebuilt, handed over to become a Machine.
+pub struct RestoredParts {
+    pub vcpus: Vec<Vcpu>,
+    pub vm: Vm,
+    pub mem: GuestMemoryMmap,
+    pub bus: PortIoBus,
+    pub control: Control,
+    pub mem_size: u64,
+    pub phases: Vec<(&'static str, u64)>,
+    pub kernel: KernelInfo,
+    pub restored_from: PathBuf,
+}
+
+impl Machine {
+    pub fn from_restored(parts: RestoredParts) -> Result<Machine> {
+        Ok(Machine {
+            vcpus: parts.vcpus,
+            vm: parts.vm,
+            mem: parts.mem,
+            pmem: None,
+            bus: Arc::new(Mutex::new(parts.bus)),
+            control: Arc::new(parts.control),
+            host: KvmHost::get()?,
+            mem_size: parts.mem_size,
+            phases: parts.phases,
+            kernel: parts.kernel,
+            restored_from: Some(parts.restored_from),
+        })
+    }
+
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
+    }
+
+    pub fn vm(&self) -> &Vm {
+        &self.vm
+    }
+
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    pub fn has_rootfs(&self) -> bool {
+        self.pmem.is_some()
+    }
+
+    /// Starts (or resumes) one thread per vCPU.
+    pub fn start(mut self) -> Result<RunningMachine> {
+        kick::install_kick_handler()?;
+        self.control.clear_pause();
+        let mut threads = Vec::with_capacity(self.vcpus.len());
+        for mut vcpu in self.vcpus.drain(..) {
+            let control = self.control.clone();
+            let bus = self.bus.clone();
+            let host = self.host.virt;
+            let handle = std::thread::Builder::new()
+                .name(format!("vcpu{}", vcpu.index))
+                .spawn(move || {
+                    let ctx = VcpuContext {
+                        control: &control,
+                        bus: &bus,
+                        host,
+                    };
+                    run_loop(vcpu.index, &mut vcpu.fd, &ctx);
+                    vcpu
+                })?;
+            threads.push(handle);
+        }
+        Ok(RunningMachine {
+            machine: self,
+            threads,
+        })
+    }
+
+    /// Lets KVM finish an I/O exit the vCPU loop already answered, so the
+    /// registers are architecturally consistent (KVM's API documentation
+    /// requires this before reading state after KVM_EXIT_IO).
+    fn complete_pending_io(&mut self) -> Result<()> {
+        for vcpu in &mut self.vcpus {
+            vcpu.fd.set_kvm_immediate_exit(1);
+            let result = vcpu.fd.run();
+            let outcome = match result {
+                Err(e) if e.errno() == libc::EINTR => Ok(()),
+                Ok(exit) => Err(format!("unexpected exit {exit:?}")),
+                Err(e) => Err(e.to_string()),
+            };
+            vcpu.fd.set_kvm_immediate_exit(0);
+            outcome.map_err(|reason| Error::Vcpu {
+                index: usize::from(vcpu.index),
+                reason: format!("completing pending I/O before a snapshot: {reason}"),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The whole machine's state, through each component's `Persist`. The
+    /// machine must be paused (not running).
+    pub fn save_state(&mut self) -> Result<MachineState> {
+        if self.vcpus.is_empty() {
+            return Err(Error::Snapshot(
+                "the machine has no stopped vCPUs to save".into(),
+            ));
+        }
+        if self.pmem.is_some() {
+            return Err(Error::Snapshot(
+                "snapshots of VMs with a --rootfs are not supported yet".into(),
+            ));
+        }
+        self.complete_pending_io()?;
+        let vm = self.vm.save()?;
+        let vcpus = self
+            .vcpus
+            .iter()
+            .map(Persist::save)
+            .collect::<Result<Vec<_>>>()?;
+        let bus = self.bus.lock().unwrap_or_else(|p| p.into_inner());
+        let devices = DeviceState {
+            serial: bus.serial.save()?,
+            ready_port: ReadyPortState {
+                ready: self.control.ready_at().is_some(),
+                acks: self.control.acks(),
+            },
+        };
+        drop(bus);
+        let mut regions = Vec::new();
+        let mut file_offset = 0;
+        for r in self.mem.iter() {
+            regions.push(MemoryRegion {
+                guest_addr: r.start_addr().0,
+                size: r.len(),
+                file_offset,
+            });
+            file_offset += r.len();
+        }
+        Ok(MachineState {
+            vm,
+            vcpus,
+            devices,
+            memory: MemoryState {
+                mem_size: self.mem_size,
+                regions,
+                diff: false,
+                dirty_ranges: Vec::new(),
+            },
+        })
+    }
+}
+
+pub struct RunningMachine {
+    machine: Machine,
+    threads: Vec<JoinHandle<Vcpu>>,
+}
+
+impl RunningMachine {
+    pub fn control(&self) -> &Arc<Control> {
+        &self.machine.control
+    }
+
+    pub fn machine(&self) -> &Machine {
+        &self.machine
+    }
+
+    pub fn wait(&self, ready_timeout: Option<Duration>) -> StopReason {
+        self.machine.control.wait_stopped(ready_timeout)
+    }
+
+    /// Kicks every vCPU thread out of KVM_RUN and takes its vCPU back. A
+    /// kick can land just before a thread enters KVM_RUN and be lost, so it
+    /// is repeated until the thread has returned.
+    fn join_vcpus(&mut self) -> Result<()> {
+        for handle in self.threads.drain(..) {
+            while !handle.is_finished() {
+                use std::os::unix::thread::JoinHandleExt;
+                kick::kick(handle.as_pthread_t());
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            let vcpu = handle.join().map_err(|_| Error::Vcpu {
+                index: self.machine.vcpus.len(),
+                reason: "vCPU thread panicked".into(),
+            })?;
+            self.machine.vcpus.push(vcpu);
+        }
+        self.machine.vcpus.sort_by_key(|v| v.index);
+        self.machine
+            .bus
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .serial
+            .flush();
+        Ok(())
+    }
+
+    /// Pauses the VM: every vCPU out of KVM_RUN, the machine handed back
+    /// with its vCPUs so its state can be read; `Machine::start` resumes.
+    pub fn pause(mut self) -> Result<Machine> {
+        self.machine.control.request_pause();
+        self.join_vcpus()?;
+        Ok(self.machine)
+    }
+
+    /// Stops every vCPU thread for good.
+    pub fn stop(mut self, reason: StopReason) -> Result<Machine> {
+        self.machine.control.stop(reason);
+        self.join_vcpus()?;
+        Ok(self.machine)
+    }
+}
+
+/// Resident set size of this process, in KiB, from /proc/self/status.
+pub fn vmm_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}

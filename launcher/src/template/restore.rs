@@ -1,0 +1,229 @@
+//! Loading a template (with every check that keeps a bad one from being
+//! used) and restoring a machine from it.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap};
+use vmfork_snapshot::state::{MachineState, MemoryState};
+use vmfork_snapshot::Persist;
+
+use super::manifest::{Manifest, MEMORY_FILE, STATE_FILE};
+use crate::control::Control;
+use crate::devices::console::Console;
+use crate::devices::serial::SerialPort;
+use crate::devices::PortIoBus;
+use crate::error::{Error, Result};
+use crate::kvm_host::KvmHost;
+use crate::machine::{Machine, RestoredParts};
+use crate::persist::devices::SerialRestore;
+use crate::persist::vm::{ClockMode, VmRestore};
+use crate::vcpu::Vcpu;
+use crate::vm::Vm;
+
+/// Diff templates form a chain back to a full one; a longer chain is
+/// either a mistake or a loop.
+const MAX_DIFF_DEPTH: usize = 16;
+
+pub struct RestoreOptions {
+    pub console: Console,
+    pub clock: ClockMode,
+    /// Latencies are measured from here.
+    pub started: Instant,
+    /// Stop the VM at the guest's first acknowledgement after resuming.
+    pub exit_on_ack: bool,
+}
+
+/// One template's files, checked.
+pub struct LoadedTemplate {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    pub state: MachineState,
+    /// The template whose memory file holds every page not in a diff,
+    /// followed by the diffs to apply on top, oldest first.
+    pub memory_layers: Vec<(PathBuf, MemoryState)>,
+}
+
+fn bad(dir: &Path, reason: String) -> Error {
+    Error::Template {
+        path: dir.to_path_buf(),
+        reason,
+    }
+}
+
+impl LoadedTemplate {
+    pub fn load(dir: &Path) -> Result<LoadedTemplate> {
+        Self::load_at_depth(dir, 0)
+    }
+
+    fn load_at_depth(dir: &Path, depth: usize) -> Result<LoadedTemplate> {
+        if depth > MAX_DIFF_DEPTH {
+            return Err(bad(dir, format!("diff chain deeper than {MAX_DIFF_DEPTH}")));
+        }
+        let dir = dir
+            .canonicalize()
+            .map_err(|e| bad(dir, format!("cannot open: {e}")))?;
+        let manifest = Manifest::read(&dir)?;
+        let mut state_file = File::open(dir.join(STATE_FILE))
+            .map_err(|e| bad(&dir, format!("cannot open {STATE_FILE}: {e}")))?;
+        let state: MachineState =
+            vmfork_snapshot::read_from(&mut state_file, vmfork_snapshot::MAX_STATE_LEN)
+                .map_err(|e| bad(&dir, format!("{STATE_FILE}: {e}")))?;
+        state
+            .validate()
+            .map_err(|e| bad(&dir, format!("{STATE_FILE}: {e}")))?;
+        if manifest.vcpus as usize != state.vcpus.len()
+            || manifest.mem_size != state.memory.mem_size
+        {
+            return Err(bad(
+                &dir,
+                format!(
+                    "{} and {STATE_FILE} disagree on vCPUs or memory size",
+                    super::manifest::MANIFEST_FILE
+                ),
+            ));
+        }
+        let expected = state.memory.file_size();
+        let actual = std::fs::metadata(dir.join(MEMORY_FILE))
+            .map_err(|e| bad(&dir, format!("cannot open {MEMORY_FILE}: {e}")))?
+            .len();
+        if actual != expected {
+            return Err(bad(
+                &dir,
+                format!("{MEMORY_FILE} is {actual} bytes, the state says {expected} (truncated or wrong file)"),
+            ));
+        }
+        let memory_layers = match &manifest.base {
+            None => vec![(dir.clone(), state.memory.clone())],
+            Some(base) => {
+                let base = Self::load_at_depth(base, depth + 1)?;
+                let base_layout = &base.state.memory;
+                if base_layout.regions != state.memory.regions {
+                    return Err(bad(
+                        &dir,
+                        "its memory layout differs from its base's".into(),
+                    ));
+                }
+                let mut layers = base.memory_layers;
+                layers.push((dir.clone(), state.memory.clone()));
+                layers
+            }
+        };
+        Ok(LoadedTemplate {
+            dir,
+            manifest,
+            state,
+            memory_layers,
+        })
+    }
+
+    /// Guest RAM: the full template's memory file mapped private (pages are
+    /// read lazily and copied only when written), then each diff's pages
+    /// copied over it.
+    pub fn map_memory(&self) -> Result<GuestMemoryMmap> {
+        let (root_dir, root) = &self.memory_layers[0];
+        let file = File::open(root_dir.join(MEMORY_FILE))
+            .map_err(|e| bad(root_dir, format!("cannot open {MEMORY_FILE}: {e}")))?;
+        let mut regions = Vec::with_capacity(root.regions.len());
+        for r in &root.regions {
+            let file = file
+                .try_clone()
+                .map_err(|e| bad(root_dir, format!("{MEMORY_FILE}: {e}")))?;
+            let mapping = MmapRegionBuilder::<()>::new(r.size as usize)
+                .with_file_offset(FileOffset::new(file, r.file_offset))
+                .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+                .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+                .build()
+                .map_err(|e| Error::GuestMemory(format!("mapping {MEMORY_FILE}: {e}")))?;
+            regions.push(
+                GuestRegionMmap::new(mapping, GuestAddress(r.guest_addr))
+                    .ok_or_else(|| Error::GuestMemory("memory region overflows".into()))?,
+            );
+        }
+        let mem = GuestMemoryMmap::from_regions(regions)
+            .map_err(|e| Error::GuestMemory(format!("guest memory layout: {e}")))?;
+        for (dir, layer) in &self.memory_layers[1..] {
+            apply_diff(&mem, dir, layer)?;
+        }
+        Ok(mem)
+    }
+}
+
+fn apply_diff(mem: &GuestMemoryMmap, dir: &Path, layer: &MemoryState) -> Result<()> {
+    let file = File::open(dir.join(MEMORY_FILE))
+        .map_err(|e| bad(dir, format!("cannot open {MEMORY_FILE}: {e}")))?;
+    for &(offset, len) in &layer.dirty_ranges {
+        // Validation guarantees the range lies inside one region's file span.
+        let region = layer
+            .regions
+            .iter()
+            .find(|r| offset >= r.file_offset && offset + len <= r.file_offset + r.size)
+            .ok_or_else(|| bad(dir, format!("dirty range {offset:#x} spans regions")))?;
+        let guest = GuestAddress(region.guest_addr + (offset - region.file_offset));
+        let host = mem
+            .get_host_address(guest)
+            .map_err(|e| Error::GuestMemory(format!("diff target: {e}")))?;
+        // SAFETY: `host..host+len` lies inside one mapped region (checked
+        // above against the same layout the mapping was built from), and no
+        // vCPU runs yet.
+        let target = unsafe { std::slice::from_raw_parts_mut(host, len as usize) };
+        file.read_exact_at(target, offset)
+            .map_err(|e| bad(dir, format!("reading {MEMORY_FILE}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Restores a machine from the template at `dir`, ready to start.
+pub fn restore(dir: &Path, opts: RestoreOptions) -> Result<Machine> {
+    let mut phases = Vec::new();
+    let mut mark = |name| phases.push((name, opts.started.elapsed().as_micros() as u64));
+    let host = KvmHost::get()?;
+    let template = LoadedTemplate::load(dir)?;
+    mark("load_template");
+    let mem = template.map_memory()?;
+    mark("map_memory");
+    let mut vm = Vm::new(host)?;
+    vm.register_ram(&mem)?;
+    vm.create_platform()?;
+    mark("create_vm");
+    let state = &template.state;
+    let vm = Vm::restore(
+        VmRestore {
+            vm,
+            clock: opts.clock,
+        },
+        &state.vm,
+    )?;
+    let vcpus = state
+        .vcpus
+        .iter()
+        .map(|s| Vcpu::restore(Vcpu::new(&vm, s.index)?, s))
+        .collect::<Result<Vec<_>>>()?;
+    mark("restore_vcpus");
+    let serial = SerialPort::restore(
+        SerialRestore {
+            vm: &vm.fd,
+            console: opts.console,
+        },
+        &state.devices.serial,
+    )?;
+    mark("devices");
+    Machine::from_restored(RestoredParts {
+        vcpus,
+        vm,
+        mem,
+        bus: PortIoBus::new(serial),
+        control: Control::new_restored(
+            opts.started,
+            state.devices.ready_port.acks,
+            opts.exit_on_ack,
+        ),
+        mem_size: state.memory.mem_size,
+        phases,
+        kernel: template.manifest.kernel.clone(),
+        restored_from: template.dir.clone(),
+    })
+}

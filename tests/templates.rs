@@ -1,0 +1,338 @@
+//! Templates on real VMs: build, restore (twice), snapshot a restored VM,
+//! diff snapshots, and every way a damaged template must be refused.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vmfork_tests::{assert_clean_error, exit, vmfork, vmfork_bin, Run, Scratch};
+
+fn build(scratch: &Scratch, name: &str, cmdline: &str) -> Run {
+    let out = scratch.str(name);
+    let run = vmfork(&[
+        "template",
+        "build",
+        "--cmdline",
+        cmdline,
+        "--mem",
+        "64M",
+        "--out",
+        &out,
+        "--json",
+        "--timeout",
+        "30",
+    ]);
+    assert_eq!(run.status, 0, "{run}");
+    run
+}
+
+fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+        .unwrap_or_else(|| panic!("{key}= missing in {line:?}"))
+}
+
+fn pong_line(run: &Run) -> String {
+    run.stdout
+        .lines()
+        .find(|l| l.contains("vmfork-guest: pong"))
+        .unwrap_or_else(|| panic!("no pong line: {run}"))
+        .to_string()
+}
+
+fn restore(dir: &str) -> Run {
+    vmfork(&[
+        "restore",
+        dir,
+        "--exit-on-ready",
+        "--json",
+        "--timeout",
+        "30",
+    ])
+}
+
+/// The guest continued: no new boot banner, the boot nonce from before the
+/// snapshot, and an acknowledgement measured as restore_us.
+fn assert_continued(run: &Run, nonce: &str) -> String {
+    assert_eq!(run.status, 0, "{run}");
+    assert!(
+        !run.stdout.contains("vmfork-guest: boot"),
+        "the guest rebooted: {run}"
+    );
+    let pong = pong_line(run);
+    assert_eq!(field(&pong, "boot_nonce"), nonce, "{run}");
+    let json = run.json();
+    assert!(json["restore_us"].as_u64().is_some(), "{run}");
+    assert_eq!(json["dirty_logging"], false, "{run}");
+    pong
+}
+
+fn boot_nonce(build: &Run) -> String {
+    let init = build
+        .stdout
+        .lines()
+        .find(|l| l.contains("vmfork-guest: init"))
+        .unwrap_or_else(|| panic!("no init line: {build}"));
+    field(init, "boot_nonce").to_string()
+}
+
+#[test]
+fn build_then_restore_round_trip_and_twice() {
+    let scratch = Scratch::new("roundtrip");
+    let built = build(&scratch, "t", "touch_mib=4");
+    let json = built.json();
+    assert!(
+        json["state_bytes"].as_u64().is_some_and(|b| b > 0),
+        "{built}"
+    );
+    assert_eq!(json["memory_bytes"].as_u64(), Some(64 << 20), "{built}");
+    assert!(
+        json["memory_on_disk_bytes"].as_u64().unwrap_or(u64::MAX) < (32 << 20),
+        "zero pages should be holes: {built}"
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(scratch.path("t/template.json")).expect("manifest"))
+            .expect("manifest json");
+    for key in [
+        "format_version",
+        "vcpus",
+        "mem_size",
+        "memory_regions",
+        "kernel",
+        "host",
+        "created_unix_ms",
+    ] {
+        assert!(!manifest[key].is_null(), "manifest lacks {key}: {manifest}");
+    }
+    let nonce = boot_nonce(&built);
+    let first = assert_continued(&restore(&scratch.str("t")), &nonce);
+    let second = assert_continued(&restore(&scratch.str("t")), &nonce);
+    assert_eq!(
+        field(&first, "n"),
+        field(&second, "n"),
+        "same template, same state"
+    );
+}
+
+struct LiveVm {
+    child: Child,
+    socket: String,
+}
+
+impl LiveVm {
+    fn restore(template: &str, socket: String) -> LiveVm {
+        let mut child = Command::new(vmfork_bin())
+            .args(["restore", template, "--api-sock", &socket, "--quiet"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn restore");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !std::path::Path::new(&socket).exists() {
+            assert!(Instant::now() < deadline, "api socket never appeared");
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut err = String::new();
+                if let Some(e) = child.stderr.take() {
+                    let _ = BufReader::new(e).read_line(&mut err);
+                }
+                panic!("restore exited with {status}: {err}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        LiveVm { child, socket }
+    }
+
+    fn ctl(&self, args: &[&str]) -> Run {
+        let mut full = vec!["ctl", self.socket.as_str()];
+        full.extend_from_slice(args);
+        vmfork(&full)
+    }
+
+    fn stop(mut self) {
+        let run = self.ctl(&["stop"]);
+        assert_eq!(run.status, 0, "{run}");
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "restore exited with {status}");
+    }
+}
+
+#[test]
+fn snapshot_of_a_restored_vm_restores() {
+    let scratch = Scratch::new("resnap");
+    let built = build(&scratch, "t", "touch_mib=2");
+    let nonce = boot_nonce(&built);
+    let vm = LiveVm::restore(&scratch.str("t"), scratch.str("api.sock"));
+    let run = vm.ctl(&["ping"]);
+    assert_eq!(run.status, 0, "{run}");
+    let run = vm.ctl(&["snapshot", "--out", &scratch.str("t2")]);
+    assert_eq!(run.status, 0, "{run}");
+    vm.stop();
+    // Restored once (n=1), pinged (n=2), then snapshotted: the restore of
+    // the second template continues from there.
+    let pong = assert_continued(&restore(&scratch.str("t2")), &nonce);
+    assert_eq!(field(&pong, "n"), "3", "{pong}");
+}
+
+#[test]
+fn diff_snapshot_plus_base_equals_full_snapshot() {
+    let scratch = Scratch::new("diff");
+    let built = build(&scratch, "base", "touch_mib=8");
+    let nonce = boot_nonce(&built);
+    let vm = LiveVm::restore(&scratch.str("base"), scratch.str("api.sock"));
+    assert_eq!(vm.ctl(&["ping"]).status, 0);
+    assert_eq!(vm.ctl(&["pause"]).status, 0);
+    let diff = vm.ctl(&["snapshot", "--diff", "--out", &scratch.str("d")]);
+    assert_eq!(diff.status, 0, "{diff}");
+    let full = vm.ctl(&["snapshot", "--out", &scratch.str("f")]);
+    assert_eq!(full.status, 0, "{full}");
+    assert_eq!(vm.ctl(&["resume"]).status, 0);
+    vm.stop();
+
+    let diff_json: serde_json::Value = serde_json::from_str(diff.stdout.trim()).expect("json");
+    let full_json: serde_json::Value = serde_json::from_str(full.stdout.trim()).expect("json");
+    let dirty = diff_json["dirty_pages"].as_u64().expect("dirty_pages");
+    assert!(
+        dirty > 0 && dirty < 256,
+        "a ping dirties a few pages, not {dirty}"
+    );
+    assert!(
+        diff_json["memory_written_bytes"].as_u64() < full_json["memory_written_bytes"].as_u64(),
+        "{diff_json} vs {full_json}"
+    );
+    // Byte for byte, base + diff is the full snapshot's memory.
+    let flat = scratch.str("d.flat");
+    let run = vmfork(&["template", "flatten", &scratch.str("d"), "--out", &flat]);
+    assert_eq!(run.status, 0, "{run}");
+    let flat_bytes = std::fs::read(&flat).expect("flat");
+    let full_bytes = std::fs::read(scratch.path("f/memory")).expect("full memory");
+    assert!(
+        flat_bytes == full_bytes,
+        "diff+base memory differs from the full snapshot's"
+    );
+    // And both resume to the same guest state.
+    let from_diff = assert_continued(&restore(&scratch.str("d")), &nonce);
+    let from_full = assert_continued(&restore(&scratch.str("f")), &nonce);
+    assert_eq!(from_diff, from_full);
+}
+
+fn corrupt_copy(scratch: &Scratch, edit: impl FnOnce(&std::path::Path)) -> String {
+    let src = scratch.path("t");
+    let dst = scratch.path(&format!("bad{}", std::process::id() ^ rand_suffix()));
+    std::fs::create_dir(&dst).expect("mkdir");
+    for f in ["template.json", "state", "memory"] {
+        std::fs::copy(src.join(f), dst.join(f)).expect("copy");
+    }
+    edit(&dst);
+    dst.to_string_lossy().into_owned()
+}
+
+fn rand_suffix() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+}
+
+#[test]
+fn damaged_templates_are_refused_clearly() {
+    let scratch = Scratch::new("corrupt");
+    build(&scratch, "t", "touch_mib=1");
+    let state_len = std::fs::metadata(scratch.path("t/state"))
+        .expect("state")
+        .len() as usize;
+
+    // A flipped bit anywhere in the payload: checksum error.
+    let dir = corrupt_copy(&scratch, |d| {
+        let mut s = std::fs::read(d.join("state")).expect("read");
+        s[state_len / 2] ^= 0x10;
+        std::fs::write(d.join("state"), s).expect("write");
+    });
+    assert_clean_error(&restore(&dir), exit::TEMPLATE, "checksum");
+
+    // A truncated memory file.
+    let dir = corrupt_copy(&scratch, |d| {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(d.join("memory"))
+            .expect("open");
+        f.set_len(4096 * 10).expect("truncate");
+    });
+    assert_clean_error(&restore(&dir), exit::TEMPLATE, "truncated");
+
+    // A wrong format version in the manifest names both versions.
+    let dir = corrupt_copy(&scratch, |d| {
+        let text = std::fs::read_to_string(d.join("template.json")).expect("read");
+        let mut m: serde_json::Value = serde_json::from_str(&text).expect("json");
+        m["format_version"] = serde_json::json!(999);
+        std::fs::write(d.join("template.json"), m.to_string()).expect("write");
+    });
+    let run = restore(&dir);
+    assert_clean_error(&run, exit::TEMPLATE, "999");
+    assert!(run.stderr.contains("version 1"), "{run}");
+
+    // A wrong version inside the state header also names both.
+    let dir = corrupt_copy(&scratch, |d| {
+        let mut s = std::fs::read(d.join("state")).expect("read");
+        s[8..12].copy_from_slice(&77u32.to_le_bytes());
+        std::fs::write(d.join("state"), s).expect("write");
+    });
+    let run = restore(&dir);
+    assert_clean_error(&run, exit::TEMPLATE, "77");
+
+    // An oversized length field: refused at once, no huge allocation.
+    let dir = corrupt_copy(&scratch, |d| {
+        let mut s = std::fs::read(d.join("state")).expect("read");
+        s[20..28].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
+        std::fs::write(d.join("state"), s).expect("write");
+    });
+    let run = restore(&dir);
+    assert_clean_error(&run, exit::TEMPLATE, "length");
+    assert!(run.elapsed < Duration::from_secs(5), "{run}");
+
+    // Not a template at all.
+    let run = restore(&scratch.str("nothing-here"));
+    assert_clean_error(&run, exit::TEMPLATE, "nothing-here");
+}
+
+#[test]
+fn killed_template_build_leaves_nothing_loadable() {
+    let scratch = Scratch::new("killed");
+    let out = scratch.str("t");
+    // A 1 GiB touched heap makes the memory write long enough to kill it
+    // part-way.
+    let mut child = Command::new(vmfork_bin())
+        .args([
+            "template",
+            "build",
+            "--mem",
+            "1200M",
+            "--cmdline",
+            "touch_mib=1024",
+            "--out",
+            &out,
+            "--timeout",
+            "60",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn build");
+    let stdout = child.stdout.take().expect("stdout");
+    for line in BufReader::new(stdout).lines() {
+        if line.expect("line").contains("vmfork-guest: READY") {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(30));
+    child.kill().expect("kill");
+    let _ = child.wait();
+    assert!(
+        !scratch.path("t").exists(),
+        "a killed build must not leave the target"
+    );
+    assert_clean_error(&restore(&out), exit::TEMPLATE, "t");
+    // Whatever partial directory is left is not loadable either.
+    for entry in std::fs::read_dir(&scratch.0).expect("ls").flatten() {
+        let run = restore(&entry.path().to_string_lossy());
+        assert_eq!(run.status, exit::TEMPLATE, "{run}");
+    }
+}
