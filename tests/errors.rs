@@ -58,7 +58,8 @@ fn invalid_sizes_and_counts() {
         vec!["boot", "--vcpus", "0"],
         vec!["boot", "--vcpus", "255"],
         vec!["boot", "--vcpus", "two"],
-        vec!["boot", "--timeout", "-1"],
+        vec!["boot", "--timeout", "0"],
+        vec!["boot", "--timeout", "soon"],
     ] {
         let run = vmfork(&args);
         assert_clean_error(&run, exit::INVALID_ARGUMENT, args[1]);

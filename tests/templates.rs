@@ -269,10 +269,17 @@ fn damaged_templates_are_refused_clearly() {
     assert_clean_error(&run, exit::TEMPLATE, "999");
     assert!(run.stderr.contains("version 1"), "{run}");
 
-    // A wrong version inside the state header also names both.
+    // A wrong version inside the state header, with a valid checksum (as a
+    // future vmfork would write it), also names both versions.
     let dir = corrupt_copy(&scratch, |d| {
         let mut s = std::fs::read(d.join("state")).expect("read");
         s[8..12].copy_from_slice(&77u32.to_le_bytes());
+        let body = s.len() - 8;
+        let crc = crc64fast_nvme::Digest::new();
+        let mut crc = crc;
+        crc.write(&s[..body]);
+        let sum = crc.sum64().to_le_bytes();
+        s[body..].copy_from_slice(&sum);
         std::fs::write(d.join("state"), s).expect("write");
     });
     let run = restore(&dir);
@@ -285,7 +292,7 @@ fn damaged_templates_are_refused_clearly() {
         std::fs::write(d.join("state"), s).expect("write");
     });
     let run = restore(&dir);
-    assert_clean_error(&run, exit::TEMPLATE, "length");
+    assert_clean_error(&run, exit::TEMPLATE, "limit");
     assert!(run.elapsed < Duration::from_secs(5), "{run}");
 
     // Not a template at all.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use linux_loader::loader::bootparam::setup_header;
 use linux_loader::loader::{BzImage, Elf, KernelLoader, PvhBootCapability};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, ReadVolatile};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, ReadVolatile};
 
 use super::layout::{HIMEM_START, MMIO_GAP_START};
 use crate::error::{Error, Result};
@@ -132,6 +132,23 @@ fn load_from<F: Read + ReadVolatile + Seek>(
     })?;
     let load_err =
         |e: linux_loader::loader::Error| Error::KernelLoad(format!("{}: {e}", path.display()));
+    let ram_top = mem.last_addr().0 + 1;
+    let needed_end = match format {
+        Format::Elf => elf_load_end(image),
+        // A bzImage's protected-mode part goes at 1 MiB and needs at least
+        // its own size there (more once decompressed, which the kernel checks).
+        Format::BzImage => image.seek(SeekFrom::End(0)).map(|size| HIMEM_START + size),
+    }
+    .map_err(|source| Error::KernelUnreadable {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if needed_end > ram_top {
+        return Err(Error::MemoryTooSmall(format!(
+            "{} needs guest RAM up to {needed_end:#x}, but RAM ends at {ram_top:#x}; raise --mem",
+            path.display()
+        )));
+    }
     match format {
         Format::Elf => {
             let result =
@@ -184,6 +201,43 @@ fn load_from<F: Read + ReadVolatile + Seek>(
 
 fn read_up_to<R: Read + Seek>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
     r.seek(SeekFrom::Start(0))?;
+    read_up_to_at_current(r, buf)
+}
+
+/// The highest physical address any PT_LOAD segment occupies, so that a
+/// kernel too large for RAM is reported as such. A malformed header yields
+/// 0 here and is left to the loader to reject.
+fn elf_load_end<R: Read + Seek>(r: &mut R) -> std::io::Result<u64> {
+    const PT_LOAD: u32 = 1;
+    let mut ehdr = [0u8; 64];
+    r.seek(SeekFrom::Start(0))?;
+    if read_up_to(r, &mut ehdr)? < 64 {
+        return Ok(0);
+    }
+    let phoff = u64::from_le_bytes(ehdr[0x20..0x28].try_into().unwrap_or_default());
+    let phentsize = u64::from(u16::from_le_bytes([ehdr[0x36], ehdr[0x37]]));
+    let phnum = u64::from(u16::from_le_bytes([ehdr[0x38], ehdr[0x39]]));
+    if phentsize < 56 {
+        return Ok(0);
+    }
+    let mut end = 0u64;
+    for i in 0..phnum {
+        let mut ph = [0u8; 56];
+        r.seek(SeekFrom::Start(phoff.saturating_add(i * phentsize)))?;
+        if read_up_to_at_current(r, &mut ph)? < 56 {
+            return Ok(0);
+        }
+        let kind = u32::from_le_bytes([ph[0], ph[1], ph[2], ph[3]]);
+        let paddr = u64::from_le_bytes(ph[0x18..0x20].try_into().unwrap_or_default());
+        let memsz = u64::from_le_bytes(ph[0x28..0x30].try_into().unwrap_or_default());
+        if kind == PT_LOAD {
+            end = end.max(paddr.saturating_add(memsz));
+        }
+    }
+    Ok(end)
+}
+
+fn read_up_to_at_current<R: Read>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match r.read(&mut buf[filled..])? {
