@@ -21,8 +21,12 @@ def rss_kib(pid):
         pass
     return 0
 
-def time_to_ready(cmd, timeout=60.0):
-    """Spawn cmd, return (seconds until READY on stdout, rss_kib at READY, all stdout)."""
+def time_to_ready(cmd, timeout=60.0, read_to_end=False):
+    """Spawn cmd, return (seconds until READY on stdout, rss_kib at READY, all stdout).
+
+    With read_to_end the process is left to exit by itself (vmfork
+    --exit-on-ready prints its JSON report after READY); otherwise it is
+    killed once READY has been seen."""
     start = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     out = b""
@@ -37,7 +41,8 @@ def time_to_ready(cmd, timeout=60.0):
         if ready_at is None and READY in out:
             ready_at = time.perf_counter() - start
             rss = rss_kib(p.pid)
-            break
+            if not read_to_end:
+                break
         if time.perf_counter() - start > timeout:
             break
     if p.poll() is None:
@@ -58,43 +63,65 @@ def main():
 
     guest = "/tmp/vmfork-bench-guest.elf"
     subprocess.run([args.vmfork, "export-guest", guest], check=True)
-    vmfork_cmd = [args.vmfork, "boot", "--mem", args.mem, "--exit-on-ready", "--json"]
-    qemu_cmd = [args.qemu, "-M", "microvm,x-option-roms=off,rtc=off,acpi=off,pit=on,pic=on,isa-serial=on",
-                "-enable-kvm", "-cpu", "host,-arch-capabilities", "-m", args.mem, "-smp", "1",
-                "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio",
-                "-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-kernel", guest]
 
-    ext_vmfork, int_vmfork, rss_vmfork, ext_qemu, rss_qemu, floor = [], [], [], [], [], []
-    # One warm-up of each so page cache and first-use effects do not land in round 1.
-    time_to_ready(vmfork_cmd); time_to_ready(qemu_cmd)
-    for r in range(args.rounds):
-        t, _, out = time_to_ready(vmfork_cmd)
-        ext_vmfork.append(t)
-        last = out.decode(errors="replace").strip().splitlines()[-1]
-        report = json.loads(last)
-        int_vmfork.append(report["ready_us"] / 1e6)
-        rss_vmfork.append(report["vmm_rss_kib"])
-        t, rss, _ = time_to_ready(qemu_cmd)
-        ext_qemu.append(t); rss_qemu.append(rss)
+    def commands(cmdline):
+        vmfork_cmd = [args.vmfork, "boot", "--mem", args.mem, "--exit-on-ready", "--json", "--cmdline", cmdline]
+        qemu_cmd = [args.qemu, "-M", "microvm,x-option-roms=off,rtc=off,acpi=off,pit=on,pic=on,isa-serial=on",
+                    "-enable-kvm", "-cpu", "host,-arch-capabilities", "-m", args.mem, "-smp", "1",
+                    "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio",
+                    "-device", "isa-debug-exit,iobase=0xf4,iosize=4", "-kernel", guest, "-append", cmdline]
+        return vmfork_cmd, qemu_cmd
+
+    # "default": the guest's own application init (touch 8 MiB, 1 M work
+    # iterations, three console lines). "minimal": no init work and only the
+    # READY line, so what remains is the VMM and the boot path.
+    configs = {"default": "", "minimal": "quiet=1 touch_mib=0 work=0"}
+    samples = {name: {"vmfork": [], "vmfork_internal": [], "vmfork_rss": [], "qemu": [], "qemu_rss": []}
+               for name in configs}
+    floor = []
+    for name, cmdline in configs.items():
+        v, q = commands(cmdline)
+        # Warm-up so page cache and first-use effects do not land in round 1.
+        time_to_ready(v, read_to_end=True); time_to_ready(q)
+    for _ in range(args.rounds):
+        for name, cmdline in configs.items():
+            v, q = commands(cmdline)
+            s = samples[name]
+            t, _, out = time_to_ready(v, read_to_end=True)
+            report = json.loads(out.decode(errors="replace").strip().splitlines()[-1])
+            s["vmfork"].append(t)
+            s["vmfork_internal"].append(report["ready_us"] / 1e6)
+            s["vmfork_rss"].append(report["vmm_rss_kib"])
+            t, rss, _ = time_to_ready(q)
+            s["qemu"].append(t); s["qemu_rss"].append(rss)
         f = subprocess.run([args.vmfork, "floor", "--rounds", "5", "--json"], capture_output=True, check=True)
         floor.append(json.loads(f.stdout)["floor_us"] / 1e6)
 
-    med = lambda xs: statistics.median(xs)
-    us = lambda s: round(s * 1e6)
-    vm_ext, q_ext, vm_int, fl = med(ext_vmfork), med(ext_qemu), med(int_vmfork), med(floor)
+    med = statistics.median
+    us = lambda x: round(x * 1e6)
+    fl = med(floor)
     print(f"rounds: {args.rounds} (interleaved), guest: vmfork's embedded guest ELF, mem {args.mem}")
-    print(f"vmfork  spawn->READY on serial  p50 {us(vm_ext):>8} us  (min {us(min(ext_vmfork))}, max {us(max(ext_vmfork))})")
-    print(f"vmfork  ready_us (own clock)    p50 {us(vm_int):>8} us")
-    print(f"QEMU    spawn->READY on serial  p50 {us(q_ext):>8} us  (min {us(min(ext_qemu))}, max {us(max(ext_qemu))})")
-    print(f"KVM floor (VM+vCPU to HLT)      p50 {us(fl):>8} us")
-    print(f"ratio vmfork/QEMU (spawn->READY): {vm_ext / q_ext:.3f}")
-    print(f"ratio vmfork/floor (ready_us / floor): {vm_int / fl:.2f}")
-    print(f"VMM RSS at READY: vmfork {med(rss_vmfork)} KiB, QEMU {med(rss_qemu)} KiB")
+    print(f"KVM floor (VM+vCPU to first HLT)        p50 {us(fl):>8} us")
+    summary = {}
+    for name, cmdline in configs.items():
+        s = samples[name]
+        v, vi, q = med(s["vmfork"]), med(s["vmfork_internal"]), med(s["qemu"])
+        print(f"[{name}] guest cmdline {cmdline!r}")
+        print(f"  vmfork spawn->READY on serial        p50 {us(v):>8} us  (min {us(min(s['vmfork']))}, max {us(max(s['vmfork']))})")
+        print(f"  vmfork ready_us (its own clock)      p50 {us(vi):>8} us")
+        print(f"  QEMU   spawn->READY on serial        p50 {us(q):>8} us  (min {us(min(s['qemu']))}, max {us(max(s['qemu']))})")
+        print(f"  ratio vmfork/QEMU {v / q:.3f}   ratio vmfork ready_us/floor {vi / fl:.2f}")
+        print(f"  VMM RSS at READY: vmfork {med(s['vmfork_rss']):.0f} KiB, QEMU {med(s['qemu_rss']):.0f} KiB")
+        summary[name] = dict(vmfork=us(v), vmfork_internal=us(vi), qemu=us(q), ratio=round(v / q, 4),
+                             ratio_floor=round(vi / fl, 3), rss=med(s["vmfork_rss"]), qemu_rss=med(s["qemu_rss"]))
+    d, m = summary["default"], summary["minimal"]
     print(json.dumps({
-        "vmfork_ready_us": us(vm_ext), "vmfork_internal_ready_us": us(vm_int),
-        "qemu_ready_us": us(q_ext), "floor_us": us(fl),
-        "ratio_vs_qemu": round(vm_ext / q_ext, 4), "ratio_vs_floor": round(vm_int / fl, 3),
-        "vmm_rss_kib": med(rss_vmfork), "qemu_rss_kib": med(rss_qemu), "rounds": args.rounds,
+        "vmfork_ready_us": d["vmfork"], "qemu_ready_us": d["qemu"], "floor_us": us(fl),
+        "ratio_vs_qemu": d["ratio"], "vmm_rss_kib": d["rss"], "qemu_rss_kib": d["qemu_rss"],
+        "vmfork_internal_ready_us": d["vmfork_internal"], "ratio_vs_floor": d["ratio_floor"],
+        "minimal_vmfork_ready_us": m["vmfork"], "minimal_qemu_ready_us": m["qemu"],
+        "minimal_ratio_vs_qemu": m["ratio"], "minimal_vmfork_internal_ready_us": m["vmfork_internal"],
+        "rounds": args.rounds,
     }))
 
 if __name__ == "__main__":

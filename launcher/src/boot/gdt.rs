@@ -47,7 +47,7 @@ pub fn segment(selector: u16) -> kvm_segment {
     let flags = ((entry >> 40) & 0xf0ff) as u16;
     let raw_limit = ((entry & 0xffff) | ((entry >> 32) & 0xf_0000)) as u32;
     let granular = (flags >> 15) & 1 == 1;
-    let base = (((entry >> 16) & 0xff_ffff) | ((entry >> 32) & 0xff00_0000)) as u64;
+    let base = ((entry >> 16) & 0xff_ffff) | ((entry >> 32) & 0xff00_0000);
     kvm_segment {
         base,
         limit: if granular {

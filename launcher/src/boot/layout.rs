@@ -1,10 +1,10 @@
 //! pc-lite guest physical memory layout. Everything the VMM writes into a
 //! guest before its first instruction has a fixed home here.
 
-/// Boot GDT (null, null, 64-bit code 0x10, data 0x18, 32-bit code 0x20 for PVH... see gdt.rs).
+/// Boot GDT (see gdt.rs for its entries).
 pub const BOOT_GDT_START: u64 = 0x500;
 /// An empty IDT: the kernel installs its own before it enables interrupts.
-pub const BOOT_IDT_START: u64 = 0x520;
+pub const BOOT_IDT_START: u64 = 0x540;
 /// PVH `hvm_start_info` and its memory map follow it.
 pub const PVH_INFO_START: u64 = 0x6000;
 pub const PVH_MEMMAP_START: u64 = 0x6040;
@@ -39,3 +39,14 @@ pub const PMEM_ALIGN: u64 = 1 << 30;
 pub const E820_PMEM: u32 = 12;
 pub const E820_RAM: u32 = 1;
 pub const E820_RESERVED: u32 = 2;
+
+// The fixed boot structures must not overlap; checked at compile time.
+const _: () = {
+    assert!(BOOT_GDT_START + 5 * 8 <= BOOT_IDT_START);
+    assert!(PVH_MEMMAP_START + 128 * 24 <= ZERO_PAGE_START);
+    assert!(ZERO_PAGE_START + 4096 <= BOOT_STACK_POINTER);
+    assert!(BOOT_STACK_POINTER < PML4_START);
+    assert!(PD_START + PD_COUNT * 0x1000 <= CMDLINE_START);
+    assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
+    assert!(EBDA_START < LOW_RAM_END && LOW_RAM_END <= HIMEM_START);
+};

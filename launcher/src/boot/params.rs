@@ -142,14 +142,4 @@ mod tests {
         ];
         assert!(zero_page(None, 1, &map, None).is_err());
     }
-
-    #[test]
-    fn boot_structures_do_not_overlap() {
-        use crate::boot::layout::*;
-        let pvh_memmap_end = PVH_MEMMAP_START + 128 * 24;
-        assert!(pvh_memmap_end <= ZERO_PAGE_START);
-        assert!(ZERO_PAGE_START + 4096 <= BOOT_STACK_POINTER);
-        assert!(BOOT_STACK_POINTER < PML4_START);
-        assert!(BOOT_GDT_START + 5 * 8 <= BOOT_IDT_START);
-    }
 }

@@ -62,7 +62,7 @@ fn validate(config: &MachineConfig, host: &KvmHost) -> Result<()> {
             MAX_MEM_SIZE >> 20
         )));
     }
-    if config.mem_size % 4096 != 0 {
+    if !config.mem_size.is_multiple_of(4096) {
         return Err(Error::InvalidArgument(
             "--mem must be a multiple of 4 KiB".into(),
         ));
