@@ -17,6 +17,8 @@ pub const ACK_TAG: u32 = 0x4143_0000;
 pub const PANIC_GUEST_FATAL: u32 = 0xff;
 
 pub const CMD_EXIT: u32 = 2;
+/// Low byte 4, pages to dirty in bits 8..32 (see docs/guest-abi.md).
+pub const CMD_DIRTY: u32 = 4;
 /// What an `in` from an unclaimed port returns: no vmfork VMM is listening.
 pub const CMD_NO_VMM: u32 = 0xffff_ffff;
 

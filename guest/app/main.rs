@@ -19,7 +19,7 @@ use core::hint::black_box;
 use core::ptr::{read_volatile, write_volatile};
 
 use abi::{
-    BootInfo, ACK_TAG, CMD_EXIT, CMD_NO_VMM, PANIC_GUEST_FATAL, READY, READY_PORT,
+    BootInfo, ACK_TAG, CMD_DIRTY, CMD_EXIT, CMD_NO_VMM, PANIC_GUEST_FATAL, READY, READY_PORT,
     SVC_EMULATION_ERROR, SVC_TIMER_START, SVC_TRIPLE_FAULT,
 };
 use config::{Config, Test};
@@ -90,7 +90,9 @@ pub extern "C" fn vmfork_main(info: &'static BootInfo) -> ! {
     // in the benchmarks) see the ready point, and it costs ~20 exits.
     say!("vmfork-guest: READY");
     outl(READY_PORT, READY);
-    serve(boot_nonce, checksum, quiet)
+    let heap_start = (info.image_end + PAGE - 1) & !(PAGE - 1);
+    let heap = (heap_start, heap_start + (cfg.touch_mib << 20));
+    serve(boot_nonce, checksum, quiet, heap)
 }
 
 /// Application init, part 1: a runtime warming its heap. Writes one byte
@@ -129,6 +131,23 @@ fn touch(cfg: &Config, image_end: u64, memmap: boot::MemMap) -> u64 {
         page += PAGE;
     }
     sum
+}
+
+/// DIRTY: write one byte in each of the first `n` pages of the init heap
+/// (as many as it has), so benchmarks can make a known number of pages
+/// differ from a snapshot.
+fn dirty_pages(heap: (u64, u64), n: u64) {
+    let mut page = heap.0;
+    let mut left = n;
+    while left > 0 && page < heap.1 {
+        // SAFETY: [heap.0, heap.1) is the RAM `touch` validated and wrote.
+        unsafe {
+            let p = page as *mut u8;
+            write_volatile(p, read_volatile(p).wrapping_add(1));
+        }
+        page += PAGE;
+        left -= 1;
+    }
 }
 
 /// Application init, part 2: `n` rounds of an integer mix. Each round
@@ -174,7 +193,7 @@ fn misbehave(test: Test) -> ! {
 /// snapshot is taken: a clone resumes by completing it. Everything the
 /// pong line shows lives in this frame or in guest memory, so it carries
 /// over into clones.
-fn serve(boot_nonce: u64, checksum: u64, quiet: bool) -> ! {
+fn serve(boot_nonce: u64, checksum: u64, quiet: bool, heap: (u64, u64)) -> ! {
     let mut commands: u32 = 0;
     let mut pings: u64 = 0;
     loop {
@@ -182,6 +201,10 @@ fn serve(boot_nonce: u64, checksum: u64, quiet: bool) -> ! {
         commands = commands.wrapping_add(1);
         match command {
             CMD_EXIT => exit(0),
+            c if c & 0xff == CMD_DIRTY => {
+                dirty_pages(heap, u64::from(c >> 8));
+                outl(READY_PORT, ACK_TAG | (commands & 0xffff));
+            }
             CMD_NO_VMM => {
                 say!("vmfork-guest: no VMM on port 0xdf0; exiting through isa-debug-exit");
                 exit(0)

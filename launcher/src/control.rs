@@ -31,8 +31,13 @@ pub enum StopReason {
 /// What the owner of a running VM is asked to do, by its control socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RequestKind {
-    Snapshot { out: std::path::PathBuf, diff: bool },
-    Ping,
+    Snapshot {
+        out: std::path::PathBuf,
+        diff: bool,
+    },
+    /// Send a command word to the parked guest and wait for its
+    /// acknowledgement (PING, DIRTY n).
+    Command(u32),
     Pause,
     Resume,
 }

@@ -1,7 +1,7 @@
 //! The control socket of a running VM (`--api-sock PATH`). One request per
 //! connection, one JSON line each way:
 //!   -> {"op":"snapshot","out":"DIR","diff":false} | {"op":"ping"} |
-//!      {"op":"pause"} | {"op":"resume"} | {"op":"stop"}
+//!      {"op":"dirty_pages","pages":N} | {"op":"pause"} | {"op":"resume"} | {"op":"stop"}
 //!   <- {"ok":true,"result":...} | {"ok":false,"error":"..."}
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::control::{Control, OwnerRequest, RequestKind, StopReason};
+use crate::devices::ready_port;
 use crate::error::{Error, Result};
 
 /// A request line longer than this is refused rather than buffered.
@@ -31,6 +32,9 @@ pub enum Request {
         diff: bool,
     },
     Ping,
+    DirtyPages {
+        pages: u32,
+    },
     Pause,
     Resume,
     Stop,
@@ -105,7 +109,10 @@ fn dispatch(request: Request, control: &Control) -> std::result::Result<String, 
             return Ok("stopping".into());
         }
         Request::Snapshot { out, diff } => RequestKind::Snapshot { out, diff },
-        Request::Ping => RequestKind::Ping,
+        Request::Ping => RequestKind::Command(ready_port::CMD_PING),
+        Request::DirtyPages { pages } => {
+            RequestKind::Command(ready_port::dirty_command(pages).ok_or("at most 16777215 pages")?)
+        }
         Request::Pause => RequestKind::Pause,
         Request::Resume => RequestKind::Resume,
     };

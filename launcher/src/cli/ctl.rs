@@ -29,6 +29,11 @@ pub enum CtlRequest {
     },
     /// Ask the guest to answer; prints the round-trip time.
     Ping,
+    /// Ask the default guest to write to N pages of its heap (benchmarks).
+    DirtyPages {
+        /// How many pages.
+        pages: u32,
+    },
     /// Stop running the vCPUs (the VM can be snapshotted, then resumed).
     Pause,
     /// Resume a paused VM.
@@ -46,6 +51,7 @@ pub fn run(args: &CtlArgs) -> Result<()> {
             json!({"op": "snapshot", "out": out, "diff": diff})
         }
         CtlRequest::Ping => json!({"op": "ping"}),
+        CtlRequest::DirtyPages { pages } => json!({"op": "dirty_pages", "pages": pages}),
         CtlRequest::Pause => json!({"op": "pause"}),
         CtlRequest::Resume => json!({"op": "resume"}),
         CtlRequest::Stop => json!({"op": "stop"}),

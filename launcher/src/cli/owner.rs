@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::control::{OwnerEvent, RequestKind, StopReason};
-use crate::devices::ready_port::CMD_PING;
 use crate::error::Result;
 use crate::machine::{Machine, RunningMachine};
 use crate::template;
@@ -53,13 +52,13 @@ fn handle(vm: Vm, kind: &RequestKind) -> Result<(Vm, std::result::Result<String,
             let answer = snapshot_answer(&mut machine, out, *diff);
             (Vm::Paused(machine), answer)
         }
-        (Vm::Running(running), RequestKind::Ping) => {
+        (Vm::Running(running), RequestKind::Command(command)) => {
             let control = running.control().clone();
             let before = control.acks();
             let start = Instant::now();
-            control.send_command(CMD_PING);
+            control.send_command(*command);
             let answer = if control.wait_acks(before + 1, Some(start + PING_TIMEOUT)) {
-                Ok(json!({"pong_us": start.elapsed().as_micros() as u64}).to_string())
+                Ok(json!({"ack_us": start.elapsed().as_micros() as u64}).to_string())
             } else {
                 Err("the guest did not acknowledge the ping".to_string())
             };
@@ -71,7 +70,7 @@ fn handle(vm: Vm, kind: &RequestKind) -> Result<(Vm, std::result::Result<String,
         (Vm::Paused(machine), RequestKind::Resume) => {
             (Vm::Running(machine.start()?), Ok("resumed".into()))
         }
-        (vm @ Vm::Paused(_), RequestKind::Ping) => (vm, Err("the VM is paused".into())),
+        (vm @ Vm::Paused(_), RequestKind::Command(_)) => (vm, Err("the VM is paused".into())),
         (vm @ Vm::Paused(_), RequestKind::Pause) => (vm, Err("the VM is already paused".into())),
         (vm @ Vm::Running(_), RequestKind::Resume) => (vm, Err("the VM is not paused".into())),
     })

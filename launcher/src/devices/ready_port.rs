@@ -15,6 +15,12 @@ pub const CMD_EXIT: u32 = 2;
 /// Delivered to a guest whose parked `in` is completed for a snapshot: it
 /// is what the guest sees first after every restore.
 pub const CMD_RESUMED: u32 = 3;
+/// DIRTY n: the guest writes one byte in each of n heap pages.
+pub const CMD_DIRTY: u32 = 4;
+
+pub fn dirty_command(pages: u32) -> Option<u32> {
+    (pages < 1 << 24).then_some(CMD_DIRTY | (pages << 8))
+}
 
 /// What a 32-bit write to the port means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
