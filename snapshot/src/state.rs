@@ -20,7 +20,9 @@ pub const MAX_ONE_REG_BYTES: usize = 256;
 pub const MAX_XSAVE_BYTES: usize = 64 * 1024;
 pub const MAX_MEMORY_REGIONS: usize = 8;
 pub const MAX_SERIAL_FIFO: usize = 64;
-pub const MAX_DIRTY_RANGES: usize = 1 << 24;
+/// Each range encodes in up to ~20 bytes; this keeps a diff's state far
+/// below the format's 64 MiB payload cap.
+pub const MAX_DIRTY_RANGES: usize = 1 << 21;
 
 // No PartialEq: kvm_irqchip (a C union) has none.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -3,9 +3,13 @@
 //! our guest from either.
 
 use super::layout::{
-    E820_PMEM, E820_RAM, E820_RESERVED, EBDA_START, HIMEM_START, LOW_RAM_END, MMIO_GAP_END,
-    MMIO_GAP_START,
+    E820_PMEM, E820_RAM, E820_RESERVED, HIMEM_START, LOW_RAM_END, MMIO_GAP_END, MMIO_GAP_START,
 };
+use super::mptable::MPTABLE_LOWEST;
+
+/// Low RAM ends at the page holding the lowest byte the MP table can use
+/// (it grows down from the EBDA with the vCPU count).
+const LOW_RAM_TOP: u64 = MPTABLE_LOWEST & !0xfff;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct E820Entry {
@@ -35,18 +39,19 @@ pub fn ram_end(mem_size: u64) -> u64 {
 }
 
 /// The e820 map for `mem_size` bytes of RAM plus an optional persistent
-/// memory range `(addr, size)`. The EBDA (which holds the MP table) and the
-/// legacy VGA/BIOS hole are left out of RAM so no kernel allocates over them.
+/// memory range `(addr, size)`. The MP table area up to the EBDA's end and
+/// the legacy VGA/BIOS hole are left out of RAM so no kernel allocates over
+/// them.
 pub fn memory_map(mem_size: u64, pmem: Option<(u64, u64)>) -> Vec<E820Entry> {
     let mut map = vec![
         E820Entry {
             addr: 0,
-            size: EBDA_START,
+            size: LOW_RAM_TOP,
             kind: E820_RAM,
         },
         E820Entry {
-            addr: EBDA_START,
-            size: LOW_RAM_END - EBDA_START,
+            addr: LOW_RAM_TOP,
+            size: LOW_RAM_END - LOW_RAM_TOP,
             kind: E820_RESERVED,
         },
     ];
@@ -87,7 +92,7 @@ mod tests {
             map[0],
             E820Entry {
                 addr: 0,
-                size: EBDA_START,
+                size: LOW_RAM_TOP,
                 kind: E820_RAM
             }
         );
