@@ -91,6 +91,7 @@ fn snapshot_answer(
                 "memory_bytes": report.memory_bytes,
                 "memory_written_bytes": report.memory_written,
                 "dirty_pages": report.dirty_pages,
+                "dirty_scan_us": report.dirty_scan_us,
             })
             .to_string()
         })

@@ -29,6 +29,8 @@ pub struct SnapshotReport {
     /// Bytes of memory actually written (the rest are holes).
     pub memory_written: u64,
     pub dirty_pages: Option<u64>,
+    /// Time spent reading the dirty set from pagemap (diff snapshots).
+    pub dirty_scan_us: Option<u64>,
 }
 
 /// Writes a paused machine as a template at `out`. With `diff`, only the
@@ -56,6 +58,7 @@ pub fn snapshot(machine: &mut Machine, out: &Path, diff: bool) -> Result<Snapsho
 
     let mut written = 0u64;
     let mut dirty_pages = None;
+    let mut dirty_scan = std::time::Duration::ZERO;
     for (region, saved) in machine.memory().iter().zip(&state.memory.regions) {
         let host = machine
             .memory()
@@ -66,7 +69,9 @@ pub fn snapshot(machine: &mut Machine, out: &Path, diff: bool) -> Result<Snapsho
         // while this slice exists.
         let bytes = unsafe { std::slice::from_raw_parts(host, region.len() as usize) };
         if base.is_some() {
+            let scan_start = std::time::Instant::now();
             let ranges = dirty::dirty_ranges(host as u64, region.len())?;
+            dirty_scan += scan_start.elapsed();
             for &(start, len) in &ranges {
                 let chunk = &bytes[start as usize..(start + len) as usize];
                 use std::os::unix::fs::FileExt;
@@ -128,5 +133,6 @@ pub fn snapshot(machine: &mut Machine, out: &Path, diff: bool) -> Result<Snapsho
         memory_bytes: file_size,
         memory_written: written,
         dirty_pages,
+        dirty_scan_us: dirty_pages.map(|_| dirty_scan.as_micros() as u64),
     })
 }
