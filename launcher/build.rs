@@ -19,7 +19,7 @@ fn main() {
 
     // A prebuilt guest can be injected (e.g. to test a guest change
     // without rebuilding it here).
-    if let Some(prebuilt) = std::env::var_os("VMFORK_GUEST_ELF") {
+    if let Some(prebuilt) = std::env::var_os("VMFORK_GUEST_ELF").filter(|v| !v.is_empty()) {
         std::fs::copy(&prebuilt, &out_elf).unwrap_or_else(|e| {
             panic!(
                 "copying VMFORK_GUEST_ELF={}: {e}",

@@ -19,6 +19,22 @@ pub const PANIC_GUEST_FATAL: u32 = 0xff;
 pub const CMD_EXIT: u32 = 2;
 /// Low byte 4, pages to dirty in bits 8..32 (see docs/guest-abi.md).
 pub const CMD_DIRTY: u32 = 4;
+/// The command a restored or cloned guest sees first (docs/guest-abi.md).
+pub const CMD_RESUMED: u32 = 3;
+
+/// The clone-info page: the VMM writes it before resuming a restored or
+/// cloned VM, so every clone gets its own id, entropy and the host's time.
+pub const CLONE_INFO_ADDR: u64 = 0x5000;
+pub const CLONE_INFO_MAGIC: u64 = u64::from_le_bytes(*b"VMFKCLON");
+
+#[repr(C)]
+pub struct CloneInfo {
+    pub magic: u64,
+    pub clone_id: u64,
+    pub host_unix_ns: u64,
+    pub entropy: [u64; 4],
+}
+
 /// What an `in` from an unclaimed port returns: no vmfork VMM is listening.
 pub const CMD_NO_VMM: u32 = 0xffff_ffff;
 

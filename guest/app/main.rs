@@ -19,7 +19,7 @@ use core::hint::black_box;
 use core::ptr::{read_volatile, write_volatile};
 
 use abi::{
-    BootInfo, ACK_TAG, CMD_DIRTY, CMD_EXIT, CMD_NO_VMM, PANIC_GUEST_FATAL, READY, READY_PORT,
+    BootInfo, ACK_TAG, CMD_DIRTY, CMD_EXIT, CMD_NO_VMM, CMD_RESUMED, PANIC_GUEST_FATAL, READY, READY_PORT,
     SVC_EMULATION_ERROR, SVC_TIMER_START, SVC_TRIPLE_FAULT,
 };
 use config::{Config, Test};
@@ -133,6 +133,22 @@ fn touch(cfg: &Config, image_end: u64, memmap: boot::MemMap) -> u64 {
     sum
 }
 
+/// The clone-info page, if the VMM wrote one (docs/guest-abi.md).
+fn read_clone_info() -> Option<abi::CloneInfo> {
+    // SAFETY: the page is identity mapped RAM below the image that nothing
+    // else in the guest uses; the VMM fills it while the vCPU is stopped.
+    let info = unsafe { core::ptr::read_volatile(abi::CLONE_INFO_ADDR as *const abi::CloneInfo) };
+    (info.magic == abi::CLONE_INFO_MAGIC).then_some(info)
+}
+
+/// splitmix64: a tiny, well-mixed generator step.
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// DIRTY: write one byte in each of the first `n` pages of the init heap
 /// (as many as it has), so benchmarks can make a known number of pages
 /// differ from a snapshot.
@@ -196,6 +212,11 @@ fn misbehave(test: Test) -> ! {
 fn serve(boot_nonce: u64, checksum: u64, quiet: bool, heap: (u64, u64)) -> ! {
     let mut commands: u32 = 0;
     let mut pings: u64 = 0;
+    // Seeded at boot, so every clone of one template would draw the same
+    // numbers; the entropy in the clone-info page reseeds it on resume.
+    let mut rng = boot_nonce;
+    let mut clone_id: Option<u64> = None;
+    let mut host_time_ms: u64 = 0;
     loop {
         let command = inl(READY_PORT);
         commands = commands.wrapping_add(1);
@@ -209,17 +230,29 @@ fn serve(boot_nonce: u64, checksum: u64, quiet: bool, heap: (u64, u64)) -> ! {
                 say!("vmfork-guest: no VMM on port 0xdf0; exiting through isa-debug-exit");
                 exit(0)
             }
-            // PING, and (per the ABI) any other command word.
-            _ => {
+            // PING, RESUMED, and (per the ABI) any other command word.
+            c => {
+                if c == CMD_RESUMED {
+                    if let Some(info) = read_clone_info() {
+                        clone_id = Some(info.clone_id);
+                        host_time_ms = info.host_unix_ns / 1_000_000;
+                        rng = info.entropy.iter().fold(rng, |acc, e| splitmix(acc ^ e));
+                    }
+                }
                 pings += 1;
+                let random = splitmix(rng);
+                rng = random;
                 if !quiet {
                     let ticks = unsafe { read_volatile(&raw const abi::vmfork_ticks) };
                     say!(
-                        "vmfork-guest: pong n={} boot_nonce={:#x} ticks={} checksum={:#x}",
+                        "vmfork-guest: pong n={} boot_nonce={:#x} ticks={} checksum={:#x} clone={} random={:#x} host_time_ms={}",
                         pings,
                         boot_nonce,
                         ticks,
-                        checksum
+                        checksum,
+                        clone_id.map_or(-1, |id| id as i64),
+                        random,
+                        host_time_ms
                     );
                 }
                 outl(READY_PORT, ACK_TAG | (commands & 0xffff));

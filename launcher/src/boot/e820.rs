@@ -3,7 +3,8 @@
 //! our guest from either.
 
 use super::layout::{
-    E820_PMEM, E820_RAM, E820_RESERVED, HIMEM_START, LOW_RAM_END, MMIO_GAP_END, MMIO_GAP_START,
+    CLONE_INFO_START, E820_PMEM, E820_RAM, E820_RESERVED, HIMEM_START, LOW_RAM_END, MMIO_GAP_END,
+    MMIO_GAP_START,
 };
 use super::mptable::MPTABLE_LOWEST;
 
@@ -43,10 +44,22 @@ pub fn ram_end(mem_size: u64) -> u64 {
 /// the legacy VGA/BIOS hole are left out of RAM so no kernel allocates over
 /// them.
 pub fn memory_map(mem_size: u64, pmem: Option<(u64, u64)>) -> Vec<E820Entry> {
+    // The clone-info page is the VMM's, written on every restore.
+    let clone_info_end = CLONE_INFO_START + 4096;
     let mut map = vec![
         E820Entry {
             addr: 0,
-            size: LOW_RAM_TOP,
+            size: CLONE_INFO_START,
+            kind: E820_RAM,
+        },
+        E820Entry {
+            addr: CLONE_INFO_START,
+            size: 4096,
+            kind: E820_RESERVED,
+        },
+        E820Entry {
+            addr: clone_info_end,
+            size: LOW_RAM_TOP - clone_info_end,
             kind: E820_RAM,
         },
         E820Entry {
@@ -87,18 +100,20 @@ mod tests {
     #[test]
     fn small_guest_has_low_and_high_ram_and_reserved_ebda() {
         let map = memory_map(128 * MIB, None);
-        assert_eq!(map.len(), 3);
+        assert_eq!(map.len(), 5);
         assert_eq!(
             map[0],
             E820Entry {
                 addr: 0,
-                size: LOW_RAM_TOP,
+                size: CLONE_INFO_START,
                 kind: E820_RAM
             }
         );
         assert_eq!(map[1].kind, E820_RESERVED);
+        assert_eq!(map[2].addr + map[2].size, LOW_RAM_TOP);
+        assert_eq!(map[3].kind, E820_RESERVED);
         assert_eq!(
-            map[2],
+            map[4],
             E820Entry {
                 addr: HIMEM_START,
                 size: 128 * MIB - HIMEM_START,
@@ -111,10 +126,10 @@ mod tests {
     fn large_guest_skips_the_mmio_gap() {
         let map = memory_map(4 * GIB, None);
         let ram: Vec<_> = map.iter().filter(|e| e.kind == E820_RAM).collect();
-        assert_eq!(ram.len(), 3);
-        assert_eq!(ram[1].addr + ram[1].size, MMIO_GAP_START);
-        assert_eq!(ram[2].addr, MMIO_GAP_END);
-        assert_eq!(ram[2].size, GIB);
+        assert_eq!(ram.len(), 4);
+        assert_eq!(ram[2].addr + ram[2].size, MMIO_GAP_START);
+        assert_eq!(ram[3].addr, MMIO_GAP_END);
+        assert_eq!(ram[3].size, GIB);
         assert_eq!(ram_end(4 * GIB), 5 * GIB);
     }
 

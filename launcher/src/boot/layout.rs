@@ -5,6 +5,9 @@
 pub const BOOT_GDT_START: u64 = 0x500;
 /// An empty IDT: the kernel installs its own before it enables interrupts.
 pub const BOOT_IDT_START: u64 = 0x540;
+/// The clone-info page (docs/guest-abi.md): written by the VMM before a
+/// restored or cloned guest resumes; reserved in the e820 map.
+pub const CLONE_INFO_START: u64 = 0x5000;
 /// PVH `hvm_start_info` and its memory map follow it.
 pub const PVH_INFO_START: u64 = 0x6000;
 pub const PVH_MEMMAP_START: u64 = 0x6040;
@@ -43,6 +46,8 @@ pub const E820_RESERVED: u32 = 2;
 // The fixed boot structures must not overlap; checked at compile time.
 const _: () = {
     assert!(BOOT_GDT_START + 5 * 8 <= BOOT_IDT_START);
+    assert!(BOOT_IDT_START + 8 <= CLONE_INFO_START);
+    assert!(CLONE_INFO_START + 4096 <= PVH_INFO_START);
     assert!(PVH_MEMMAP_START + 128 * 24 <= ZERO_PAGE_START);
     assert!(ZERO_PAGE_START + 4096 <= BOOT_STACK_POINTER);
     assert!(BOOT_STACK_POINTER < PML4_START);

@@ -180,7 +180,7 @@ pub fn run(args: &BootArgs, started: Instant) -> Result<()> {
     let rss = vmm_rss_kib();
     drop(machine);
     if args.json {
-        println!(
+        outln!(
             "{}",
             json!({
                 "ready_us": control.ready_at().map(|d| d.as_micros() as u64),

@@ -58,8 +58,8 @@ pub fn run(args: &CtlArgs) -> Result<()> {
     };
     let result = api::call(&args.socket, &request)?;
     match result {
-        serde_json::Value::String(s) => println!("{s}"),
-        other => println!("{other}"),
+        serde_json::Value::String(s) => outln!("{s}"),
+        other => outln!("{other}"),
     }
     Ok(())
 }

@@ -26,13 +26,13 @@ pub fn run(args: &FloorArgs) -> Result<()> {
         samples.iter().min().copied().unwrap_or_default(),
     );
     if args.json {
-        println!(
+        outln!(
             "{}",
             json!({"rounds": rounds, "floor_us": p50.as_micros() as u64,
                    "floor_p99_us": p99.as_micros() as u64, "floor_min_us": min.as_micros() as u64})
         );
     } else {
-        println!(
+        outln!(
             "KVM floor over {rounds} rounds: p50 {} us, p99 {} us, min {} us",
             p50.as_micros(),
             p99.as_micros(),

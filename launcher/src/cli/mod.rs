@@ -1,5 +1,14 @@
 //! The `vmfork` command line.
 
+/// `println!` that does not panic when stdout is closed (`vmfork ... | head`):
+/// a reader going away is not a VMM failure.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 pub mod api;
 pub mod args;
 pub mod boot;

@@ -61,6 +61,7 @@ pub fn run(args: &RestoreArgs, started: Instant) -> Result<()> {
             },
             started,
             exit_on_ack: args.exit_on_ready,
+            clone_id: 0,
         },
     )?;
     let dirty_logging = machine.vm().dirty_logging();
@@ -89,7 +90,7 @@ pub fn run(args: &RestoreArgs, started: Instant) -> Result<()> {
     let rss = vmm_rss_kib();
     drop(machine);
     if args.json {
-        println!(
+        outln!(
             "{}",
             json!({
                 "restore_us": control.first_ack_at().map(|d| d.as_micros() as u64),

@@ -104,7 +104,7 @@ fn build(args: &BuildArgs, started: Instant) -> Result<()> {
         on_disk >> 10
     ));
     if args.json {
-        println!(
+        outln!(
             "{}",
             json!({
                 "out": args.out,

@@ -2,12 +2,13 @@
 //! `state`, `memory`), and VMs restored from one. docs/snapshot-format.md
 //! describes the files; `persist` holds each component's save/restore.
 
+pub mod clone_info;
 pub mod dirty;
 pub mod files;
 pub mod manifest;
 mod restore;
 
-pub use restore::{restore, LoadedTemplate, RestoreOptions};
+pub use restore::{restore, restore_with_memory, LoadedTemplate, RestoreOptions};
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -35,6 +35,9 @@ pub struct RestoreOptions {
     pub started: Instant,
     /// Stop the VM at the guest's first acknowledgement after resuming.
     pub exit_on_ack: bool,
+    /// Written to the clone-info page with fresh entropy (0 for a plain
+    /// restore).
+    pub clone_id: u64,
 }
 
 /// One template's files, checked.
@@ -178,13 +181,24 @@ fn apply_diff(mem: &GuestMemoryMmap, dir: &Path, layer: &MemoryState) -> Result<
 
 /// Restores a machine from the template at `dir`, ready to start.
 pub fn restore(dir: &Path, opts: RestoreOptions) -> Result<Machine> {
+    let template = LoadedTemplate::load(dir)?;
+    let mem = template.map_memory()?;
+    restore_with_memory(&template, mem, opts)
+}
+
+/// Restores a machine from a loaded template into `mem`, guest RAM that
+/// already holds the template's memory (a private mapping of its file, or
+/// of a sealed memfd shared by clones).
+pub fn restore_with_memory(
+    template: &LoadedTemplate,
+    mem: GuestMemoryMmap,
+    opts: RestoreOptions,
+) -> Result<Machine> {
     let mut phases = Vec::new();
     let mut mark = |name| phases.push((name, opts.started.elapsed().as_micros() as u64));
     let host = KvmHost::get()?;
-    let template = LoadedTemplate::load(dir)?;
-    mark("load_template");
-    let mem = template.map_memory()?;
-    mark("map_memory");
+    super::clone_info::write_clone_info(&mem, opts.clone_id)?;
+    mark("memory");
     let mut vm = Vm::new(host)?;
     vm.register_ram(&mem)?;
     vm.create_platform()?;
