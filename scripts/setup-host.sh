@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs the Debian packages vmfork needs on a build/test host, once.
+# Idempotent and quiet when everything is present: dpkg is asked first, and
+# `apt-get update` only runs when something actually has to be installed.
+#
+#   qemu-system-x86     sanity-boots guest kernels (docs/linux-guest.md)
+#   linux-source-6.12   the guest kernel source (/usr/src/linux-source-6.12.tar.xz)
+#   busybox-static      the guest rootfs userland (must be static: no libc in the image)
+#   e2fsprogs           mkfs.ext4 -d builds the DAX rootfs without root or loop devices
+#   gcc make bc bison flex libelf-dev libssl-dev cpio patch xz-utils
+#                       what a kernel build needs
+set -euo pipefail
+
+packages=(
+    qemu-system-x86 busybox-static linux-source-6.12 e2fsprogs
+    gcc make bc bison flex libelf-dev libssl-dev cpio patch xz-utils
+)
+
+missing=()
+for pkg in "${packages[@]}"; do
+    # "install ok installed" is the only state in which the files are there;
+    # half-configured or removed-with-config packages need an install too.
+    status="$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)"
+    if [[ "$status" != "install ok installed" ]]; then
+        missing+=("$pkg")
+    fi
+done
+
+if [[ ${#missing[@]} -eq 0 ]]; then
+    exit 0
+fi
+
+if [[ $EUID -ne 0 ]]; then
+    sudo=(sudo)
+else
+    sudo=()
+fi
+
+echo "setup-host: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+"${sudo[@]}" apt-get update -qq
+"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+echo "setup-host: done" >&2

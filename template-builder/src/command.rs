@@ -1,0 +1,167 @@
+//! Running the external tools (tar, patch, make, mkfs.ext4) with their output
+//! appended to a log file, so the terminal stays quiet and a failure points
+//! at a file with everything in it.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use crate::{Error, Result};
+
+/// Runs `cmd` with stdout and stderr appended to `log`. `step` names it in
+/// errors ("make vmlinux bzImage").
+pub fn run_logged(cmd: &mut Command, step: &str, log: &Path) -> Result<()> {
+    let mut file = open_log(log)?;
+    // The exact command line first, so the log can be replayed by hand.
+    writeln!(file, "\n$ {cmd:?}").map_err(Error::io(format!("write {}", log.display())))?;
+    let stderr = file
+        .try_clone()
+        .map_err(Error::io(format!("dup {}", log.display())))?;
+    cmd.stdin(Stdio::null()).stdout(file).stderr(stderr);
+    let status = spawn_wait(cmd)?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Error::CommandFailed {
+            step: step.to_string(),
+            status,
+            log: log.to_path_buf(),
+        })
+    }
+}
+
+/// What a captured command printed.
+pub struct Captured {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// Runs `cmd` capturing stdout and stderr, which are also appended to `log`.
+pub fn run_captured(cmd: &mut Command, step: &str, log: &Path) -> Result<Captured> {
+    let mut file = open_log(log)?;
+    cmd.stdin(Stdio::null());
+    let out = cmd.output().map_err(|e| spawn_error(cmd, e))?;
+    let write = |f: &mut File| -> std::io::Result<()> {
+        writeln!(f, "\n$ {cmd:?}")?;
+        f.write_all(&out.stdout)?;
+        f.write_all(&out.stderr)
+    };
+    write(&mut file).map_err(Error::io(format!("write {}", log.display())))?;
+    if out.status.success() {
+        Ok(Captured {
+            stdout: out.stdout,
+            stderr: out.stderr,
+        })
+    } else {
+        Err(Error::CommandFailed {
+            step: step.to_string(),
+            status: out.status,
+            log: log.to_path_buf(),
+        })
+    }
+}
+
+fn spawn_wait(cmd: &mut Command) -> Result<std::process::ExitStatus> {
+    let mut child = cmd.spawn().map_err(|e| spawn_error(cmd, e))?;
+    child
+        .wait()
+        .map_err(Error::io(format!("wait for {:?}", cmd.get_program())))
+}
+
+fn spawn_error(cmd: &Command, e: std::io::Error) -> Error {
+    let tool = cmd.get_program().to_string_lossy().into_owned();
+    if e.kind() == ErrorKind::NotFound {
+        Error::MissingTool { tool }
+    } else {
+        Error::io(format!("run {tool}"))(e)
+    }
+}
+
+fn open_log(log: &Path) -> Result<File> {
+    if let Some(dir) = log.parent() {
+        fs::create_dir_all(dir).map_err(Error::io(format!("create {}", dir.display())))?;
+    }
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(Error::io(format!("open {}", log.display())))
+}
+
+/// Starts `log` afresh for a new build.
+pub fn reset_log(log: &Path) -> Result<()> {
+    open_log(log)?
+        .set_len(0)
+        .map_err(Error::io(format!("truncate {}", log.display())))
+}
+
+/// The last `lines` lines of a log, for showing next to an error. Reads only
+/// the end of the file: a kernel build log runs to megabytes.
+pub fn tail(log: &Path, lines: usize) -> String {
+    const MAX: u64 = 64 * 1024;
+    let Ok(mut f) = File::open(log) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(MAX)));
+    let mut buf = Vec::new();
+    if f.read_to_end(&mut buf).is_err() {
+        return String::new();
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::TestDir;
+
+    #[test]
+    fn logs_output_and_reports_failure_with_log_path() {
+        let dir = TestDir::new("cmd");
+        let log = dir.path().join("logs/build.log");
+        run_logged(
+            Command::new("sh").args(["-c", "echo hello; echo oops >&2"]),
+            "greet",
+            &log,
+        )
+        .unwrap();
+        let err = run_logged(
+            Command::new("sh").args(["-c", "echo dying; exit 3"]),
+            "die",
+            &log,
+        )
+        .unwrap_err();
+        let text = fs::read_to_string(&log).unwrap();
+        assert!(text.contains("hello") && text.contains("oops") && text.contains("dying"));
+        assert_eq!(err.log_path(), Some(log.as_path()));
+        let msg = err.to_string();
+        assert!(msg.starts_with("die failed"), "{msg}");
+        assert!(!msg.contains('\n'), "errors are one line: {msg}");
+        assert_eq!(tail(&log, 1), "dying");
+    }
+
+    #[test]
+    fn missing_program_is_a_missing_tool_error() {
+        let dir = TestDir::new("cmd-missing");
+        let log = dir.path().join("log");
+        let err = run_logged(&mut Command::new("vmfork-no-such-tool"), "x", &log).unwrap_err();
+        assert!(matches!(err, Error::MissingTool { ref tool } if tool == "vmfork-no-such-tool"));
+    }
+
+    #[test]
+    fn captured_output_is_returned_and_logged() {
+        let dir = TestDir::new("cmd-out");
+        let log = dir.path().join("l");
+        let mut sh = Command::new("sh");
+        sh.args(["-c", "echo hi; echo warn >&2"]);
+        let out = run_captured(&mut sh, "echo", &log).unwrap();
+        assert_eq!(out.stdout, b"hi\n");
+        assert_eq!(out.stderr, b"warn\n");
+        let text = fs::read_to_string(&log).unwrap();
+        assert!(text.contains("hi\nwarn\n"), "{text}");
+    }
+}

@@ -1,0 +1,82 @@
+//! The one error type of the builder. Every message is a single line that
+//! says what to do next; the binary prints it and exits non-zero.
+
+use std::path::PathBuf;
+use std::process::ExitStatus;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "Linux source {} not found; install linux-source-6.12 (scripts/setup-host.sh)",
+        .0.display()
+    )]
+    MissingLinuxSource(PathBuf),
+
+    #[error(
+        "busybox {} not found; install busybox-static (scripts/setup-host.sh)",
+        .0.display()
+    )]
+    MissingBusybox(PathBuf),
+
+    #[error(
+        "{} is dynamically linked; the rootfs has no libc, install busybox-static",
+        .0.display()
+    )]
+    BusyboxNotStatic(PathBuf),
+
+    #[error("`{tool}` not found in PATH; run scripts/setup-host.sh")]
+    MissingTool { tool: String },
+
+    /// `log` holds the command's full output; the binary prints its tail.
+    #[error("{step} failed ({status}); log: {}", log.display())]
+    CommandFailed {
+        step: String,
+        status: ExitStatus,
+        log: PathBuf,
+    },
+
+    /// kconfig drops an option whose dependencies are unmet without a word;
+    /// this is that silence turned into an error.
+    #[error(
+        "kernel config lost {} option(s) of {fragment} after olddefconfig (unmet dependencies?): {}",
+        missing.len(),
+        missing.join(", ")
+    )]
+    ConfigOptionsLost {
+        fragment: String,
+        missing: Vec<String>,
+    },
+
+    #[error("no cache directory: set HOME or XDG_CACHE_HOME, or pass --cache DIR")]
+    NoCacheDir,
+
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Wraps an I/O error with what was being done, e.g. "read /x".
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+        let context = context.into();
+        move |source| Error::Io { context, source }
+    }
+
+    /// The log file worth showing the end of, if any.
+    pub fn log_path(&self) -> Option<&std::path::Path> {
+        match self {
+            Error::CommandFailed { log, .. } => Some(log),
+            _ => None,
+        }
+    }
+
+    /// The last `lines` lines of that log, to print before the error line.
+    pub fn log_tail(&self, lines: usize) -> Option<String> {
+        self.log_path().map(|log| crate::command::tail(log, lines))
+    }
+}
