@@ -103,11 +103,11 @@ fn vmlinux_with_dax_rootfs_reports_pmem_range() {
 }
 
 /// The bzImage path: linux-loader parses the setup header, vmfork fills the
-/// zero page and enters the 64-bit entry. Under PVM the decompressor runs in
-/// emulated ring 0 for minutes, so here the test asserts that the image is
-/// accepted and runs until the ready timeout (no loader error, no crash).
+/// zero page (with an initrd) and enters the 64-bit entry. The kernel is
+/// LZ4-compressed because on PVM its decompressor runs in emulated ring 0
+/// (XZ printed nothing in 7 minutes; LZ4 reaches the banner in ~25 s).
 #[test]
-fn bzimage_is_loaded_and_runs() {
+fn bzimage_with_initrd_prints_its_banner() {
     let kernel = artifact(&artifacts("linux"), "bzImage");
     let scratch = Scratch::new("bz");
     let initrd = scratch.path("initrd");
@@ -125,11 +125,13 @@ fn bzimage_is_loaded_and_runs() {
         "--cmdline",
         CONSOLE,
         "--timeout",
-        "3",
+        "180",
     ]);
+    assert!(
+        run.stdout.contains("Linux version 6.12"),
+        "no Linux banner: {run}"
+    );
     if host_is_pvm() {
-        assert_clean_error(&run, exit::TIMEOUT, "ready");
-    } else {
-        assert!(run.stdout.contains("Linux version 6.12"), "{run}");
+        assert_clean_error(&run, exit::KVM_INTERNAL_ERROR, "emulation failure");
     }
 }

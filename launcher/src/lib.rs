@@ -3,6 +3,7 @@
 
 pub mod boot;
 pub mod cli;
+pub mod clone;
 pub mod control;
 pub mod devices;
 pub mod error;

@@ -6,6 +6,22 @@ use std::time::Instant;
 use clap::Parser;
 use launcher::cli::{dispatch, signals, Cli};
 
+/// Many clones need many fds (VM, vCPU, irqfd each); use the hard limit.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid, local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 fn main() {
     let started = Instant::now();
     std::panic::set_hook(Box::new(|info| {
@@ -44,6 +60,7 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     signals::block_stop_signals();
+    raise_fd_limit();
     let result = std::panic::catch_unwind(|| dispatch(cli, started));
     let code = match result {
         Ok(Ok(())) => 0,

@@ -44,7 +44,8 @@ pub struct VmArgs {
     #[arg(long, default_value = "1", value_name = "N")]
     pub vcpus: String,
     /// Kernel command line. Default: none for the embedded guest;
-    /// "console=ttyS0 reboot=t panic=-1" (plus a DAX root with --rootfs) otherwise.
+    /// "console=ttyS0 earlyprintk=serial,ttyS0 reboot=t panic=-1" (plus a DAX root
+    /// with --rootfs) otherwise.
     #[arg(long, value_name = "STR")]
     pub cmdline: Option<String>,
     /// Boot protocol for ELF kernels.
@@ -74,7 +75,7 @@ pub struct BootArgs {
     pub api_sock: Option<PathBuf>,
 }
 
-const LINUX_DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=t panic=-1";
+const LINUX_DEFAULT_CMDLINE: &str = "console=ttyS0 earlyprintk=serial,ttyS0 reboot=t panic=-1";
 const DAX_ROOT_CMDLINE: &str = "root=/dev/pmem0 ro rootwait rootflags=dax init=/init";
 
 impl VmArgs {

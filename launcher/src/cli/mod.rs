@@ -12,6 +12,7 @@ macro_rules! outln {
 pub mod api;
 pub mod args;
 pub mod boot;
+pub mod clone;
 pub mod ctl;
 pub mod export;
 pub mod floor;
@@ -52,6 +53,8 @@ pub enum Command {
     Template(template::TemplateCommand),
     /// Restore a VM from a template and resume it.
     Restore(restore::RestoreArgs),
+    /// Start N clones of a template, each in well under a millisecond.
+    Clone(clone::CloneArgs),
     /// Send a request to a running VM's control socket.
     Ctl(ctl::CtlArgs),
     /// Measure the KVM floor: create a VM and vCPU and run to the first HLT.
@@ -65,6 +68,7 @@ pub fn dispatch(cli: Cli, started: Instant) -> crate::Result<()> {
         Command::Boot(args) => boot::run(&args, started),
         Command::Template(command) => template::run(&command, started),
         Command::Restore(args) => restore::run(&args, started),
+        Command::Clone(args) => clone::run(&args, started),
         Command::Ctl(args) => ctl::run(&args),
         Command::Floor(args) => floor::run(&args),
         Command::ExportGuest(args) => export::run(&args),

@@ -1,0 +1,226 @@
+//! `vmfork clone`: start N clones of a template, each proving it is alive,
+//! hold them, then stop them all and check nothing leaked.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use serde_json::json;
+
+use super::args::{parse_count, parse_duration};
+use super::signals;
+use crate::clone::{Backend, CloneFactory};
+use crate::control::{Control, OwnerEvent, StopReason};
+use crate::devices::console::Console;
+use crate::error::{Error, Result};
+use crate::floor;
+use crate::machine::RunningMachine;
+use crate::template::LoadedTemplate;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum BackendArg {
+    /// Private mappings of a sealed memfd loaded once per process.
+    Memfd,
+    /// Private mappings of the template's memory file.
+    File,
+}
+
+#[derive(Debug, Args)]
+pub struct CloneArgs {
+    /// The template directory.
+    pub template: PathBuf,
+    /// How many clones to start.
+    #[arg(short = 'n', long = "count", default_value = "1", value_name = "N")]
+    pub count: String,
+    /// Where clone memory comes from.
+    #[arg(long, value_enum, default_value = "memfd")]
+    pub backend: BackendArg,
+    /// Keep the clones running this long (or until Ctrl-C), then stop them.
+    #[arg(long, default_value = "0", value_name = "SECONDS")]
+    pub hold: String,
+    /// Print each clone's console, prefixed with its id, once all are up.
+    #[arg(long)]
+    pub console: bool,
+    /// Print a JSON summary on the last line of stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How long one clone may take to acknowledge its resume.
+const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_CLONES: u64 = 100_000;
+
+struct Clone {
+    id: u64,
+    running: RunningMachine,
+    console: Arc<Mutex<Vec<u8>>>,
+}
+
+fn proc_kib(path: &str, key: &str) -> u64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+fn threads() -> u64 {
+    proc_kib("/proc/self/status", "Threads:")
+}
+
+pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
+    let count = parse_count("-n", &args.count, 1, MAX_CLONES)?;
+    let hold = match args.hold.trim() {
+        "0" => None,
+        text => Some(parse_duration("--hold", text)?),
+    };
+    let backend = match args.backend {
+        BackendArg::Memfd => Backend::Memfd,
+        BackendArg::File => Backend::File,
+    };
+    // The KVM floor, measured in the same run as the clones it is compared to.
+    let floor = floor::median(&floor::measure(50)?);
+    let fds_before = open_fds();
+    let threads_before = threads();
+    let private_before = proc_kib("/proc/self/smaps_rollup", "Private_Dirty:");
+    let available_before = proc_kib("/proc/meminfo", "MemAvailable:");
+
+    let load_start = Instant::now();
+    let factory = CloneFactory::new(LoadedTemplate::load(&args.template)?, backend)?;
+    let load_ms = load_start.elapsed().as_secs_f64() * 1e3;
+
+    let first_request = Instant::now();
+    let mut clones: Vec<Clone> = Vec::with_capacity(count as usize);
+    let mut latencies = Vec::with_capacity(count as usize);
+    let result = (|| -> Result<()> {
+        for id in 1..=count {
+            let requested = Instant::now();
+            let console = Arc::new(Mutex::new(Vec::new()));
+            let machine = factory.clone_vm(
+                id,
+                if args.console {
+                    Console::Capture(console.clone())
+                } else {
+                    Console::Discard
+                },
+                requested,
+            )?;
+            let control = machine.control().clone();
+            let acks = control.acks();
+            let running = machine.start()?;
+            clones.push(Clone {
+                id,
+                running,
+                console,
+            });
+            if !control.wait_acks(acks + 1, Some(Instant::now() + ACK_TIMEOUT)) {
+                return Err(match control.stop_reason() {
+                    Some(reason) => Error::GuestCrash(format!(
+                        "clone {id} stopped before acknowledging: {reason:?}"
+                    )),
+                    None => Error::Timeout(format!(
+                        "clone {id} did not acknowledge within {} s",
+                        ACK_TIMEOUT.as_secs()
+                    )),
+                });
+            }
+            latencies.push(control.first_ack_at().unwrap_or(requested.elapsed()));
+        }
+        Ok(())
+    })();
+    let total = first_request.elapsed();
+    let private_kib =
+        proc_kib("/proc/self/smaps_rollup", "Private_Dirty:").saturating_sub(private_before);
+    let host_kib = available_before.saturating_sub(proc_kib("/proc/meminfo", "MemAvailable:"));
+    let threads_running = threads();
+
+    if result.is_ok() {
+        if args.console {
+            for c in &clones {
+                let text = c
+                    .console
+                    .lock()
+                    .map(|b| String::from_utf8_lossy(&b).into_owned());
+                for line in text.unwrap_or_default().lines() {
+                    outln!("clone {}: {line}", c.id);
+                }
+            }
+        }
+        if let Some(hold) = hold {
+            // A control block of its own turns the hold time or a signal
+            // into one wake-up.
+            let holder = Arc::new(Control::new(Instant::now(), false));
+            signals::forward_to(holder.clone());
+            if let OwnerEvent::Stopped(StopReason::Requested) = holder.wait_event(Some(hold)) {
+                tracing::info!("interrupted; stopping clones");
+            }
+        }
+    }
+
+    let teardown_start = Instant::now();
+    let mut crashed = Vec::new();
+    for c in clones.drain(..) {
+        let reason = c.running.control().stop_reason();
+        if let Some(r) = reason.filter(|r| *r != StopReason::Requested) {
+            crashed.push(format!("clone {}: {r:?}", c.id));
+        }
+        drop(c.running.stop(StopReason::Requested)?);
+    }
+    let teardown_ms = teardown_start.elapsed().as_secs_f64() * 1e3;
+    let sealed = factory.sealed_memory().map(|m| m.seals());
+    drop(factory);
+    let fds_after = open_fds();
+    result?;
+    if let Some(first) = crashed.first() {
+        return Err(Error::GuestCrash(format!(
+            "{} clone(s) failed, first: {first}",
+            crashed.len()
+        )));
+    }
+
+    let p50 = floor::median(&latencies);
+    let p99 = floor::percentile(&latencies, 99.0);
+    let summary = json!({
+        "clones": count,
+        "backend": format!("{:?}", backend).to_lowercase(),
+        "clone_p50_us": p50.as_micros() as u64,
+        "clone_p99_us": p99.as_micros() as u64,
+        "total_ms": total.as_secs_f64() * 1e3,
+        "private_kib_per_clone": private_kib / count,
+        "host_kib_per_clone": host_kib / count,
+        "floor_us": floor.as_micros() as u64,
+        "ratio_vs_floor": p50.as_secs_f64() / floor.as_secs_f64().max(1e-9),
+        "template_load_ms": load_ms,
+        "teardown_ms": teardown_ms,
+        "fds_before": fds_before,
+        "fds_after": fds_after,
+        "threads_before": threads_before,
+        "threads_running": threads_running,
+        "memfd_seals": sealed,
+        "elapsed_ms": started.elapsed().as_secs_f64() * 1e3,
+    });
+    if args.json {
+        outln!("{summary}");
+    } else {
+        outln!(
+            "{count} clones ({}): p50 {} us, p99 {} us, total {:.1} ms; {} KiB private and {} KiB host memory per clone; KVM floor {} us",
+            summary["backend"].as_str().unwrap_or_default(),
+            p50.as_micros(),
+            p99.as_micros(),
+            total.as_secs_f64() * 1e3,
+            private_kib / count,
+            host_kib / count,
+            floor.as_micros()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! A template's RAM loaded once into a sealed memfd. Clones map it
+//! `MAP_PRIVATE`: pages they never write stay shared with every other
+//! clone through the memfd's page cache, and a written page is copied for
+//! that clone only. The seals (no write, shrink or grow, and no further
+//! seals) make it impossible for anyone, clones included, to change the
+//! template afterwards.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+use vmfork_snapshot::state::MemoryState;
+
+use crate::error::{Error, Result};
+use crate::template::manifest::MEMORY_FILE;
+use crate::template::LoadedTemplate;
+
+pub struct SealedMemory {
+    /// Shared by every clone's mapping, so clones cost no extra fds.
+    file: Arc<File>,
+    layout: MemoryState,
+}
+
+const COPY_CHUNK: usize = 1 << 20;
+
+fn io_err(what: &str) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |e| Error::GuestMemory(format!("{what}: {e}"))
+}
+
+/// Copies only the data extents of `src` (SEEK_DATA/SEEK_HOLE), so a sparse
+/// template memory file loads in time proportional to what it holds.
+fn copy_data_extents(src: &File, dst: &File, len: u64) -> Result<()> {
+    let mut buf = vec![0u8; COPY_CHUNK];
+    let mut offset = 0i64;
+    let end = len as i64;
+    while offset < end {
+        // SAFETY: lseek on an fd we own; no memory is touched.
+        let data = unsafe { libc::lseek(src.as_raw_fd(), offset, libc::SEEK_DATA) };
+        if data < 0 {
+            break; // ENXIO: no data after `offset`
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(src.as_raw_fd(), data, libc::SEEK_HOLE) }.min(end);
+        let mut at = data;
+        while at < hole {
+            let n = ((hole - at) as usize).min(COPY_CHUNK);
+            src.read_exact_at(&mut buf[..n], at as u64)
+                .map_err(io_err("reading template memory"))?;
+            dst.write_all_at(&buf[..n], at as u64)
+                .map_err(io_err("filling the template memfd"))?;
+            at += n as i64;
+        }
+        offset = hole;
+    }
+    Ok(())
+}
+
+impl SealedMemory {
+    pub fn load(template: &LoadedTemplate) -> Result<SealedMemory> {
+        let (root_dir, root) = &template.memory_layers[0];
+        let size = root.file_size();
+        // SAFETY: memfd_create with a static NUL-terminated name; the fd is
+        // checked and owned by the File below.
+        let fd = unsafe {
+            libc::memfd_create(
+                c"vmfork-template".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            )
+        };
+        if fd < 0 {
+            return Err(io_err("memfd_create")(std::io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` is a fresh descriptor nobody else owns.
+        let file = unsafe { File::from_raw_fd(fd) };
+        file.set_len(size)
+            .map_err(io_err("sizing the template memfd"))?;
+        let src =
+            File::open(root_dir.join(MEMORY_FILE)).map_err(io_err("opening template memory"))?;
+        copy_data_extents(&src, &file, size)?;
+        for (dir, layer) in &template.memory_layers[1..] {
+            let diff = File::open(dir.join(MEMORY_FILE)).map_err(io_err("opening diff memory"))?;
+            for &(offset, len) in &layer.dirty_ranges {
+                let mut buf = vec![0u8; len as usize];
+                diff.read_exact_at(&mut buf, offset)
+                    .map_err(io_err("reading diff memory"))?;
+                file.write_all_at(&buf, offset)
+                    .map_err(io_err("applying a diff"))?;
+            }
+        }
+        let seals =
+            libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        // SAFETY: fcntl on our own fd with an integer argument.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+            return Err(io_err("sealing the template memfd")(
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(SealedMemory {
+            file: Arc::new(file),
+            layout: template.state.memory.clone(),
+        })
+    }
+
+    /// A clone's guest RAM: a private, copy-on-write view of the memfd.
+    pub fn map_private(&self) -> Result<GuestMemoryMmap> {
+        let mut regions = Vec::with_capacity(self.layout.regions.len());
+        for r in &self.layout.regions {
+            let mapping = MmapRegionBuilder::<()>::new(r.size as usize)
+                .with_file_offset(FileOffset::from_arc(self.file.clone(), r.file_offset))
+                .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+                .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+                .build()
+                .map_err(|e| Error::GuestMemory(format!("mapping the template memfd: {e}")))?;
+            regions.push(
+                GuestRegionMmap::new(mapping, GuestAddress(r.guest_addr))
+                    .ok_or_else(|| Error::GuestMemory("memory region overflows".into()))?,
+            );
+        }
+        GuestMemoryMmap::from_regions(regions)
+            .map_err(|e| Error::GuestMemory(format!("guest memory layout: {e}")))
+    }
+
+    pub fn seals(&self) -> i32 {
+        // SAFETY: fcntl query on our own fd.
+        unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_GET_SEALS) }
+    }
+
+    pub fn as_file(&self) -> &File {
+        &self.file
+    }
+}
