@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup-host.sh
 bash scripts/build-linux-guest.sh
 cargo build --release --workspace --all-targets
-cargo test --release --workspace -- --test-threads=2
+cargo test --release --workspace --no-fail-fast -- --test-threads=2

@@ -71,6 +71,12 @@ impl Vm {
         Ok(())
     }
 
+    /// Registers one RAM slot at a host address that may not be mapped yet
+    /// (VM shells map the memory later, see clone/shell.rs).
+    pub fn register_ram_at(&mut self, guest_addr: u64, size: u64, host_addr: u64) -> Result<()> {
+        self.add_slot(guest_addr, size, host_addr, 0)
+    }
+
     pub fn register_readonly(&mut self, guest_addr: u64, size: u64, host_addr: u64) -> Result<()> {
         self.add_slot(guest_addr, size, host_addr, KVM_MEM_READONLY)
     }

@@ -131,4 +131,8 @@ impl SealedMemory {
     pub fn as_file(&self) -> &File {
         &self.file
     }
+
+    pub fn layout(&self) -> &MemoryState {
+        &self.layout
+    }
 }

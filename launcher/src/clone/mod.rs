@@ -3,17 +3,19 @@
 //! the memory backends and what a clone costs.
 
 pub mod memfd;
+pub mod shell;
 
 use std::time::Instant;
 
 use vm_memory::GuestMemoryMmap;
 
 use crate::devices::console::Console;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::machine::Machine;
 use crate::persist::vm::ClockMode;
-use crate::template::{restore_with_memory, LoadedTemplate, RestoreOptions};
+use crate::template::{restore_into, LoadedTemplate, RestoreOptions};
 use memfd::SealedMemory;
+use shell::VmShell;
 
 /// Where a clone's RAM comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,7 +28,7 @@ pub enum Backend {
 
 enum Source {
     Memfd(SealedMemory),
-    File,
+    File(std::fs::File),
 }
 
 /// Everything shared by the clones of one template, prepared once.
@@ -39,7 +41,20 @@ impl CloneFactory {
     pub fn new(template: LoadedTemplate, backend: Backend) -> Result<CloneFactory> {
         let source = match backend {
             Backend::Memfd => Source::Memfd(SealedMemory::load(&template)?),
-            Backend::File => Source::File,
+            Backend::File => {
+                if template.memory_layers.len() > 1 {
+                    return Err(Error::InvalidArgument(
+                        "--backend file needs a full template; use memfd for a diff".into(),
+                    ));
+                }
+                let path = template.dir.join(crate::template::manifest::MEMORY_FILE);
+                let file = std::fs::File::open(&path).map_err(|source| Error::Image {
+                    what: "template memory",
+                    path,
+                    source,
+                })?;
+                Source::File(file)
+            }
         };
         Ok(CloneFactory { template, source })
     }
@@ -47,24 +62,52 @@ impl CloneFactory {
     fn memory(&self) -> Result<GuestMemoryMmap> {
         match &self.source {
             Source::Memfd(sealed) => sealed.map_private(),
-            Source::File => self.template.map_memory(),
+            Source::File(_) => self.template.map_memory(),
+        }
+    }
+
+    fn backing_file(&self) -> &std::fs::File {
+        match &self.source {
+            Source::Memfd(sealed) => sealed.as_file(),
+            Source::File(file) => file,
         }
     }
 
     pub fn sealed_memory(&self) -> Option<&SealedMemory> {
         match &self.source {
             Source::Memfd(sealed) => Some(sealed),
-            Source::File => None,
+            Source::File(_) => None,
         }
+    }
+
+    /// An empty VM for this template, made ahead of any clone request.
+    pub fn shell(&self) -> Result<VmShell> {
+        VmShell::new(
+            &self.template.state.memory,
+            self.template.state.vcpus.len() as u8,
+        )
     }
 
     /// One clone, ready to start: its own VM, its own id and entropy, its
     /// clock advanced to the host's present. Latencies are measured from
     /// `requested`.
-    pub fn clone_vm(&self, clone_id: u64, console: Console, requested: Instant) -> Result<Machine> {
-        restore_with_memory(
+    /// With a `shell`, the clone only maps memory into it, restores state and
+    /// runs; without one it also creates its VM and vCPUs.
+    pub fn clone_vm(
+        &self,
+        clone_id: u64,
+        shell: Option<VmShell>,
+        console: Console,
+        requested: Instant,
+    ) -> Result<Machine> {
+        let mem = match &shell {
+            Some(shell) => shell.map_private(self.backing_file())?,
+            None => self.memory()?,
+        };
+        restore_into(
             &self.template,
-            self.memory()?,
+            mem,
+            shell,
             RestoreOptions {
                 console,
                 clock: ClockMode::HostNow,

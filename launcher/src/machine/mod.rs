@@ -16,6 +16,7 @@ use vmfork_snapshot::state::{
 };
 use vmfork_snapshot::Persist;
 
+use crate::clone::shell::ReservedRam;
 use crate::control::{Control, StopReason};
 use crate::devices::PortIoBus;
 use crate::error::{Error, Result};
@@ -32,6 +33,9 @@ pub struct Machine {
     vcpus: Vec<Vcpu>,
     vm: Vm,
     mem: GuestMemoryMmap,
+    /// The address range a pooled shell's RAM lives in (unmapped after
+    /// `mem`, which only views it).
+    _reserved: Option<ReservedRam>,
     pmem: Option<PmemImage>,
     bus: Arc<Mutex<PortIoBus>>,
     control: Arc<Control>,
@@ -55,6 +59,7 @@ pub struct RestoredParts {
     pub phases: Vec<(&'static str, u64)>,
     pub kernel: KernelInfo,
     pub restored_from: PathBuf,
+    pub reserved: Option<ReservedRam>,
 }
 
 impl Machine {
@@ -63,6 +68,7 @@ impl Machine {
             vcpus: parts.vcpus,
             vm: parts.vm,
             mem: parts.mem,
+            _reserved: parts.reserved,
             pmem: None,
             bus: Arc::new(Mutex::new(parts.bus)),
             control: Arc::new(parts.control),

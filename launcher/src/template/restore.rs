@@ -12,6 +12,7 @@ use vmfork_snapshot::state::{MachineState, MemoryState};
 use vmfork_snapshot::Persist;
 
 use super::manifest::{Manifest, MEMORY_FILE, STATE_FILE};
+use crate::clone::shell::VmShell;
 use crate::control::Control;
 use crate::devices::console::Console;
 use crate::devices::serial::SerialPort;
@@ -194,14 +195,31 @@ pub fn restore_with_memory(
     mem: GuestMemoryMmap,
     opts: RestoreOptions,
 ) -> Result<Machine> {
+    restore_into(template, mem, None, opts)
+}
+
+/// Restores into `shell` when given (its slots must already cover `mem`),
+/// or into a VM created now.
+pub fn restore_into(
+    template: &LoadedTemplate,
+    mem: GuestMemoryMmap,
+    shell: Option<VmShell>,
+    opts: RestoreOptions,
+) -> Result<Machine> {
     let mut phases = Vec::new();
     let mut mark = |name| phases.push((name, opts.started.elapsed().as_micros() as u64));
     let host = KvmHost::get()?;
     super::clone_info::write_clone_info(&mem, opts.clone_id)?;
     mark("memory");
-    let mut vm = Vm::new(host)?;
-    vm.register_ram(&mem)?;
-    vm.create_platform()?;
+    let (vm, mut pooled_vcpus, reserved) = match shell {
+        Some(shell) => (shell.vm, shell.vcpus, Some(shell.ram)),
+        None => {
+            let mut vm = Vm::new(host)?;
+            vm.register_ram(&mem)?;
+            vm.create_platform()?;
+            (vm, Vec::new(), None)
+        }
+    };
     mark("create_vm");
     let state = &template.state;
     let vm = Vm::restore(
@@ -211,10 +229,17 @@ pub fn restore_with_memory(
         },
         &state.vm,
     )?;
+    pooled_vcpus.reverse();
     let vcpus = state
         .vcpus
         .iter()
-        .map(|s| Vcpu::restore(Vcpu::new(&vm, s.index)?, s))
+        .map(|s| {
+            let fresh = match pooled_vcpus.pop() {
+                Some(v) if v.index == s.index => v,
+                _ => Vcpu::new(&vm, s.index)?,
+            };
+            Vcpu::restore(fresh, s)
+        })
         .collect::<Result<Vec<_>>>()?;
     mark("restore_vcpus");
     let serial = SerialPort::restore(
@@ -239,5 +264,6 @@ pub fn restore_with_memory(
         phases,
         kernel: template.manifest.kernel.clone(),
         restored_from: template.dir.clone(),
+        reserved,
     })
 }
