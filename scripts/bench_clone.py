@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""VMFork clones: memory backends with and without pre-created VM shells,
+one process per clone vs threads in one process, the KVM floor and a cold
+boot of the same guest, all in one run. Last line: JSON."""
+import argparse, json, os, shutil, statistics, subprocess, sys, tempfile
+
+def run_json(cmd):
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit(f"bench-clone: {' '.join(cmd)} failed ({p.returncode}): {p.stderr.strip()}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--vmfork", required=True)
+    ap.add_argument("--clones", type=int, default=1000)
+    ap.add_argument("--mem", default="64M")
+    ap.add_argument("--cmdline", default="quiet=1 touch_mib=8")
+    args = ap.parse_args()
+    v = args.vmfork
+    work = tempfile.mkdtemp(prefix="vmfork-bench-clone-")
+    try:
+        tpl = os.path.join(work, "t")
+        run_json([v, "template", "build", "--mem", args.mem, "--cmdline", args.cmdline, "--out", tpl, "--json"])
+        results = {}
+        for backend in ("file", "memfd"):
+            for shells in (False, True):
+                cmd = [v, "clone", tpl, "-n", str(args.clones), "--backend", backend, "--json"]
+                if shells:
+                    cmd.append("--shells")
+                results[(backend, shells)] = run_json(cmd)
+        # One process per clone: `vmfork restore` (file backend), timed by
+        # its own clock from process start to the first acknowledgement.
+        per_process = [run_json([v, "restore", tpl, "--exit-on-ready", "--json", "--quiet"])["restore_us"]
+                       for _ in range(100)]
+        cold = [run_json([v, "boot", "--mem", args.mem, "--cmdline", args.cmdline, "--exit-on-ready", "--json", "--quiet"])["ready_us"]
+                for _ in range(20)]
+        floor = run_json([v, "floor", "--rounds", "200", "--json"])["floor_us"]
+
+        print(f"template: --mem {args.mem} --cmdline {args.cmdline!r}; {args.clones} concurrent clones per row, threads in one process")
+        print(f"{'backend':8} {'shells':6} {'p50 us':>8} {'p99 us':>8} {'total ms':>9} {'priv KiB':>9} {'host KiB':>9} {'faults':>7} {'p50/floor':>9}")
+        for (backend, shells), r in results.items():
+            print(f"{backend:8} {str(shells):6} {r['clone_p50_us']:>8} {r['clone_p99_us']:>8} {r['total_ms']:>9.1f} "
+                  f"{r['private_kib_per_clone']:>9} {r['host_kib_per_clone']:>9} {r['faults_per_clone']:>7} "
+                  f"{r['clone_p50_us'] / r['floor_us']:>9.2f}   (floor {r['floor_us']} us in that run; shell pool {r['shell_pool_ms']:.0f} ms; teardown {r['teardown_ms']:.0f} ms; fds {r['fds_before']}->{r['fds_after']})")
+        pp50 = statistics.median(per_process)
+        print(f"one process per clone (vmfork restore, file backend): p50 {pp50:.0f} us over {len(per_process)}")
+        print(f"KVM floor p50 {floor} us; cold boot to READY p50 {statistics.median(cold):.0f} us")
+        d = results[("memfd", False)]
+        s = results[("memfd", True)]
+        print(json.dumps({
+            "clone_p50_us": d["clone_p50_us"], "clone_p99_us": d["clone_p99_us"], "floor_us": floor,
+            "private_kib_per_clone": d["private_kib_per_clone"], "host_kib_per_clone": d["host_kib_per_clone"],
+            "total_ms": d["total_ms"], "shells_clone_p50_us": s["clone_p50_us"], "shells_total_ms": s["total_ms"],
+            "per_process_p50_us": pp50, "coldboot_us": statistics.median(cold), "clones": args.clones,
+        }))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+if __name__ == "__main__":
+    main()
