@@ -23,9 +23,14 @@ def main():
         tpl = os.path.join(work, "t")
         run_json([v, "template", "build", "--mem", args.mem, "--cmdline", args.cmdline, "--out", tpl, "--json"])
         results = {}
-        for backend in ("file", "memfd"):
+        for backend in ("file", "memfd", "uffd", "uffd+prefetch"):
             for shells in (False, True):
-                cmd = [v, "clone", tpl, "-n", str(args.clones), "--backend", backend, "--json"]
+                name, extra = backend, []
+                if backend == "uffd+prefetch":
+                    name, extra = "uffd", ["--prefetch"]
+                    if not os.path.exists(os.path.join(tpl, "working-set")):
+                        run_json([v, "clone", tpl, "-n", "1", "--backend", "uffd", "--prefetch", "--json"])
+                cmd = [v, "clone", tpl, "-n", str(args.clones), "--backend", name, "--json"] + extra
                 if shells:
                     cmd.append("--shells")
                 results[(backend, shells)] = run_json(cmd)
@@ -38,10 +43,10 @@ def main():
         floor = run_json([v, "floor", "--rounds", "200", "--json"])["floor_us"]
 
         print(f"template: --mem {args.mem} --cmdline {args.cmdline!r}; {args.clones} concurrent clones per row, threads in one process")
-        print(f"{'backend':8} {'shells':6} {'p50 us':>8} {'p99 us':>8} {'total ms':>9} {'priv KiB':>9} {'host KiB':>9} {'faults':>7} {'p50/floor':>9}")
+        print(f"{'backend':14} {'shells':6} {'p50 us':>8} {'p99 us':>8} {'total ms':>9} {'priv KiB':>9} {'host KiB':>9} {'faults':>7} {'uffd':>5} {'p50/floor':>9}")
         for (backend, shells), r in results.items():
-            print(f"{backend:8} {str(shells):6} {r['clone_p50_us']:>8} {r['clone_p99_us']:>8} {r['total_ms']:>9.1f} "
-                  f"{r['private_kib_per_clone']:>9} {r['host_kib_per_clone']:>9} {r['faults_per_clone']:>7} "
+            print(f"{backend:14} {str(shells):6} {r['clone_p50_us']:>8} {r['clone_p99_us']:>8} {r['total_ms']:>9.1f} "
+                  f"{r['private_kib_per_clone']:>9} {r['host_kib_per_clone']:>9} {r['faults_per_clone']:>7} {r['uffd_faults_per_clone']:>5} "
                   f"{r['clone_p50_us'] / r['floor_us']:>9.2f}   (floor {r['floor_us']} us in that run; shell pool {r['shell_pool_ms']:.0f} ms; teardown {r['teardown_ms']:.0f} ms; fds {r['fds_before']}->{r['fds_after']})")
         pp50 = statistics.median(per_process)
         print(f"one process per clone (vmfork restore, file backend): p50 {pp50:.0f} us over {len(per_process)}")

@@ -82,7 +82,7 @@ fn clones_are_unique_and_on_the_hosts_clock() {
 fn every_backend_with_and_without_shells_starts_live_clones_and_cleans_up() {
     let scratch = Scratch::new("backends");
     let dir = template(&scratch, "quiet=1 touch_mib=4");
-    for backend in ["memfd", "file"] {
+    for backend in ["memfd", "file", "uffd"] {
         for shells in [false, true] {
             let mut args = vec![
                 "clone",
@@ -155,4 +155,60 @@ fn bad_clone_arguments_are_clear_errors() {
     vmfork_tests::assert_clean_error(&run, vmfork_tests::exit::TEMPLATE, "nonexistent-template");
     let run = vmfork(&["clone", "/tmp", "-n", "0"]);
     vmfork_tests::assert_clean_error(&run, vmfork_tests::exit::INVALID_ARGUMENT, "-n");
+}
+
+#[test]
+fn uffd_clones_fault_lazily_and_prefetch_removes_the_faults() {
+    let scratch = Scratch::new("uffd");
+    let dir = template(&scratch, "quiet=1 touch_mib=4");
+    let run = vmfork(&["clone", &dir, "-n", "10", "--backend", "uffd", "--json"]);
+    assert_eq!(run.status, 0, "{run}");
+    let lazy = run.json();
+    let faults = lazy["uffd_faults_per_clone"].as_u64().unwrap_or(0);
+    assert!(
+        faults > 0,
+        "uffd clones must take first-touch faults: {run}"
+    );
+    assert_eq!(lazy["fds_after"], lazy["fds_before"], "{run}");
+
+    // First --prefetch run records the working set beside the template...
+    let run = vmfork(&[
+        "clone",
+        &dir,
+        "-n",
+        "10",
+        "--backend",
+        "uffd",
+        "--prefetch",
+        "--json",
+    ]);
+    assert_eq!(run.status, 0, "{run}");
+    assert!(
+        scratch.path("t/working-set").exists(),
+        "no working set recorded: {run}"
+    );
+    // ...and later runs install it before resuming: no faults left.
+    let run = vmfork(&[
+        "clone",
+        &dir,
+        "-n",
+        "10",
+        "--backend",
+        "uffd",
+        "--prefetch",
+        "--json",
+    ]);
+    assert_eq!(run.status, 0, "{run}");
+    let warm = run.json();
+    assert!(warm["prefetch_pages"].as_u64().unwrap_or(0) > 0, "{run}");
+    assert_eq!(warm["uffd_faults_per_clone"], 0, "{run}");
+    assert_eq!(warm["fds_after"], warm["fds_before"], "{run}");
+}
+
+#[test]
+fn prefetch_without_uffd_is_refused() {
+    let scratch = Scratch::new("prefetch");
+    let dir = template(&scratch, "quiet=1 touch_mib=1");
+    let run = vmfork(&["clone", &dir, "--prefetch"]);
+    vmfork_tests::assert_clean_error(&run, vmfork_tests::exit::INVALID_ARGUMENT, "--prefetch");
 }

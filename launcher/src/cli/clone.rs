@@ -24,6 +24,8 @@ pub enum BackendArg {
     Memfd,
     /// Private mappings of the template's memory file.
     File,
+    /// Empty memory filled on first touch by a userfaultfd handler.
+    Uffd,
 }
 
 #[derive(Debug, Args)]
@@ -39,6 +41,10 @@ pub struct CloneArgs {
     /// Keep the clones running this long (or until Ctrl-C), then stop them.
     #[arg(long, default_value = "0", value_name = "SECONDS")]
     pub hold: String,
+    /// With --backend uffd: install the pages the first clone touched (saved
+    /// beside the template as `working-set`) before each clone resumes.
+    #[arg(long)]
+    pub prefetch: bool,
     /// Create every clone's VM and vCPUs ahead of time (a pool of empty VM
     /// shells), so a clone request only maps memory, restores and runs.
     #[arg(long)]
@@ -115,6 +121,7 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
     let backend = match args.backend {
         BackendArg::Memfd => Backend::Memfd,
         BackendArg::File => Backend::File,
+        BackendArg::Uffd => Backend::Uffd,
     };
     // The KVM floor, measured in the same run as the clones it is compared to.
     let floor = floor::median(&floor::measure(50)?);
@@ -124,7 +131,12 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
     let available_before = proc_kib("/proc/meminfo", "MemAvailable:");
 
     let load_start = Instant::now();
-    let factory = CloneFactory::new(LoadedTemplate::load(&args.template)?, backend)?;
+    let factory = CloneFactory::new(
+        LoadedTemplate::load(&args.template)?,
+        backend,
+        args.prefetch,
+    )?;
+    let prefetch_pages = factory.prefetch_pages();
     let load_ms = load_start.elapsed().as_secs_f64() * 1e3;
     let pool_start = Instant::now();
     let mut shells = Vec::new();
@@ -173,6 +185,11 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
                 });
             }
             latencies.push(control.first_ack_at().unwrap_or(requested.elapsed()));
+            if id == 1 {
+                if let Some(pages) = factory.save_working_set()? {
+                    tracing::info!("recorded a working set of {pages} pages");
+                }
+            }
         }
         Ok(())
     })();
@@ -226,6 +243,7 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
     let teardown_ms = teardown_start.elapsed().as_secs_f64() * 1e3;
     tracing::info!("teardown: vCPU threads joined after {joined_ms:.1} ms, VMs closed after {teardown_ms:.1} ms");
     let sealed = factory.sealed_memory().map(|m| m.seals());
+    let uffd_faults = factory.uffd_faults();
     drop(factory);
     let fds_after = open_fds();
     result?;
@@ -246,6 +264,8 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
         "total_ms": total.as_secs_f64() * 1e3,
         "private_kib_per_clone": private_kib / count,
         "faults_per_clone": faults / count,
+        "uffd_faults_per_clone": uffd_faults / count,
+        "prefetch_pages": prefetch_pages,
         "host_kib_per_clone": host_kib / count,
         "floor_us": floor.as_micros() as u64,
         "ratio_vs_floor": p50.as_secs_f64() / floor.as_secs_f64().max(1e-9),

@@ -54,10 +54,16 @@ fn handle(vm: Vm, kind: &RequestKind) -> Result<(Vm, std::result::Result<String,
         }
         (Vm::Running(running), RequestKind::Command(command)) => {
             let control = running.control().clone();
-            let before = control.acks();
             let start = Instant::now();
-            control.send_command(*command);
-            let answer = if control.wait_acks(before + 1, Some(start + PING_TIMEOUT)) {
+            // Only a guest parked in its `in` is between commands: until
+            // then an acknowledgement may still belong to the previous one
+            // (for instance RESUMED right after a restore).
+            let parked = control.wait_parked(Some(start + PING_TIMEOUT));
+            let before = control.acks();
+            if parked {
+                control.send_command(*command);
+            }
+            let answer = if parked && control.wait_acks(before + 1, Some(start + PING_TIMEOUT)) {
                 Ok(json!({"ack_us": start.elapsed().as_micros() as u64}).to_string())
             } else {
                 Err("the guest did not acknowledge the ping".to_string())

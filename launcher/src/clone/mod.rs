@@ -4,18 +4,23 @@
 
 pub mod memfd;
 pub mod shell;
+pub mod uffd;
 
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use crate::devices::console::Console;
 use crate::error::{Error, Result};
-use crate::machine::Machine;
+use crate::machine::{Machine, MemoryGuard};
 use crate::persist::vm::ClockMode;
 use crate::template::{restore_into, LoadedTemplate, RestoreOptions};
 use memfd::SealedMemory;
 use shell::VmShell;
+use uffd::PageSource;
 
 /// Where a clone's RAM comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,23 +29,53 @@ pub enum Backend {
     Memfd,
     /// `MAP_PRIVATE` of the template's `memory` file (Firecracker-style).
     File,
+    /// Empty anonymous memory filled on first touch from the sealed memfd
+    /// by a userfaultfd handler.
+    Uffd,
 }
+
+/// The working set recorded beside a template by `--prefetch`: little-endian
+/// u64 memory-file offsets of the pages the first clone touched.
+pub const WORKING_SET_FILE: &str = "working-set";
 
 enum Source {
     Memfd(SealedMemory),
     File(std::fs::File),
+    Uffd {
+        sealed: SealedMemory,
+        pages: Arc<PageSource>,
+    },
 }
 
 /// Everything shared by the clones of one template, prepared once.
 pub struct CloneFactory {
     pub template: LoadedTemplate,
     source: Source,
+    /// `--prefetch`: the pages to install before a uffd clone resumes.
+    prefetch: Option<Vec<u64>>,
+    /// `--prefetch` with no saved working set yet: the first clone records.
+    recording: Option<Arc<Mutex<Vec<u64>>>>,
+    /// Pages served by uffd handlers, over all clones.
+    pub uffd_faults: Arc<AtomicU64>,
 }
 
 impl CloneFactory {
-    pub fn new(template: LoadedTemplate, backend: Backend) -> Result<CloneFactory> {
+    pub fn new(template: LoadedTemplate, backend: Backend, prefetch: bool) -> Result<CloneFactory> {
+        if prefetch && backend != Backend::Uffd {
+            return Err(Error::InvalidArgument(
+                "--prefetch needs --backend uffd".into(),
+            ));
+        }
         let source = match backend {
             Backend::Memfd => Source::Memfd(SealedMemory::load(&template)?),
+            Backend::Uffd => {
+                let sealed = SealedMemory::load(&template)?;
+                let pages = Arc::new(PageSource::new(
+                    sealed.as_file(),
+                    sealed.layout().file_size(),
+                )?);
+                Source::Uffd { sealed, pages }
+            }
             Backend::File => {
                 if template.memory_layers.len() > 1 {
                     return Err(Error::InvalidArgument(
@@ -56,28 +91,32 @@ impl CloneFactory {
                 Source::File(file)
             }
         };
-        Ok(CloneFactory { template, source })
-    }
-
-    fn memory(&self) -> Result<GuestMemoryMmap> {
-        match &self.source {
-            Source::Memfd(sealed) => sealed.map_private(),
-            Source::File(_) => self.template.map_memory(),
-        }
-    }
-
-    fn backing_file(&self) -> &std::fs::File {
-        match &self.source {
-            Source::Memfd(sealed) => sealed.as_file(),
-            Source::File(file) => file,
-        }
+        let (prefetch, recording) = match prefetch {
+            false => (None, None),
+            true => match read_working_set(&template.dir.join(WORKING_SET_FILE)) {
+                Some(pages) => (Some(pages), None),
+                None => (None, Some(Arc::new(Mutex::new(Vec::new())))),
+            },
+        };
+        Ok(CloneFactory {
+            template,
+            source,
+            prefetch,
+            recording,
+            uffd_faults: Arc::new(AtomicU64::new(0)),
+        })
     }
 
     pub fn sealed_memory(&self) -> Option<&SealedMemory> {
         match &self.source {
-            Source::Memfd(sealed) => Some(sealed),
+            Source::Memfd(sealed) | Source::Uffd { sealed, .. } => Some(sealed),
             Source::File(_) => None,
         }
+    }
+
+    /// How many working-set pages each clone gets before it resumes.
+    pub fn prefetch_pages(&self) -> usize {
+        self.prefetch.as_ref().map_or(0, Vec::len)
     }
 
     /// An empty VM for this template, made ahead of any clone request.
@@ -88,11 +127,23 @@ impl CloneFactory {
         )
     }
 
+    fn anonymous_memory(&self) -> Result<GuestMemoryMmap> {
+        let ranges: Vec<(GuestAddress, usize)> = self
+            .template
+            .state
+            .memory
+            .regions
+            .iter()
+            .map(|r| (GuestAddress(r.guest_addr), r.size as usize))
+            .collect();
+        GuestMemoryMmap::from_ranges(&ranges)
+            .map_err(|e| Error::GuestMemory(format!("clone memory: {e}")))
+    }
+
     /// One clone, ready to start: its own VM, its own id and entropy, its
-    /// clock advanced to the host's present. Latencies are measured from
-    /// `requested`.
-    /// With a `shell`, the clone only maps memory into it, restores state and
-    /// runs; without one it also creates its VM and vCPUs.
+    /// clock advanced to the host's present. With a `shell`, the clone only
+    /// maps memory into it, restores state and runs; without one it also
+    /// creates its VM and vCPUs. Latencies are measured from `requested`.
     pub fn clone_vm(
         &self,
         clone_id: u64,
@@ -100,14 +151,31 @@ impl CloneFactory {
         console: Console,
         requested: Instant,
     ) -> Result<Machine> {
-        let mem = match &shell {
-            Some(shell) => shell.map_private(self.backing_file())?,
-            None => self.memory()?,
+        let mut guards: Vec<MemoryGuard> = Vec::new();
+        let mem = match (&self.source, &shell) {
+            (Source::Memfd(sealed), Some(shell)) => shell.map_private(Some(sealed.as_file()))?,
+            (Source::File(file), Some(shell)) => shell.map_private(Some(file))?,
+            (Source::Uffd { .. }, Some(shell)) => shell.map_private(None)?,
+            (Source::Memfd(sealed), None) => sealed.map_private()?,
+            (Source::File(_), None) => self.template.map_memory()?,
+            (Source::Uffd { .. }, None) => self.anonymous_memory()?,
         };
+        if let Source::Uffd { pages, .. } = &self.source {
+            let record = (clone_id == 1).then(|| self.recording.clone()).flatten();
+            let prefetch = self.prefetch.as_deref().unwrap_or(&[]);
+            guards.push(Box::new(uffd::attach(
+                &mem,
+                pages.clone(),
+                prefetch,
+                record,
+                self.uffd_faults.clone(),
+            )?));
+        }
         restore_into(
             &self.template,
             mem,
             shell,
+            guards,
             RestoreOptions {
                 console,
                 clock: ClockMode::HostNow,
@@ -117,4 +185,47 @@ impl CloneFactory {
             },
         )
     }
+
+    /// After the first clone of a `--prefetch` run acknowledged: save the
+    /// pages it touched beside the template for later runs.
+    pub fn save_working_set(&self) -> Result<Option<usize>> {
+        let Some(rec) = &self.recording else {
+            return Ok(None);
+        };
+        let mut pages = rec.lock().map(|p| p.clone()).unwrap_or_default();
+        pages.sort_unstable();
+        pages.dedup();
+        let bytes: Vec<u8> = pages.iter().flat_map(|p| p.to_le_bytes()).collect();
+        let target = self.template.dir.join(WORKING_SET_FILE);
+        let tmp = self
+            .template
+            .dir
+            .join(format!(".{WORKING_SET_FILE}.{}", std::process::id()));
+        std::fs::write(&tmp, &bytes)
+            .and_then(|_| std::fs::rename(&tmp, &target))
+            .map_err(|e| Error::Template {
+                path: target,
+                reason: format!("saving the working set: {e}"),
+            })?;
+        Ok(Some(pages.len()))
+    }
+
+    pub fn uffd_faults(&self) -> u64 {
+        self.uffd_faults.load(Ordering::Relaxed)
+    }
+}
+
+/// A working set is only a hint: a missing or malformed one means "record".
+fn read_working_set(path: &PathBuf) -> Option<Vec<u64>> {
+    let bytes = std::fs::read(path).ok()?;
+    if bytes.is_empty() || bytes.len() % 8 != 0 || bytes.len() > 64 << 20 {
+        return None;
+    }
+    Some(
+        bytes
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .filter(|o| o % 4096 == 0)
+            .collect(),
+    )
 }

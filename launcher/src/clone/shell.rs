@@ -87,22 +87,31 @@ impl VmShell {
         })
     }
 
-    /// Maps `file` privately over the reservation, region by region, and
+    /// Maps `file` privately over the reservation (or, with None, fresh
+    /// anonymous memory for a userfaultfd clone), region by region, and
     /// returns the guest memory view of it (which does not own the mapping).
-    pub fn map_private(&self, file: &std::fs::File) -> Result<GuestMemoryMmap> {
+    pub fn map_private(&self, file: Option<&std::fs::File>) -> Result<GuestMemoryMmap> {
         let mut regions = Vec::with_capacity(self.layout.regions.len());
         for r in &self.layout.regions {
             let at = self.ram.addr as usize + r.file_offset as usize;
             // SAFETY: replaces part of our own reservation (MAP_FIXED inside
             // a range this shell owns) with a private mapping of `file`.
+            let (fd, flags) = match file {
+                Some(f) => (f.as_raw_fd(), libc::MAP_PRIVATE),
+                None => (-1, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS),
+            };
             let mapped = unsafe {
                 libc::mmap(
                     at as *mut libc::c_void,
                     r.size as usize,
                     libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
-                    file.as_raw_fd(),
-                    r.file_offset as libc::off_t,
+                    flags | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                    fd,
+                    if file.is_some() {
+                        r.file_offset as libc::off_t
+                    } else {
+                        0
+                    },
                 )
             };
             if mapped == libc::MAP_FAILED {

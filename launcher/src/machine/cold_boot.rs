@@ -177,7 +177,7 @@ impl Machine {
             vcpus,
             vm,
             mem,
-            _reserved: None,
+            _memory_guards: Vec::new(),
             pmem: pmem.map(|(image, _)| image),
             bus: Arc::new(Mutex::new(PortIoBus::new(serial))),
             control: Arc::new(Control::new(config.started, config.exit_on_ready)),

@@ -16,7 +16,6 @@ use vmfork_snapshot::state::{
 };
 use vmfork_snapshot::Persist;
 
-use crate::clone::shell::ReservedRam;
 use crate::control::{Control, StopReason};
 use crate::devices::PortIoBus;
 use crate::error::{Error, Result};
@@ -33,9 +32,9 @@ pub struct Machine {
     vcpus: Vec<Vcpu>,
     vm: Vm,
     mem: GuestMemoryMmap,
-    /// The address range a pooled shell's RAM lives in (unmapped after
-    /// `mem`, which only views it).
-    _reserved: Option<ReservedRam>,
+    /// What must outlive `mem`: a pooled shell's reserved address range
+    /// (which `mem` only views), a userfaultfd handler serving its faults.
+    _memory_guards: Vec<MemoryGuard>,
     pmem: Option<PmemImage>,
     bus: Arc<Mutex<PortIoBus>>,
     control: Arc<Control>,
@@ -59,8 +58,11 @@ pub struct RestoredParts {
     pub phases: Vec<(&'static str, u64)>,
     pub kernel: KernelInfo,
     pub restored_from: PathBuf,
-    pub reserved: Option<ReservedRam>,
+    pub memory_guards: Vec<MemoryGuard>,
 }
+
+/// Anything that has to be dropped after guest memory.
+pub type MemoryGuard = Box<dyn std::any::Any + Send + Sync>;
 
 impl Machine {
     pub fn from_restored(parts: RestoredParts) -> Result<Machine> {
@@ -68,7 +70,7 @@ impl Machine {
             vcpus: parts.vcpus,
             vm: parts.vm,
             mem: parts.mem,
-            _reserved: parts.reserved,
+            _memory_guards: parts.memory_guards,
             pmem: None,
             bus: Arc::new(Mutex::new(parts.bus)),
             control: Arc::new(parts.control),

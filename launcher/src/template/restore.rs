@@ -195,7 +195,7 @@ pub fn restore_with_memory(
     mem: GuestMemoryMmap,
     opts: RestoreOptions,
 ) -> Result<Machine> {
-    restore_into(template, mem, None, opts)
+    restore_into(template, mem, None, Vec::new(), opts)
 }
 
 /// Restores into `shell` when given (its slots must already cover `mem`),
@@ -204,6 +204,7 @@ pub fn restore_into(
     template: &LoadedTemplate,
     mem: GuestMemoryMmap,
     shell: Option<VmShell>,
+    mut memory_guards: Vec<crate::machine::MemoryGuard>,
     opts: RestoreOptions,
 ) -> Result<Machine> {
     let mut phases = Vec::new();
@@ -211,13 +212,16 @@ pub fn restore_into(
     let host = KvmHost::get()?;
     super::clone_info::write_clone_info(&mem, opts.clone_id)?;
     mark("memory");
-    let (vm, mut pooled_vcpus, reserved) = match shell {
-        Some(shell) => (shell.vm, shell.vcpus, Some(shell.ram)),
+    let (vm, mut pooled_vcpus) = match shell {
+        Some(shell) => {
+            memory_guards.push(Box::new(shell.ram));
+            (shell.vm, shell.vcpus)
+        }
         None => {
             let mut vm = Vm::new(host)?;
             vm.register_ram(&mem)?;
             vm.create_platform()?;
-            (vm, Vec::new(), None)
+            (vm, Vec::new())
         }
     };
     mark("create_vm");
@@ -264,6 +268,6 @@ pub fn restore_into(
         phases,
         kernel: template.manifest.kernel.clone(),
         restored_from: template.dir.clone(),
-        reserved,
+        memory_guards,
     })
 }
