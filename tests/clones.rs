@@ -212,3 +212,52 @@ fn prefetch_without_uffd_is_refused() {
     let run = vmfork(&["clone", &dir, "--prefetch"]);
     vmfork_tests::assert_clean_error(&run, vmfork_tests::exit::INVALID_ARGUMENT, "--prefetch");
 }
+
+#[test]
+fn clone_processes_share_a_template_holders_sealed_memfd() {
+    let scratch = Scratch::new("holder");
+    let dir = template(&scratch, "touch_mib=2");
+    let sock = scratch.str("holder.sock");
+    let mut holder = std::process::Command::new(vmfork_tests::vmfork_bin())
+        .args(["template", "serve", &dir, "--sock", &sock])
+        .spawn()
+        .expect("holder");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !std::path::Path::new(&sock).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "holder socket never appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let mut randoms = Vec::new();
+    for backend in ["memfd", "uffd"] {
+        let run = vmfork(&[
+            "clone",
+            "--holder",
+            &sock,
+            "-n",
+            "2",
+            "--backend",
+            backend,
+            "--console",
+            "--json",
+        ]);
+        assert_eq!(run.status, 0, "{run}");
+        assert_eq!(run.json()["memfd_seals"], 15, "{run}");
+        randoms.extend(pongs(&run).iter().map(|l| field(l, "random").to_string()));
+    }
+    randoms.sort();
+    randoms.dedup();
+    assert_eq!(randoms.len(), 4, "every clone draws its own numbers");
+    // SIGTERM ends the holder cleanly and removes its socket.
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &holder.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    assert!(holder.wait().expect("wait").success());
+    assert!(!std::path::Path::new(&sock).exists(), "socket left behind");
+    let run = vmfork(&["clone", "--holder", &sock, "-n", "1"]);
+    vmfork_tests::assert_clean_error(&run, vmfork_tests::exit::CONTROL, "holder");
+}

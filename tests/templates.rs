@@ -211,10 +211,11 @@ fn diff_snapshot_plus_base_equals_full_snapshot() {
     );
     // And both resume to the same guest state.
     // Every field carried in guest memory matches; `random` and
-    // `host_time_ms` are fresh on each restore by design.
+    // `host_time_ms` are fresh on each restore by design, and `ticks` may
+    // gain one if the 100 Hz timer fires while the pong line prints.
     let from_diff = assert_continued(&restore(&scratch.str("d")), &nonce);
     let from_full = assert_continued(&restore(&scratch.str("f")), &nonce);
-    for key in ["n", "boot_nonce", "ticks", "checksum", "clone"] {
+    for key in ["n", "boot_nonce", "checksum", "clone"] {
         assert_eq!(
             field(&from_diff, key),
             field(&from_full, key),
@@ -275,7 +276,7 @@ fn damaged_templates_are_refused_clearly() {
     });
     let run = restore(&dir);
     assert_clean_error(&run, exit::TEMPLATE, "999");
-    assert!(run.stderr.contains("version 1"), "{run}");
+    assert!(run.stderr.contains("version 2"), "{run}");
 
     // A wrong version inside the state header, with a valid checksum (as a
     // future vmfork would write it), also names both versions.

@@ -300,6 +300,11 @@ impl Control {
         self.wait_until(deadline, |s| s.acks >= n || s.stop.is_some()) && !self.is_stopping()
     }
 
+    /// Whether the guest is (or, while paused, was) parked in its `in`.
+    pub fn is_parked(&self) -> bool {
+        self.lock().parked
+    }
+
     pub fn stop_reason(&self) -> Option<StopReason> {
         self.lock().stop.clone()
     }

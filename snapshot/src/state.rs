@@ -87,6 +87,10 @@ pub struct ReadyPortState {
     pub ready: bool,
     /// Acknowledgements received before the snapshot.
     pub acks: u64,
+    /// The guest was parked in its `in` (so its first instruction after a
+    /// restore consumes `RESUMED`). When false, the snapshot caught it
+    /// between commands, and the restore queues `RESUMED` for its next `in`.
+    pub parked: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

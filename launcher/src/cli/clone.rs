@@ -30,8 +30,13 @@ pub enum BackendArg {
 
 #[derive(Debug, Args)]
 pub struct CloneArgs {
-    /// The template directory.
-    pub template: PathBuf,
+    /// The template directory (or use --holder).
+    #[arg(required_unless_present = "holder")]
+    pub template: Option<PathBuf>,
+    /// Take the template and its sealed memfd from a holder started with
+    /// `vmfork template serve` instead of loading it in this process.
+    #[arg(long, value_name = "SOCK", conflicts_with = "template")]
+    pub holder: Option<PathBuf>,
     /// How many clones to start.
     #[arg(short = 'n', long = "count", default_value = "1", value_name = "N")]
     pub count: String,
@@ -131,11 +136,14 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
     let available_before = proc_kib("/proc/meminfo", "MemAvailable:");
 
     let load_start = Instant::now();
-    let factory = CloneFactory::new(
-        LoadedTemplate::load(&args.template)?,
-        backend,
-        args.prefetch,
-    )?;
+    let factory = match (&args.holder, &args.template) {
+        (Some(sock), _) => {
+            let (template, sealed) = crate::clone::holder::fetch(sock)?;
+            CloneFactory::with_memory(template, Some(sealed), backend, args.prefetch)?
+        }
+        (None, Some(dir)) => CloneFactory::new(LoadedTemplate::load(dir)?, backend, args.prefetch)?,
+        (None, None) => return Err(Error::InvalidArgument("give a TEMPLATE or --holder".into())),
+    };
     let prefetch_pages = factory.prefetch_pages();
     let load_ms = load_start.elapsed().as_secs_f64() * 1e3;
     let pool_start = Instant::now();

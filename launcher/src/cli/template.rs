@@ -19,6 +19,15 @@ use crate::template;
 pub enum TemplateCommand {
     /// Cold-boot a VM to its ready point and save it as a template directory.
     Build(BuildArgs),
+    /// Hold a template's memory in a sealed memfd and hand it to clone
+    /// processes (`vmfork clone --holder SOCK`) until stopped.
+    Serve {
+        /// The template directory.
+        dir: PathBuf,
+        /// The Unix socket to listen on.
+        #[arg(long, value_name = "PATH")]
+        sock: PathBuf,
+    },
     /// Write a template's guest RAM (a diff applied over its base) as one
     /// flat file, for inspection and comparison.
     Flatten {
@@ -49,6 +58,7 @@ pub fn run(command: &TemplateCommand, started: Instant) -> Result<()> {
     match command {
         TemplateCommand::Build(args) => build(args, started),
         TemplateCommand::Flatten { dir, out } => flatten(dir, out),
+        TemplateCommand::Serve { dir, sock } => serve(dir, sock),
     }
 }
 
@@ -142,5 +152,23 @@ fn flatten(dir: &std::path::Path, out: &std::path::Path) -> Result<()> {
         use std::io::Write;
         (&file).write_all(bytes)?;
     }
+    Ok(())
+}
+
+fn serve(dir: &std::path::Path, sock: &std::path::Path) -> Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let stop = Arc::new(AtomicBool::new(false));
+    // Ctrl-C / SIGTERM end the holder cleanly (socket removed).
+    let control = Arc::new(crate::control::Control::new(Instant::now(), false));
+    signals::forward_to(control.clone());
+    let flag = stop.clone();
+    std::thread::spawn(move || {
+        control.wait_stopped(None);
+        flag.store(true, Ordering::Release);
+    });
+    progress(&format!("holding {} on {}", dir.display(), sock.display()));
+    let served = crate::clone::holder::serve(dir, sock, stop)?;
+    progress(&format!("served {served} clone processes"));
     Ok(())
 }

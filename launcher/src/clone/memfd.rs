@@ -104,6 +104,31 @@ impl SealedMemory {
         })
     }
 
+    /// Adopts a memfd received from a template holder, after checking that
+    /// it is sealed against writes and resizing and has the template's size.
+    pub fn from_holder(file: File, template: &LoadedTemplate) -> Result<SealedMemory> {
+        // SAFETY: fcntl query on an fd we own.
+        let seals = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GET_SEALS) };
+        let needed = libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
+        if seals < 0 || seals & needed != needed {
+            return Err(Error::GuestMemory(format!(
+                "the holder's memfd is not sealed (seals {seals:#x}); refusing to share it"
+            )));
+        }
+        let layout = template.state.memory.clone();
+        let size = file.metadata().map_err(io_err("memfd size"))?.len();
+        if size != layout.file_size() {
+            return Err(Error::GuestMemory(format!(
+                "the holder's memfd is {size} bytes, the template needs {}",
+                layout.file_size()
+            )));
+        }
+        Ok(SealedMemory {
+            file: Arc::new(file),
+            layout,
+        })
+    }
+
     /// A clone's guest RAM: a private, copy-on-write view of the memfd.
     pub fn map_private(&self) -> Result<GuestMemoryMmap> {
         let mut regions = Vec::with_capacity(self.layout.regions.len());

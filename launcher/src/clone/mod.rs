@@ -2,6 +2,7 @@
 //! copy-on-write memory over the template's pages. docs/clone.md describes
 //! the memory backends and what a clone costs.
 
+pub mod holder;
 pub mod memfd;
 pub mod shell;
 pub mod uffd;
@@ -61,15 +62,36 @@ pub struct CloneFactory {
 
 impl CloneFactory {
     pub fn new(template: LoadedTemplate, backend: Backend, prefetch: bool) -> Result<CloneFactory> {
+        Self::with_memory(template, None, backend, prefetch)
+    }
+
+    /// `sealed`: memory handed over by a template holder; loaded here when
+    /// None.
+    pub fn with_memory(
+        template: LoadedTemplate,
+        sealed: Option<SealedMemory>,
+        backend: Backend,
+        prefetch: bool,
+    ) -> Result<CloneFactory> {
         if prefetch && backend != Backend::Uffd {
             return Err(Error::InvalidArgument(
                 "--prefetch needs --backend uffd".into(),
             ));
         }
+        if sealed.is_some() && backend == Backend::File {
+            return Err(Error::InvalidArgument(
+                "--holder shares a memfd: use --backend memfd or uffd".into(),
+            ));
+        }
+        let mut sealed = sealed;
+        let mut load = |t: &LoadedTemplate| match sealed.take() {
+            Some(s) => Ok(s),
+            None => SealedMemory::load(t),
+        };
         let source = match backend {
-            Backend::Memfd => Source::Memfd(SealedMemory::load(&template)?),
+            Backend::Memfd => Source::Memfd(load(&template)?),
             Backend::Uffd => {
-                let sealed = SealedMemory::load(&template)?;
+                let sealed = load(&template)?;
                 let pages = Arc::new(PageSource::new(
                     sealed.as_file(),
                     sealed.layout().file_size(),

@@ -173,6 +173,7 @@ impl Machine {
             ready_port: ReadyPortState {
                 ready: self.control.ready_at().is_some(),
                 acks: self.control.acks(),
+                parked: self.control.is_parked(),
             },
         };
         drop(bus);

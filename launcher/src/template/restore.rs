@@ -254,16 +254,22 @@ pub fn restore_into(
         &state.devices.serial,
     )?;
     mark("devices");
+    let control = Control::new_restored(
+        opts.started,
+        state.devices.ready_port.acks,
+        opts.exit_on_ack,
+    );
+    if !state.devices.ready_port.parked {
+        // Saved between commands: the guest will park again shortly, and
+        // must learn it was resumed then.
+        control.send_command(crate::devices::ready_port::CMD_RESUMED);
+    }
     Machine::from_restored(RestoredParts {
         vcpus,
         vm,
         mem,
         bus: PortIoBus::new(serial),
-        control: Control::new_restored(
-            opts.started,
-            state.devices.ready_port.acks,
-            opts.exit_on_ack,
-        ),
+        control,
         mem_size: state.memory.mem_size,
         phases,
         kernel: template.manifest.kernel.clone(),
