@@ -15,7 +15,7 @@ def main():
     ap.add_argument("--vmfork", required=True)
     ap.add_argument("--clones", type=int, default=1000)
     ap.add_argument("--mem", default="64M")
-    ap.add_argument("--cmdline", default="quiet=1 touch_mib=8")
+    ap.add_argument("--cmdline", default="quiet=1 touch_mib=8 timer_hz=0")
     args = ap.parse_args()
     v = args.vmfork
     work = tempfile.mkdtemp(prefix="vmfork-bench-clone-")
@@ -34,6 +34,14 @@ def main():
                 if shells:
                     cmd.append("--shells")
                 results[(backend, shells)] = run_json(cmd)
+        # The same clones spread over worker processes sharing one memfd.
+        procs = {}
+        for p in (2, 4):
+            for shells in (False, True):
+                cmd = [v, "clone", tpl, "-n", str(args.clones), "--processes", str(p), "--json"]
+                if shells:
+                    cmd.append("--shells")
+                procs[(p, shells)] = run_json(cmd)
         # One process per clone: `vmfork restore` (file backend), timed by
         # its own clock from process start to the first acknowledgement.
         per_process = [run_json([v, "restore", tpl, "--exit-on-ready", "--json", "--quiet"])["restore_us"]
@@ -48,6 +56,10 @@ def main():
             print(f"{backend:14} {str(shells):6} {r['clone_p50_us']:>8} {r['clone_p99_us']:>8} {r['total_ms']:>9.1f} "
                   f"{r['private_kib_per_clone']:>9} {r['host_kib_per_clone']:>9} {r['faults_per_clone']:>7} {r['uffd_faults_per_clone']:>5} "
                   f"{r['clone_p50_us'] / r['floor_us']:>9.2f}   (floor {r['floor_us']} us in that run; shell pool {r['shell_pool_ms']:.0f} ms; teardown {r['teardown_ms']:.0f} ms; fds {r['fds_before']}->{r['fds_after']})")
+        for (p, shells), r in procs.items():
+            print(f"memfd, {p} worker processes, shells={shells}: p50 {r['clone_p50_us']} us, p99 {r['clone_p99_us']} us, "
+                  f"total {r['total_ms']:.1f} ms, {r['private_kib_per_clone']} KiB private, {r['host_kib_per_clone']} KiB host per clone "
+                  f"(floor {r['floor_us']} us; worker fd leaks {r['worker_fd_leaks']})")
         pp50 = statistics.median(per_process)
         print(f"one process per clone (vmfork restore, file backend): p50 {pp50:.0f} us over {len(per_process)}")
         print(f"KVM floor p50 {floor} us; cold boot to READY p50 {statistics.median(cold):.0f} us")
@@ -57,7 +69,8 @@ def main():
             "clone_p50_us": d["clone_p50_us"], "clone_p99_us": d["clone_p99_us"], "floor_us": floor,
             "private_kib_per_clone": d["private_kib_per_clone"], "host_kib_per_clone": d["host_kib_per_clone"],
             "total_ms": d["total_ms"], "shells_clone_p50_us": s["clone_p50_us"], "shells_total_ms": s["total_ms"],
-            "per_process_p50_us": pp50, "coldboot_us": statistics.median(cold), "clones": args.clones,
+            "per_process_p50_us": pp50,
+            "procs4_total_ms": procs[(4, False)]["total_ms"], "procs4_shells_total_ms": procs[(4, True)]["total_ms"], "coldboot_us": statistics.median(cold), "clones": args.clones,
         }))
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -261,3 +261,19 @@ fn clone_processes_share_a_template_holders_sealed_memfd() {
     let run = vmfork(&["clone", "--holder", &sock, "-n", "1"]);
     vmfork_tests::assert_clean_error(&run, vmfork_tests::exit::CONTROL, "holder");
 }
+
+#[test]
+fn clones_spread_over_worker_processes() {
+    let scratch = Scratch::new("procs");
+    let dir = template(&scratch, "quiet=1 touch_mib=2 timer_hz=0");
+    let run = vmfork(&["clone", &dir, "-n", "12", "--processes", "3", "--json"]);
+    assert_eq!(run.status, 0, "{run}");
+    let json = run.json();
+    assert_eq!(json["clones"], 12);
+    assert_eq!(json["processes"], 3);
+    assert_eq!(json["worker_fd_leaks"], 0, "{run}");
+    assert!(
+        json["clone_p50_us"].as_u64().is_some_and(|v| v > 0),
+        "{run}"
+    );
+}

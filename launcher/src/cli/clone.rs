@@ -54,6 +54,14 @@ pub struct CloneArgs {
     /// shells), so a clone request only maps memory, restores and runs.
     #[arg(long)]
     pub shells: bool,
+    /// Spread the clones over P processes (sharing one sealed memfd through
+    /// a template holder) instead of threads in this one.
+    #[arg(long, default_value = "1", value_name = "P")]
+    pub processes: String,
+    /// Internal: run as a worker of `--processes`: print `clones-up` once
+    /// every clone acknowledged, hold until stdin closes, report latencies.
+    #[arg(long, hide = true)]
+    pub worker: bool,
     /// Print each clone's console, prefixed with its id, once all are up.
     #[arg(long)]
     pub console: bool,
@@ -119,6 +127,10 @@ fn threads() -> u64 {
 
 pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
     let count = parse_count("-n", &args.count, 1, MAX_CLONES)?;
+    let processes = parse_count("--processes", &args.processes, 1, 256)?;
+    if processes > 1 {
+        return super::clone_procs::run(args, count, processes, started);
+    }
     let hold = match args.hold.trim() {
         "0" => None,
         text => Some(parse_duration("--hold", text)?),
@@ -220,7 +232,12 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
                 }
             }
         }
-        if let Some(hold) = hold {
+        if args.worker {
+            // The parent counts clones as up when every worker said so, and
+            // ends the hold by closing our stdin.
+            outln!("clones-up");
+            let _ = std::io::Read::read(&mut std::io::stdin(), &mut [0u8; 1]);
+        } else if let Some(hold) = hold {
             // A control block of its own turns the hold time or a signal
             // into one wake-up.
             let holder = Arc::new(Control::new(Instant::now(), false));
@@ -288,6 +305,14 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
         "memfd_seals": sealed,
         "elapsed_ms": started.elapsed().as_secs_f64() * 1e3,
     });
+    let mut summary = summary;
+    if args.worker {
+        summary["latencies_us"] = json!(latencies
+            .iter()
+            .map(|d| d.as_micros() as u64)
+            .collect::<Vec<_>>());
+        summary["private_kib"] = json!(private_kib);
+    }
     if args.json {
         outln!("{summary}");
     } else {
