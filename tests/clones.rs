@@ -1,7 +1,7 @@
 //! VMFork clones on real VMs: each clone is alive, unique and on the
 //! host's clock, clone memory is a sealed template, and nothing leaks.
 
-use vmfork_tests::{vmfork, Run, Scratch};
+use vmfork_tests::{field, pongs, vmfork, Scratch};
 
 fn template(scratch: &Scratch, cmdline: &str) -> String {
     let out = scratch.str("t");
@@ -19,20 +19,6 @@ fn template(scratch: &Scratch, cmdline: &str) -> String {
     ]);
     assert_eq!(run.status, 0, "{run}");
     out
-}
-
-fn field<'a>(line: &'a str, key: &str) -> &'a str {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
-        .unwrap_or_else(|| panic!("{key}= missing in {line:?}"))
-}
-
-fn pongs(run: &Run) -> Vec<String> {
-    run.stdout
-        .lines()
-        .filter(|l| l.contains("vmfork-guest: pong"))
-        .map(str::to_string)
-        .collect()
 }
 
 #[test]
@@ -128,11 +114,7 @@ fn clones_of_a_diff_template_see_the_diff() {
         .args(["restore", &dir, "--api-sock", &sock, "--quiet"])
         .spawn()
         .expect("restore");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !std::path::Path::new(&sock).exists() {
-        assert!(std::time::Instant::now() < deadline, "no api socket");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    vmfork_tests::wait_for_path(&sock);
     assert_eq!(vmfork(&["ctl", &sock, "ping"]).status, 0);
     let d = scratch.str("d");
     assert_eq!(
@@ -222,14 +204,7 @@ fn clone_processes_share_a_template_holders_sealed_memfd() {
         .args(["template", "serve", &dir, "--sock", &sock])
         .spawn()
         .expect("holder");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !std::path::Path::new(&sock).exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "holder socket never appeared"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    vmfork_tests::wait_for_path(&sock);
     let mut randoms = Vec::new();
     for backend in ["memfd", "uffd"] {
         let run = vmfork(&[

@@ -150,3 +150,28 @@ pub fn assert_clean_error(run: &Run, status: i32, needle: &str) {
     );
     assert!(!run.stderr.contains("panicked"), "{run}");
 }
+
+/// The value of `key=` in a guest console line such as the `pong` line.
+pub fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+        .unwrap_or_else(|| panic!("{key}= missing in {line:?}"))
+}
+
+/// Every `vmfork-guest: pong` line a run printed.
+pub fn pongs(run: &Run) -> Vec<String> {
+    run.stdout
+        .lines()
+        .filter(|l| l.contains("vmfork-guest: pong"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits (30 s at most) for a socket or file another process creates.
+pub fn wait_for_path(path: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !Path::new(path).exists() {
+        assert!(Instant::now() < deadline, "{path} never appeared");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vmfork_tests::{assert_clean_error, exit, vmfork, vmfork_bin, Run, Scratch};
+use vmfork_tests::{assert_clean_error, exit, field, vmfork, vmfork_bin, Run, Scratch};
 
 fn build(scratch: &Scratch, name: &str, cmdline: &str) -> Run {
     let out = scratch.str(name);
@@ -24,12 +24,6 @@ fn build(scratch: &Scratch, name: &str, cmdline: &str) -> Run {
     ]);
     assert_eq!(run.status, 0, "{run}");
     run
-}
-
-fn field<'a>(line: &'a str, key: &str) -> &'a str {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
-        .unwrap_or_else(|| panic!("{key}= missing in {line:?}"))
 }
 
 fn pong_line(run: &Run) -> String {

@@ -37,6 +37,31 @@ pub fn anonymous_ram(mem_size: u64) -> Result<GuestMemoryMmap> {
     Ok(mem)
 }
 
+/// Guest RAM as a private, copy-on-write mapping of `file` (a template's
+/// memory file or its sealed memfd), region by region per `regions`.
+pub fn map_file_private(
+    file: &std::sync::Arc<File>,
+    regions: &[vmfork_snapshot::state::MemoryRegion],
+) -> Result<GuestMemoryMmap> {
+    use vm_memory::mmap::MmapRegionBuilder;
+    use vm_memory::{FileOffset, GuestRegionMmap};
+    let mut mapped = Vec::with_capacity(regions.len());
+    for r in regions {
+        let mapping = MmapRegionBuilder::<()>::new(r.size as usize)
+            .with_file_offset(FileOffset::from_arc(file.clone(), r.file_offset))
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+            .build()
+            .map_err(|e| Error::GuestMemory(format!("mapping guest memory: {e}")))?;
+        mapped.push(
+            GuestRegionMmap::new(mapping, GuestAddress(r.guest_addr))
+                .ok_or_else(|| Error::GuestMemory("memory region overflows".into()))?,
+        );
+    }
+    GuestMemoryMmap::from_regions(mapped)
+        .map_err(|e| Error::GuestMemory(format!("guest memory layout: {e}")))
+}
+
 /// A rootfs image mapped `PROT_READ`, `MAP_SHARED`: every VM reading the
 /// same image shares the host page cache, and no guest can change it (the
 /// KVM slot is also read-only, so guest writes exit as MMIO and are refused).

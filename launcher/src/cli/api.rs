@@ -51,21 +51,27 @@ impl Drop for ApiSocket {
     }
 }
 
-pub fn serve(path: &Path, control: Arc<Control>) -> Result<ApiSocket> {
+/// Listens on `path`, replacing a socket left over by a dead process but
+/// never anything else; `flag` names the option in errors.
+pub fn bind_socket(path: &Path, flag: &str) -> Result<UnixListener> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         // A socket nobody answers on is left over from a dead vmfork.
         if meta.file_type().is_socket() && UnixStream::connect(path).is_err() {
             let _ = std::fs::remove_file(path);
         } else {
             return Err(Error::InvalidArgument(format!(
-                "--api-sock {}: already exists",
+                "{flag} {}: already exists",
                 path.display()
             )));
         }
     }
-    let listener = UnixListener::bind(path).map_err(|e| {
-        Error::InvalidArgument(format!("--api-sock {}: cannot listen: {e}", path.display()))
-    })?;
+    UnixListener::bind(path).map_err(|e| {
+        Error::InvalidArgument(format!("{flag} {}: cannot listen: {e}", path.display()))
+    })
+}
+
+pub fn serve(path: &Path, control: Arc<Control>) -> Result<ApiSocket> {
+    let listener = bind_socket(path, "--api-sock")?;
     std::thread::Builder::new()
         .name("api".into())
         .spawn(move || {

@@ -15,7 +15,7 @@ use crate::control::{Control, OwnerEvent, StopReason};
 use crate::devices::console::Console;
 use crate::error::{Error, Result};
 use crate::floor;
-use crate::machine::RunningMachine;
+use crate::machine::{proc_field_kib, RunningMachine};
 use crate::template::LoadedTemplate;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -80,18 +80,6 @@ struct Clone {
     console: Arc<Mutex<Vec<u8>>>,
 }
 
-fn proc_kib(path: &str, key: &str) -> u64 {
-    std::fs::read_to_string(path)
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// Closing a VM costs ~10 ms on this host, mostly waiting inside KVM, so
 /// VMs are closed from several threads at once.
 fn close_in_parallel(machines: Vec<crate::machine::Machine>) {
@@ -122,7 +110,7 @@ fn minor_faults() -> u64 {
 }
 
 fn threads() -> u64 {
-    proc_kib("/proc/self/status", "Threads:")
+    proc_field_kib("/proc/self/status", "Threads:")
 }
 
 pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
@@ -144,8 +132,8 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
     let floor = floor::median(&floor::measure(50)?);
     let fds_before = open_fds();
     let threads_before = threads();
-    let private_before = proc_kib("/proc/self/smaps_rollup", "Private_Dirty:");
-    let available_before = proc_kib("/proc/meminfo", "MemAvailable:");
+    let private_before = proc_field_kib("/proc/self/smaps_rollup", "Private_Dirty:");
+    let available_before = proc_field_kib("/proc/meminfo", "MemAvailable:");
 
     let load_start = Instant::now();
     let factory = match (&args.holder, &args.template) {
@@ -216,8 +204,9 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
     let total = first_request.elapsed();
     let faults = minor_faults().saturating_sub(faults_before);
     let private_kib =
-        proc_kib("/proc/self/smaps_rollup", "Private_Dirty:").saturating_sub(private_before);
-    let host_kib = available_before.saturating_sub(proc_kib("/proc/meminfo", "MemAvailable:"));
+        proc_field_kib("/proc/self/smaps_rollup", "Private_Dirty:").saturating_sub(private_before);
+    let host_kib =
+        available_before.saturating_sub(proc_field_kib("/proc/meminfo", "MemAvailable:"));
     let threads_running = threads();
 
     if result.is_ok() {

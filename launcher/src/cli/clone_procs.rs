@@ -24,15 +24,7 @@ struct Worker {
 }
 
 fn mem_available_kib() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("MemAvailable:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+    crate::machine::proc_field_kib("/proc/meminfo", "MemAvailable:")
 }
 
 pub fn run(args: &CloneArgs, count: u64, processes: u64, started: Instant) -> Result<()> {

@@ -9,8 +9,7 @@
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileTypeExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -37,19 +36,7 @@ pub fn serve(dir: &Path, sock: &Path, stop: Arc<AtomicBool>) -> Result<u64> {
     if path.len() > MAX_PATH_BYTES {
         return Err(holder_err(sock, "template path too long".into()));
     }
-    if let Ok(meta) = std::fs::symlink_metadata(sock) {
-        if meta.file_type().is_socket() && UnixStream::connect(sock).is_err() {
-            let _ = std::fs::remove_file(sock);
-        } else {
-            return Err(Error::InvalidArgument(format!(
-                "--sock {}: already exists",
-                sock.display()
-            )));
-        }
-    }
-    let listener = UnixListener::bind(sock).map_err(|e| {
-        Error::InvalidArgument(format!("--sock {}: cannot listen: {e}", sock.display()))
-    })?;
+    let listener = crate::cli::api::bind_socket(sock, "--sock")?;
     listener.set_nonblocking(true)?;
     let mut served = 0u64;
     while !stop.load(Ordering::Acquire) {

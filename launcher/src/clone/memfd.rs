@@ -10,8 +10,7 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::GuestMemoryMmap;
 use vmfork_snapshot::state::MemoryState;
 
 use crate::error::{Error, Result};
@@ -131,21 +130,7 @@ impl SealedMemory {
 
     /// A clone's guest RAM: a private, copy-on-write view of the memfd.
     pub fn map_private(&self) -> Result<GuestMemoryMmap> {
-        let mut regions = Vec::with_capacity(self.layout.regions.len());
-        for r in &self.layout.regions {
-            let mapping = MmapRegionBuilder::<()>::new(r.size as usize)
-                .with_file_offset(FileOffset::from_arc(self.file.clone(), r.file_offset))
-                .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-                .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
-                .build()
-                .map_err(|e| Error::GuestMemory(format!("mapping the template memfd: {e}")))?;
-            regions.push(
-                GuestRegionMmap::new(mapping, GuestAddress(r.guest_addr))
-                    .ok_or_else(|| Error::GuestMemory("memory region overflows".into()))?,
-            );
-        }
-        GuestMemoryMmap::from_regions(regions)
-            .map_err(|e| Error::GuestMemory(format!("guest memory layout: {e}")))
+        crate::memory::map_file_private(&self.file, &self.layout.regions)
     }
 
     pub fn seals(&self) -> i32 {

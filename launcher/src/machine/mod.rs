@@ -263,11 +263,17 @@ impl RunningMachine {
 
 /// Resident set size of this process, in KiB, from /proc/self/status.
 pub fn vmm_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    proc_field_kib("/proc/self/status", "VmRSS:")
+}
+
+/// The first number after `key` in a /proc file such as `/proc/meminfo`
+/// or `/proc/self/smaps_rollup` (KiB there); 0 when absent.
+pub fn proc_field_kib(path: &str, key: &str) -> u64 {
+    std::fs::read_to_string(path)
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(key))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse().ok())
         })

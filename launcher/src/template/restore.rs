@@ -6,8 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestRegionMmap};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmfork_snapshot::state::{MachineState, MemoryState};
 use vmfork_snapshot::Persist;
 
@@ -131,24 +130,7 @@ impl LoadedTemplate {
         let (root_dir, root) = &self.memory_layers[0];
         let file = File::open(root_dir.join(MEMORY_FILE))
             .map_err(|e| bad(root_dir, format!("cannot open {MEMORY_FILE}: {e}")))?;
-        let mut regions = Vec::with_capacity(root.regions.len());
-        for r in &root.regions {
-            let file = file
-                .try_clone()
-                .map_err(|e| bad(root_dir, format!("{MEMORY_FILE}: {e}")))?;
-            let mapping = MmapRegionBuilder::<()>::new(r.size as usize)
-                .with_file_offset(FileOffset::new(file, r.file_offset))
-                .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-                .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
-                .build()
-                .map_err(|e| Error::GuestMemory(format!("mapping {MEMORY_FILE}: {e}")))?;
-            regions.push(
-                GuestRegionMmap::new(mapping, GuestAddress(r.guest_addr))
-                    .ok_or_else(|| Error::GuestMemory("memory region overflows".into()))?,
-            );
-        }
-        let mem = GuestMemoryMmap::from_regions(regions)
-            .map_err(|e| Error::GuestMemory(format!("guest memory layout: {e}")))?;
+        let mem = crate::memory::map_file_private(&std::sync::Arc::new(file), &root.regions)?;
         for (dir, layer) in &self.memory_layers[1..] {
             apply_diff(&mem, dir, layer)?;
         }
