@@ -159,6 +159,8 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
     let first_request = Instant::now();
     let mut clones: Vec<Clone> = Vec::with_capacity(count as usize);
     let mut latencies = Vec::with_capacity(count as usize);
+    // Sum over clones of each restore phase's time since the request.
+    let mut phase_sums: Vec<(&'static str, u64)> = Vec::new();
     let result = (|| -> Result<()> {
         for id in 1..=count {
             let requested = Instant::now();
@@ -173,6 +175,12 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
                 },
                 requested,
             )?;
+            for (i, (name, us)) in machine.phases.iter().enumerate() {
+                if phase_sums.len() <= i {
+                    phase_sums.push((*name, 0u64));
+                }
+                phase_sums[i].1 += us;
+            }
             let control = machine.control().clone();
             let acks = control.acks();
             let running = machine.start()?;
@@ -293,6 +301,10 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
         "threads_running": threads_running,
         "memfd_seals": sealed,
         "elapsed_ms": started.elapsed().as_secs_f64() * 1e3,
+        "mean_phases_us": phase_sums
+            .iter()
+            .map(|(name, us)| (name.to_string(), json!(us / count)))
+            .collect::<serde_json::Map<_, _>>(),
     });
     let mut summary = summary;
     if args.worker {

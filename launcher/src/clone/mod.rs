@@ -143,10 +143,14 @@ impl CloneFactory {
 
     /// An empty VM for this template, made ahead of any clone request.
     pub fn shell(&self) -> Result<VmShell> {
-        VmShell::new(
-            &self.template.state.memory,
-            self.template.state.vcpus.len() as u8,
-        )
+        let cpuid: Vec<_> = self
+            .template
+            .state
+            .vcpus
+            .iter()
+            .map(|v| v.cpuid.clone())
+            .collect();
+        VmShell::new(&self.template.state.memory, &cpuid)
     }
 
     fn anonymous_memory(&self) -> Result<GuestMemoryMmap> {

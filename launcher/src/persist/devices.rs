@@ -10,6 +10,8 @@ use crate::error::{Error, Result};
 
 pub struct SerialRestore<'a> {
     pub vm: &'a VmFd,
+    /// A pre-registered interrupt line (from a VM shell), if any.
+    pub irq: Option<crate::devices::serial::IrqTrigger>,
     pub console: Console,
 }
 
@@ -47,6 +49,6 @@ impl Persist for SerialPort {
             scratch: s.scratch,
             in_buffer: s.in_buffer.clone(),
         };
-        SerialPort::from_state(args.vm, &state, args.console)
+        SerialPort::from_state(args.vm, args.irq, &state, args.console)
     }
 }

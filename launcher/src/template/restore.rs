@@ -194,16 +194,16 @@ pub fn restore_into(
     let host = KvmHost::get()?;
     super::clone_info::write_clone_info(&mem, opts.clone_id)?;
     mark("memory");
-    let (vm, mut pooled_vcpus) = match shell {
+    let (vm, mut pooled_vcpus, serial_irq) = match shell {
         Some(shell) => {
             memory_guards.push(Box::new(shell.ram));
-            (shell.vm, shell.vcpus)
+            (shell.vm, shell.vcpus, Some(shell.serial_irq))
         }
         None => {
             let mut vm = Vm::new(host)?;
             vm.register_ram(&mem)?;
             vm.create_platform()?;
-            (vm, Vec::new())
+            (vm, Vec::new(), None)
         }
     };
     mark("create_vm");
@@ -231,6 +231,7 @@ pub fn restore_into(
     let serial = SerialPort::restore(
         SerialRestore {
             vm: &vm.fd,
+            irq: serial_irq,
             console: opts.console,
         },
         &state.devices.serial,
