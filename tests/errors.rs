@@ -111,6 +111,23 @@ fn missing_dev_kvm() {
 }
 
 #[test]
+fn no_permission_on_dev_kvm() {
+    // An unprivileged user without access to /dev/kvm (mode 0600 here).
+    let bin = vmfork_bin();
+    let bin = bin.to_string_lossy();
+    let run = command(
+        "setpriv",
+        &["--reuid=65534", "--regid=65534", "--clear-groups", &bin, "boot", "--exit-on-ready"],
+    );
+    let kvm_is_private = std::fs::metadata("/dev/kvm")
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o006 == 0)
+        .unwrap_or(false);
+    if kvm_is_private {
+        assert_clean_error(&run, exit::KVM_UNAVAILABLE, "Permission denied");
+    }
+}
+
+#[test]
 fn guest_triple_fault_reports_shutdown_and_rip() {
     let run = vmfork(&["boot", "--cmdline", "test=triple_fault", "--timeout", "30"]);
     assert_clean_error(&run, exit::GUEST_SHUTDOWN, "RIP=0x");
