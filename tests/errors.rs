@@ -117,7 +117,14 @@ fn no_permission_on_dev_kvm() {
     let bin = bin.to_string_lossy();
     let run = command(
         "setpriv",
-        &["--reuid=65534", "--regid=65534", "--clear-groups", &bin, "boot", "--exit-on-ready"],
+        &[
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            &bin,
+            "boot",
+            "--exit-on-ready",
+        ],
     );
     let kvm_is_private = std::fs::metadata("/dev/kvm")
         .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o006 == 0)
