@@ -7,12 +7,13 @@
 #   linux-source-6.12   the guest kernel source (/usr/src/linux-source-6.12.tar.xz)
 #   busybox-static      the guest rootfs userland (must be static: no libc in the image)
 #   e2fsprogs           mkfs.ext4 -d builds the DAX rootfs without root or loop devices
+#   wrk                 HTTP load generator for scripts/bench-faas.sh
 #   gcc make bc bison flex libelf-dev libssl-dev cpio patch xz-utils
 #                       what a kernel build needs
 set -euo pipefail
 
 packages=(
-    qemu-system-x86 busybox-static linux-source-6.12 e2fsprogs
+    qemu-system-x86 busybox-static linux-source-6.12 e2fsprogs wrk
     gcc make bc bison flex libelf-dev libssl-dev cpio patch xz-utils
 )
 

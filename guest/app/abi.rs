@@ -21,6 +21,8 @@ pub const CMD_EXIT: u32 = 2;
 pub const CMD_DIRTY: u32 = 4;
 /// The command a restored or cloned guest sees first (docs/guest-abi.md).
 pub const CMD_RESUMED: u32 = 3;
+/// Run the configured function on the mailbox's request (docs/guest-abi.md).
+pub const CMD_INVOKE: u32 = 5;
 
 /// The clone-info page: the VMM writes it before resuming a restored or
 /// cloned VM, so every clone gets its own id, entropy and the host's time.

@@ -2,6 +2,8 @@
 
 use core::fmt;
 
+use crate::function::Function;
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Test {
     None,
@@ -19,6 +21,8 @@ pub struct Config {
     pub test: Test,
     /// Print only errors and crashes (no banner, init, READY or pong lines).
     pub quiet: bool,
+    /// The built-in function INVOKE runs; it also reserves the mailbox.
+    pub function: Option<Function>,
 }
 
 /// Above this the tick interrupts (an emulated ring-0 trip each on PVM)
@@ -33,6 +37,7 @@ impl Default for Config {
             timer_hz: 100,
             test: Test::None,
             quiet: false,
+            function: None,
         }
     }
 }
@@ -94,6 +99,11 @@ pub fn parse(cmdline: &'static [u8]) -> Result<Config, BadWord> {
                     b"1" => true,
                     _ => return Err(bad("must be 0 or 1")),
                 }
+            }
+            b"function" => {
+                cfg.function = Some(Function::parse(value).ok_or(bad(
+                    "unknown function (echo, sha256, json-upper, counter, crash, spin)",
+                ))?)
             }
             b"test" => {
                 cfg.test = match value {

@@ -12,17 +12,21 @@
 mod abi;
 mod boot;
 mod config;
+mod function;
 mod io;
+mod json;
 mod mem;
+mod sha256;
 
 use core::hint::black_box;
 use core::ptr::{read_volatile, write_volatile};
 
 use abi::{
-    BootInfo, ACK_TAG, CMD_DIRTY, CMD_EXIT, CMD_NO_VMM, CMD_RESUMED, PANIC_GUEST_FATAL, READY, READY_PORT,
-    SVC_EMULATION_ERROR, SVC_TIMER_START, SVC_TRIPLE_FAULT,
+    BootInfo, ACK_TAG, CMD_DIRTY, CMD_EXIT, CMD_INVOKE, CMD_NO_VMM, CMD_RESUMED, PANIC_GUEST_FATAL,
+    READY, READY_PORT, SVC_EMULATION_ERROR, SVC_TIMER_START, SVC_TRIPLE_FAULT,
 };
 use config::{Config, Test};
+use function::{Function, MAILBOX_END, MAILBOX_START};
 use io::{crash, exit, inl, outl, rdtsc, say, service};
 
 const PAGE: u64 = 4096;
@@ -66,16 +70,21 @@ pub extern "C" fn vmfork_main(info: &'static BootInfo) -> ! {
         say!("vmfork-guest: warning: the CPU has no x2APIC; timer off");
     }
 
+    let heap_start = match cfg.function {
+        Some(_) => reserve_mailbox(info.image_end, boot.memmap),
+        None => (info.image_end + PAGE - 1) & !(PAGE - 1),
+    };
     let start = rdtsc();
-    let touched = touch(&cfg, info.image_end, boot.memmap);
+    let touched = touch(&cfg, heap_start, boot.memmap);
     let checksum = mix(touched, cfg.work);
     let cycles = rdtsc().wrapping_sub(start);
     if !quiet {
         say!(
-            "vmfork-guest: init touch_mib={} work={} timer_hz={} checksum={:#x} cycles={} boot_nonce={:#x}",
+            "vmfork-guest: init touch_mib={} work={} timer_hz={} function={} checksum={:#x} cycles={} boot_nonce={:#x}",
             cfg.touch_mib,
             cfg.work,
             cfg.timer_hz,
+            cfg.function.map_or("none", Function::name),
             checksum,
             cycles,
             boot_nonce
@@ -90,16 +99,35 @@ pub extern "C" fn vmfork_main(info: &'static BootInfo) -> ! {
     // in the benchmarks) see the ready point, and it costs ~20 exits.
     say!("vmfork-guest: READY");
     outl(READY_PORT, READY);
-    let heap_start = (info.image_end + PAGE - 1) & !(PAGE - 1);
     let heap = (heap_start, heap_start + (cfg.touch_mib << 20));
-    serve(boot_nonce, checksum, quiet, heap)
+    serve(boot_nonce, checksum, &cfg, heap)
+}
+
+/// With a function configured, [MAILBOX_START, MAILBOX_END) is the
+/// mailbox: it must be RAM and free of the image. Returns where the init
+/// heap starts instead (above the mailbox).
+fn reserve_mailbox(image_end: u64, memmap: boot::MemMap) -> u64 {
+    let ram_ok = memmap
+        .ram_end_from(MAILBOX_START)
+        .is_some_and(|end| end >= MAILBOX_END);
+    if image_end > MAILBOX_START || !ram_ok {
+        say!(
+            "vmfork-guest: error: function= needs RAM for its mailbox at {:#x}..{:#x} (image ends at {:#x}, {} MiB of RAM in all; give the VM at least 16 MiB)",
+            MAILBOX_START,
+            MAILBOX_END,
+            image_end,
+            boot::mib(memmap.ram_bytes())
+        );
+        exit(EXIT_NO_ROOM)
+    }
+    MAILBOX_END
 }
 
 /// Application init, part 1: a runtime warming its heap. Writes one byte
-/// in every page of a `touch_mib` MiB buffer right after the image, then
-/// reads them back into a checksum.
-fn touch(cfg: &Config, image_end: u64, memmap: boot::MemMap) -> u64 {
-    let start = (image_end + PAGE - 1) & !(PAGE - 1);
+/// in every page of a `touch_mib` MiB buffer at `start` (page aligned:
+/// right after the image, or after the mailbox), then reads them back into
+/// a checksum.
+fn touch(cfg: &Config, start: u64, memmap: boot::MemMap) -> u64 {
     let bytes = cfg.touch_mib << 20; // config::parse rejected overflow
     let limit = memmap.ram_end_from(start);
     let end = match (start.checked_add(bytes), limit) {
@@ -209,7 +237,8 @@ fn misbehave(test: Test) -> ! {
 /// snapshot is taken: a clone resumes by completing it. Everything the
 /// pong line shows lives in this frame or in guest memory, so it carries
 /// over into clones.
-fn serve(boot_nonce: u64, checksum: u64, quiet: bool, heap: (u64, u64)) -> ! {
+fn serve(boot_nonce: u64, checksum: u64, cfg: &Config, heap: (u64, u64)) -> ! {
+    let quiet = cfg.quiet;
     let mut commands: u32 = 0;
     let mut pings: u64 = 0;
     // Seeded at boot, so every clone of one template would draw the same
@@ -224,6 +253,10 @@ fn serve(boot_nonce: u64, checksum: u64, quiet: bool, heap: (u64, u64)) -> ! {
             CMD_EXIT => exit(0),
             c if c & 0xff == CMD_DIRTY => {
                 dirty_pages(heap, u64::from(c >> 8));
+                outl(READY_PORT, ACK_TAG | (commands & 0xffff));
+            }
+            CMD_INVOKE => {
+                function::invoke(cfg.function);
                 outl(READY_PORT, ACK_TAG | (commands & 0xffff));
             }
             CMD_NO_VMM => {

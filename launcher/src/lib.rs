@@ -12,6 +12,7 @@ pub mod kvm_host;
 pub mod machine;
 pub mod memory;
 pub mod persist;
+pub mod serve;
 pub mod template;
 pub mod vcpu;
 pub mod vm;

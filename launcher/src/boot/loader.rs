@@ -18,11 +18,14 @@ pub enum KernelSource {
     Embedded(&'static [u8]),
 }
 
+/// How `describe` (and so a template manifest) names the embedded guest.
+pub const EMBEDDED_KERNEL: &str = "embedded";
+
 impl KernelSource {
     pub fn describe(&self) -> String {
         match self {
             KernelSource::File(p) => p.display().to_string(),
-            KernelSource::Embedded(_) => "embedded".to_string(),
+            KernelSource::Embedded(_) => EMBEDDED_KERNEL.to_string(),
         }
     }
 

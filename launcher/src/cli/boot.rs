@@ -14,6 +14,7 @@ use crate::devices::console::Console;
 use crate::error::{Error, Result};
 use crate::kvm_host::KvmHost;
 use crate::machine::{vmm_rss_kib, Machine, MachineConfig, MAX_VCPUS};
+use crate::serve::mailbox::GUEST_FUNCTIONS;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum ProtocolArg {
@@ -48,6 +49,11 @@ pub struct VmArgs {
     /// with --rootfs) otherwise.
     #[arg(long, value_name = "STR")]
     pub cmdline: Option<String>,
+    /// Built-in function of the embedded guest that INVOKE runs (echo,
+    /// sha256, json-upper, counter, crash, spin); adds `function=NAME` to
+    /// the command line. See `vmfork serve`.
+    #[arg(long, value_name = "NAME")]
+    pub function: Option<String>,
     /// Boot protocol for ELF kernels.
     #[arg(long, value_enum, default_value = "linux64")]
     pub boot_protocol: ProtocolArg,
@@ -92,6 +98,13 @@ impl VmArgs {
             (None, None) => String::new(),
             (None, Some(_)) => LINUX_DEFAULT_CMDLINE.to_string(),
         };
+        if let Some(name) = &self.function {
+            if !cmdline.is_empty() {
+                cmdline.push(' ');
+            }
+            cmdline.push_str("function=");
+            cmdline.push_str(name);
+        }
         if self.rootfs.is_some() && !cmdline.split_whitespace().any(|w| w.starts_with("root=")) {
             if !cmdline.is_empty() {
                 cmdline.push(' ');
@@ -102,6 +115,19 @@ impl VmArgs {
     }
 
     pub fn machine_config(&self, started: Instant, exit_on_ready: bool) -> Result<MachineConfig> {
+        if let Some(name) = &self.function {
+            if self.kernel.is_some() {
+                return Err(Error::InvalidArgument(
+                    "--function needs the embedded guest (leave out --kernel)".into(),
+                ));
+            }
+            if !GUEST_FUNCTIONS.contains(&name.as_str()) {
+                return Err(Error::InvalidArgument(format!(
+                    "--function {name}: unknown; the embedded guest has {}",
+                    GUEST_FUNCTIONS.join(", ")
+                )));
+            }
+        }
         Ok(MachineConfig {
             kernel: self.kernel_source(),
             initrd: self.initrd.clone(),

@@ -19,6 +19,7 @@ pub mod export;
 pub mod floor;
 pub mod owner;
 pub mod restore;
+pub mod serve;
 pub mod signals;
 pub mod template;
 
@@ -58,6 +59,8 @@ pub enum Command {
     Clone(clone::CloneArgs),
     /// Send a request to a running VM's control socket.
     Ctl(ctl::CtlArgs),
+    /// Serve functions over HTTP, each invocation in a fresh clone.
+    Serve(serve::ServeArgs),
     /// Measure the KVM floor: create a VM and vCPU and run to the first HLT.
     Floor(floor::FloorArgs),
     /// Write the embedded guest ELF to a file.
@@ -71,6 +74,7 @@ pub fn dispatch(cli: Cli, started: Instant) -> crate::Result<()> {
         Command::Restore(args) => restore::run(&args, started),
         Command::Clone(args) => clone::run(&args, started),
         Command::Ctl(args) => ctl::run(&args),
+        Command::Serve(args) => serve::run(&args),
         Command::Floor(args) => floor::run(&args),
         Command::ExportGuest(args) => export::run(&args),
     }

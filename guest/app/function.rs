@@ -1,0 +1,147 @@
+//! Built-in functions and the guest side of the function mailbox
+//! (docs/guest-abi.md, "Functions and the mailbox"). The VMM writes a
+//! request into the mailbox while the vCPU is parked, completes the parked
+//! `in` with INVOKE, and reads the response after the guest's `AC`.
+
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use crate::{json, sha256};
+
+/// Guest-physical (= virtual) range reserved for the mailbox when a
+/// function is configured; the init heap starts above it.
+pub const MAILBOX_START: u64 = 0x40_0000;
+pub const MAILBOX_END: u64 = 0x80_0000;
+
+const REQUEST_HEADER: u64 = 0x40_0000;
+const REQUEST_DATA: u64 = 0x40_1000;
+const RESPONSE_HEADER: u64 = 0x60_0000;
+const RESPONSE_DATA: u64 = 0x60_1000;
+/// Largest request or response body: 2 MiB minus the header page.
+const MAX_BODY: usize = 0x1f_f000;
+const REQUEST_MAGIC: u32 = u32::from_le_bytes(*b"VMRQ");
+const RESPONSE_MAGIC: u32 = u32::from_le_bytes(*b"VMRS");
+
+const STATUS_OK: u32 = 0;
+const STATUS_REJECTED: u32 = 1;
+const STATUS_BAD_REQUEST: u32 = 2;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Function {
+    Echo,
+    Sha256,
+    JsonUpper,
+    /// Answers how many times this guest instance has been invoked: global
+    /// state that shows whether requests share an instance.
+    Counter,
+    /// Executes `ud2`: a guest crash in the middle of a request.
+    Crash,
+    /// Never answers: a request that runs past any timeout.
+    Spin,
+}
+
+impl Function {
+    pub fn parse(name: &[u8]) -> Option<Function> {
+        Some(match name {
+            b"echo" => Function::Echo,
+            b"sha256" => Function::Sha256,
+            b"json-upper" => Function::JsonUpper,
+            b"counter" => Function::Counter,
+            b"crash" => Function::Crash,
+            b"spin" => Function::Spin,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Function::Echo => "echo",
+            Function::Sha256 => "sha256",
+            Function::JsonUpper => "json-upper",
+            Function::Counter => "counter",
+            Function::Crash => "crash",
+            Function::Spin => "spin",
+        }
+    }
+}
+
+/// INVOKEs served since boot. It lives in guest memory, so a template
+/// taken before any request hands every clone a count of zero.
+static INVOCATIONS: AtomicU32 = AtomicU32::new(0);
+
+/// Serves one INVOKE: reads the request, runs `function`, writes the
+/// response (body first, header last). Returns when the response is in
+/// place; the caller acknowledges.
+pub fn invoke(function: Option<Function>) {
+    let invocations = INVOCATIONS.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+    // SAFETY: with a function configured, main checked that RAM covers
+    // [MAILBOX_START, MAILBOX_END) and put nothing else there; the range
+    // is identity mapped and user-accessible, and the request and
+    // response halves do not overlap. The VMM writes it only while this
+    // vCPU is parked in the `in` that returned INVOKE (a compiler barrier).
+    let response = unsafe { core::slice::from_raw_parts_mut(RESPONSE_DATA as *mut u8, MAX_BODY) };
+    let (status, len) = match (function, request()) {
+        (None, _) => message(response, STATUS_BAD_REQUEST, b"no function configured"),
+        (Some(_), Err(why)) => message(response, STATUS_BAD_REQUEST, why.as_bytes()),
+        (Some(f), Ok(body)) => run(f, body, response, invocations),
+    };
+    let header = [RESPONSE_MAGIC, len as u32, status, invocations];
+    // SAFETY: as above; the header page is part of the mailbox.
+    unsafe { core::ptr::write_volatile(RESPONSE_HEADER as *mut [u32; 4], header) };
+}
+
+fn request() -> Result<&'static [u8], &'static str> {
+    // SAFETY: see `invoke`.
+    let [magic, len] = unsafe { core::ptr::read_volatile(REQUEST_HEADER as *const [u32; 2]) };
+    if magic != REQUEST_MAGIC {
+        return Err("no request in the mailbox (bad magic)");
+    }
+    let len = len as usize;
+    if len > MAX_BODY {
+        return Err("request longer than the mailbox");
+    }
+    // SAFETY: see `invoke`; len is within the request data area.
+    Ok(unsafe { core::slice::from_raw_parts(REQUEST_DATA as *const u8, len) })
+}
+
+fn message(response: &mut [u8], status: u32, text: &[u8]) -> (u32, usize) {
+    response[..text.len()].copy_from_slice(text);
+    (status, text.len())
+}
+
+fn run(function: Function, body: &[u8], response: &mut [u8], invocations: u32) -> (u32, usize) {
+    match function {
+        Function::Echo => {
+            response[..body.len()].copy_from_slice(body);
+            (STATUS_OK, body.len())
+        }
+        Function::Sha256 => {
+            let mut hex = [0u8; 64];
+            sha256::hex(&sha256::digest(body), &mut hex);
+            message(response, STATUS_OK, &hex)
+        }
+        Function::JsonUpper => match json::upper(body, response) {
+            Ok(len) => (STATUS_OK, len),
+            Err(why) => message(response, STATUS_REJECTED, why.as_bytes()),
+        },
+        Function::Counter => {
+            let mut digits = [0u8; 10];
+            let mut n = invocations;
+            let mut at = digits.len();
+            loop {
+                at -= 1;
+                digits[at] = b'0' + (n % 10) as u8;
+                n /= 10;
+                if n == 0 {
+                    break;
+                }
+            }
+            message(response, STATUS_OK, &digits[at..])
+        }
+        // SAFETY: ud2 raises #UD, which ring 0 reports as a crash; it
+        // never returns.
+        Function::Crash => unsafe { core::arch::asm!("ud2", options(noreturn)) },
+        Function::Spin => loop {
+            core::hint::spin_loop();
+        },
+    }
+}
