@@ -1,6 +1,8 @@
 //! Helpers for the integration tests: run the real `vmfork` binary against
 //! the real /dev/kvm and look at what it printed.
 
+pub mod server;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -52,7 +54,8 @@ impl std::fmt::Display for Run {
     }
 }
 
-fn finish(output: Output, start: Instant) -> Run {
+/// A finished process's output as a Run, timed from `start`.
+pub fn finish(output: Output, start: Instant) -> Run {
     Run {
         status: output.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -130,6 +133,9 @@ pub mod exit {
     pub const TIMEOUT: i32 = 14;
     pub const TEMPLATE: i32 = 16;
     pub const CONTROL: i32 = 17;
+    pub const SECCOMP: i32 = 18;
+    pub const ISOLATION: i32 = 19;
+    pub const PAGE_SERVER: i32 = 20;
 }
 
 /// Whether this host's KVM is PVM (guest ring 0 emulated).

@@ -2,149 +2,12 @@
 //! limit and fault of the table, isolation between requests, and
 //! no leaks after many invocations.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use vmfork_tests::{vmfork, vmfork_bin, Scratch};
-
-/// A `vmfork serve` child, killed if a test fails before stopping it.
-struct Server {
-    child: Child,
-    client: Client,
-}
-
-/// One-request-per-connection HTTP/1.1 client.
-#[derive(Clone)]
-struct Client {
-    addr: String,
-}
-
-impl std::ops::Deref for Server {
-    type Target = Client;
-    fn deref(&self) -> &Client {
-        &self.client
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn start(templates: &[(&str, String)], extra: &[&str]) -> Server {
-        let mut args = vec!["serve".to_string(), "--listen".into(), "127.0.0.1:0".into()];
-        for (name, dir) in templates {
-            args.push("--template".into());
-            args.push(format!("{name}={dir}"));
-        }
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let mut child = Command::new(vmfork_bin())
-            .args(&args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("first line");
-        let addr = line
-            .trim()
-            .rsplit("http://")
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        assert!(addr.contains(':'), "no listening address in {line:?}");
-        Server {
-            child,
-            client: Client { addr },
-        }
-    }
-
-    fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        let status = Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-        let exit = self.child.wait().expect("wait");
-        assert!(exit.success(), "serve exited with {exit}");
-    }
-}
-
-impl Client {
-    fn request(
-        &self,
-        method: &str,
-        path: &str,
-        body: &[u8],
-    ) -> (u16, Vec<(String, String)>, Vec<u8>) {
-        let mut stream = TcpStream::connect(&self.addr).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .expect("timeout");
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        stream.write_all(head.as_bytes()).expect("write head");
-        // A server may answer (413) before reading a large body.
-        let _ = stream.write_all(body);
-        let mut raw = Vec::new();
-        let _ = stream.read_to_end(&mut raw);
-        let split = raw
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .expect("header end");
-        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-        let mut lines = head.lines();
-        let status = lines
-            .next()
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|c| c.parse().ok())
-            .expect("status");
-        let headers = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-            .collect();
-        (status, headers, raw[split + 4..].to_vec())
-    }
-
-    fn invoke(&self, name: &str, body: &[u8]) -> (u16, Vec<(String, String)>, Vec<u8>) {
-        self.request("POST", &format!("/v1/functions/{name}/invoke"), body)
-    }
-}
-
-fn header<'a>(headers: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
-}
-
-fn template(scratch: &Scratch, name: &str, function: &str) -> String {
-    let out = scratch.str(name);
-    let cmdline = format!("quiet=1 timer_hz=0 touch_mib=1 function={function}");
-    let run = vmfork(&[
-        "template",
-        "build",
-        "--mem",
-        "32M",
-        "--cmdline",
-        &cmdline,
-        "--out",
-        &out,
-    ]);
-    assert_eq!(run.status, 0, "{run}");
-    out
-}
+use vmfork_tests::server::{function_template as template, header, Server};
+use vmfork_tests::Scratch;
 
 #[test]
 fn functions_limits_and_faults_over_http() {
@@ -288,15 +151,6 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn live_clones(server: &Server) -> i64 {
-    let (_, _, body) = server.request("GET", "/metrics", b"");
-    String::from_utf8_lossy(&body)
-        .lines()
-        .find_map(|l| l.strip_prefix("vmfork_live_clones "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(-1)
-}
-
 /// Allocator caches and the warm pool's refills may keep a few MiB; a leak
 /// of one clone per request (32 MiB VMs, >= 16 KiB private each) would be
 /// 160 MiB or more.
@@ -313,7 +167,7 @@ fn ten_thousand_invocations_leave_nothing_behind() {
         ("json", template(&scratch, "json", "json-upper")),
     ];
     let server = Server::start(&fns, &["--warm", "4"]);
-    let pid = server.child.id();
+    let pid = server.pid();
     // Warm up once so lazily created things exist before the baseline.
     assert_eq!(server.invoke("echo", b"x").0, 200);
     std::thread::sleep(Duration::from_millis(300));
@@ -345,7 +199,7 @@ fn ten_thousand_invocations_leave_nothing_behind() {
     );
     // Clones are torn down off the request path; give the reapers a moment.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while live_clones(&server) != 0 {
+    while server.live_clones() != 0 {
         assert!(std::time::Instant::now() < deadline, "clones still alive");
         std::thread::sleep(Duration::from_millis(100));
     }

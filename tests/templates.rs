@@ -272,6 +272,16 @@ fn damaged_templates_are_refused_clearly() {
     assert_clean_error(&run, exit::TEMPLATE, "999");
     assert!(run.stderr.contains("version 2"), "{run}");
 
+    // A manifest that is consistent in itself but not with the state it
+    // sits beside (here, the state file's size) is refused too.
+    let dir = corrupt_copy(&scratch, |d| {
+        let text = std::fs::read_to_string(d.join("template.json")).expect("read");
+        let mut m: serde_json::Value = serde_json::from_str(&text).expect("json");
+        m["state_bytes"] = serde_json::json!(m["state_bytes"].as_u64().unwrap_or(0) + 1);
+        std::fs::write(d.join("template.json"), m.to_string()).expect("write");
+    });
+    assert_clean_error(&restore(&dir), exit::TEMPLATE, "disagree");
+
     // A wrong version inside the state header, with a valid checksum (as a
     // future vmfork would write it), also names both versions.
     let dir = corrupt_copy(&scratch, |d| {

@@ -45,6 +45,8 @@ pub const SVC_TRIPLE_FAULT: u64 = 1;
 pub const SVC_EMULATION_ERROR: u64 = 2;
 pub const SVC_TIMER_START: u64 = 3;
 pub const SVC_HALT: u64 = 4;
+/// RDI = self-IPIs to send; returns storm interrupts handled so far.
+pub const SVC_INTERRUPT_STORM: u64 = 5;
 
 pub const BOOT_PROTO_LINUX64: u32 = 1;
 pub const BOOT_PROTO_PVH: u32 = 2;

@@ -12,6 +12,14 @@ pub enum Test {
     Exit(u8),
     Hang,
     EmulationError,
+    /// Endless writes and reads of ports no device claims.
+    PortFlood,
+    /// Endless writes and reads of unbacked guest-physical addresses.
+    MmioFlood,
+    /// Endless bursts of self-IPIs from ring 0.
+    InterruptStorm,
+    /// Becomes ready, then takes commands and never acknowledges them.
+    NoAck,
 }
 
 pub struct Config {
@@ -64,6 +72,10 @@ impl Test {
             Test::Exit(_) => "exit",
             Test::Hang => "hang",
             Test::EmulationError => "emulation_error",
+            Test::PortFlood => "port_flood",
+            Test::MmioFlood => "mmio_flood",
+            Test::InterruptStorm => "interrupt_storm",
+            Test::NoAck => "no_ack",
         }
     }
 }
@@ -102,7 +114,7 @@ pub fn parse(cmdline: &'static [u8]) -> Result<Config, BadWord> {
             }
             b"function" => {
                 cfg.function = Some(Function::parse(value).ok_or(bad(
-                    "unknown function (echo, sha256, json-upper, counter, crash, spin)",
+                    "unknown function (echo, sha256, json-upper, counter, crash, spin, triple-fault, no-ack, port-flood, mmio-flood, interrupt-storm)",
                 ))?)
             }
             b"test" => {
@@ -111,6 +123,10 @@ pub fn parse(cmdline: &'static [u8]) -> Result<Config, BadWord> {
                     b"triple_fault" => Test::TripleFault,
                     b"hang" => Test::Hang,
                     b"emulation_error" => Test::EmulationError,
+                    b"port_flood" => Test::PortFlood,
+                    b"mmio_flood" => Test::MmioFlood,
+                    b"interrupt_storm" => Test::InterruptStorm,
+                    b"no_ack" => Test::NoAck,
                     _ => match value.strip_prefix(b"exit:") {
                         Some(n) => match number(n) {
                             Some(n) if n <= 255 => Test::Exit(n as u8),

@@ -5,7 +5,7 @@
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use crate::{json, sha256};
+use crate::{json, misbehave, sha256};
 
 /// Guest-physical (= virtual) range reserved for the mailbox when a
 /// function is configured; the init heap starts above it.
@@ -37,6 +37,16 @@ pub enum Function {
     Crash,
     /// Never answers: a request that runs past any timeout.
     Spin,
+    /// Triple-faults the guest mid-request (misbehave::triple_fault).
+    TripleFault,
+    /// Takes the INVOKE and never acknowledges it: parked, not spinning.
+    NoAck,
+    /// Floods unclaimed ports, forever (misbehave::port_flood).
+    PortFlood,
+    /// Floods unbacked guest-physical addresses, forever.
+    MmioFlood,
+    /// Self-IPIs from ring 0, forever (misbehave::interrupt_storm).
+    InterruptStorm,
 }
 
 impl Function {
@@ -48,6 +58,11 @@ impl Function {
             b"counter" => Function::Counter,
             b"crash" => Function::Crash,
             b"spin" => Function::Spin,
+            b"triple-fault" => Function::TripleFault,
+            b"no-ack" => Function::NoAck,
+            b"port-flood" => Function::PortFlood,
+            b"mmio-flood" => Function::MmioFlood,
+            b"interrupt-storm" => Function::InterruptStorm,
             _ => return None,
         })
     }
@@ -60,6 +75,11 @@ impl Function {
             Function::Counter => "counter",
             Function::Crash => "crash",
             Function::Spin => "spin",
+            Function::TripleFault => "triple-fault",
+            Function::NoAck => "no-ack",
+            Function::PortFlood => "port-flood",
+            Function::MmioFlood => "mmio-flood",
+            Function::InterruptStorm => "interrupt-storm",
         }
     }
 }
@@ -69,9 +89,13 @@ impl Function {
 static INVOCATIONS: AtomicU32 = AtomicU32::new(0);
 
 /// Serves one INVOKE: reads the request, runs `function`, writes the
-/// response (body first, header last). Returns when the response is in
-/// place; the caller acknowledges.
-pub fn invoke(function: Option<Function>) {
+/// response (body first, header last). Returns whether the caller should
+/// acknowledge: true once the response is in place, false for `no-ack`,
+/// which writes nothing.
+pub fn invoke(function: Option<Function>) -> bool {
+    if function == Some(Function::NoAck) {
+        return false;
+    }
     let invocations = INVOCATIONS.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
     // SAFETY: with a function configured, main checked that RAM covers
     // [MAILBOX_START, MAILBOX_END) and put nothing else there; the range
@@ -87,6 +111,7 @@ pub fn invoke(function: Option<Function>) {
     let header = [RESPONSE_MAGIC, len as u32, status, invocations];
     // SAFETY: as above; the header page is part of the mailbox.
     unsafe { core::ptr::write_volatile(RESPONSE_HEADER as *mut [u32; 4], header) };
+    true
 }
 
 fn request() -> Result<&'static [u8], &'static str> {
@@ -143,5 +168,11 @@ fn run(function: Function, body: &[u8], response: &mut [u8], invocations: u32) -
         Function::Spin => loop {
             core::hint::spin_loop();
         },
+        Function::TripleFault => misbehave::triple_fault(),
+        Function::PortFlood => misbehave::port_flood(),
+        Function::MmioFlood => misbehave::mmio_flood(),
+        Function::InterruptStorm => misbehave::interrupt_storm(),
+        // Handled in `invoke` before anything is read or written.
+        Function::NoAck => message(response, STATUS_BAD_REQUEST, b"no-ack answered"),
     }
 }

@@ -23,6 +23,31 @@ pub fn outl(port: u16, value: u32) {
 }
 
 #[inline(always)]
+pub fn outw(port: u16, value: u16) {
+    // SAFETY: port I/O touches no memory; the TSS bitmap opens ports
+    // below 0x1000 to ring 3, so no port here faults.
+    unsafe { asm!("out dx, ax", in("dx") port, in("ax") value, options(nostack, preserves_flags)) }
+}
+
+#[inline(always)]
+pub fn inb(port: u16) -> u8 {
+    let value: u8;
+    // SAFETY: port I/O touches no memory; the TSS bitmap opens ports
+    // below 0x1000 to ring 3, so no port here faults.
+    unsafe { asm!("in al, dx", in("dx") port, out("al") value, options(nostack, preserves_flags)) }
+    value
+}
+
+#[inline(always)]
+pub fn inw(port: u16) -> u16 {
+    let value: u16;
+    // SAFETY: port I/O touches no memory; the TSS bitmap opens ports
+    // below 0x1000 to ring 3, so no port here faults.
+    unsafe { asm!("in ax, dx", in("dx") port, out("ax") value, options(nostack, preserves_flags)) }
+    value
+}
+
+#[inline(always)]
 pub fn inl(port: u16) -> u32 {
     let value: u32;
     unsafe {

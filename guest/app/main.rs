@@ -16,6 +16,7 @@ mod function;
 mod io;
 mod json;
 mod mem;
+mod misbehave;
 mod sha256;
 
 use core::hint::black_box;
@@ -23,7 +24,7 @@ use core::ptr::{read_volatile, write_volatile};
 
 use abi::{
     BootInfo, ACK_TAG, CMD_DIRTY, CMD_EXIT, CMD_INVOKE, CMD_NO_VMM, CMD_RESUMED, PANIC_GUEST_FATAL,
-    READY, READY_PORT, SVC_EMULATION_ERROR, SVC_TIMER_START, SVC_TRIPLE_FAULT,
+    READY, READY_PORT, SVC_TIMER_START,
 };
 use config::{Config, Test};
 use function::{Function, MAILBOX_END, MAILBOX_START};
@@ -91,14 +92,19 @@ pub extern "C" fn vmfork_main(info: &'static BootInfo) -> ! {
         );
     }
 
-    if cfg.test != Test::None {
-        misbehave(cfg.test);
+    match cfg.test {
+        Test::None => {}
+        Test::NoAck => say!("vmfork-guest: test {}", cfg.test.name()),
+        test => misbehave::before_ready(test),
     }
 
     // Printed even when quiet: it is how tools without the ready port (QEMU
     // in the benchmarks) see the ready point, and it costs ~20 exits.
     say!("vmfork-guest: READY");
     outl(READY_PORT, READY);
+    if cfg.test == Test::NoAck {
+        misbehave::ignore_commands();
+    }
     let heap = (heap_start, heap_start + (cfg.touch_mib << 20));
     serve(boot_nonce, checksum, &cfg, heap)
 }
@@ -208,31 +214,6 @@ fn mix(seed: u64, n: u64) -> u64 {
     black_box(x)
 }
 
-/// The `test=` misbehaviours. Each ends the VM one way or another.
-fn misbehave(test: Test) -> ! {
-    say!("vmfork-guest: test {}", test.name());
-    match test {
-        Test::None => unreachable!(),
-        // #UD in ring 3; ring 0 reports it with PN 6.
-        Test::Panic => unsafe { core::arch::asm!("ud2", options(noreturn)) },
-        Test::TripleFault => {
-            service(SVC_TRIPLE_FAULT, 0);
-            panic!("the triple fault service returned");
-        }
-        Test::Exit(status) => exit(status),
-        Test::Hang => loop {
-            core::hint::spin_loop();
-        },
-        Test::EmulationError => {
-            match service(SVC_EMULATION_ERROR, 0) {
-                0 => say!("vmfork-guest: panic: xsave ran in ring 0 without an emulation error: this host runs ring 0 natively"),
-                _ => say!("vmfork-guest: panic: the CPU has no XSAVE, so no emulation error can be provoked"),
-            }
-            crash(PANIC_GUEST_FATAL)
-        }
-    }
-}
-
 /// The command loop. The `in` is where the guest idles, and where a
 /// snapshot is taken: a clone resumes by completing it. Everything the
 /// pong line shows lives in this frame or in guest memory, so it carries
@@ -256,8 +237,9 @@ fn serve(boot_nonce: u64, checksum: u64, cfg: &Config, heap: (u64, u64)) -> ! {
                 outl(READY_PORT, ACK_TAG | (commands & 0xffff));
             }
             CMD_INVOKE => {
-                function::invoke(cfg.function);
-                outl(READY_PORT, ACK_TAG | (commands & 0xffff));
+                if function::invoke(cfg.function) {
+                    outl(READY_PORT, ACK_TAG | (commands & 0xffff));
+                }
             }
             CMD_NO_VMM => {
                 say!("vmfork-guest: no VMM on port 0xdf0; exiting through isa-debug-exit");

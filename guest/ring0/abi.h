@@ -40,7 +40,10 @@
 #define MSR_X2APIC_LVT_TIMER 0x832
 #define MSR_X2APIC_TIMER_INIT 0x838
 #define MSR_X2APIC_TIMER_DIV 0x83e
+#define MSR_X2APIC_SELF_IPI 0x83f
 #define TIMER_VECTOR 0x40
+/* Self-IPIs of the interrupt storm (test=interrupt_storm). */
+#define STORM_VECTOR 0x41
 #define SPURIOUS_VECTOR 0xff
 #define LVT_TIMER_PERIODIC 0x20000
 #define TIMER_DIV_1 0xb
@@ -63,6 +66,7 @@
 #define SVC_EMULATION_ERROR 2
 #define SVC_TIMER_START 3
 #define SVC_HALT 4
+#define SVC_INTERRUPT_STORM 5
 
 /* BootInfo.proto */
 #define BOOT_PROTO_LINUX64 1

@@ -137,6 +137,11 @@ vmfork_boot_info:
 vmfork_ticks:
     .quad 0
 
+    /* Interrupts handled on STORM_VECTOR (cpu.S storm_isr). */
+    .globl vmfork_storm_irqs
+vmfork_storm_irqs:
+    .quad 0
+
 /* ---------------------------------------------------------------------
  * Stacks. Only touched pages cost anything (a first-touch fault each).
  */

@@ -26,6 +26,12 @@ pub enum StopReason {
     Timeout(Duration),
     /// A vCPU ioctl failed in a way that is not the guest's doing.
     VcpuFailed(String),
+    /// The guest took a command from the ready port and never acknowledged
+    /// it, which the ABI requires (docs/guest-abi.md); the string says which.
+    Unresponsive(String),
+    /// The userfaultfd handler serving a clone's memory ended abnormally;
+    /// the clone must not run on (clone/uffd.rs). The string says why.
+    PageServerDied(String),
 }
 
 /// What the owner of a running VM is asked to do, by its control socket.
@@ -298,6 +304,11 @@ impl Control {
     /// Waits until at least `n` acknowledgements arrived (or stopped).
     pub fn wait_acks(&self, n: u64, deadline: Option<Instant>) -> bool {
         self.wait_until(deadline, |s| s.acks >= n || s.stop.is_some()) && !self.is_stopping()
+    }
+
+    /// Whether a command sent to the guest is still waiting to be taken.
+    pub fn command_pending(&self) -> bool {
+        !self.lock().commands.is_empty()
     }
 
     /// Whether the guest is (or, while paused, was) parked in its `in`.

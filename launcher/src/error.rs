@@ -56,9 +56,25 @@ pub enum Error {
     Control(String),
     #[error("timed out: {0}")]
     Timeout(String),
+    /// The jail or cgroup could not be set up.
+    #[error("{0}")]
+    Isolation(String),
+    /// A uffd clone's page server ended abnormally, so the clone was
+    /// stopped rather than run on memory nobody serves.
+    #[error("the userfaultfd page server died: {0}")]
+    PageServer(String),
+    /// A seccomp filter could not be built or installed.
+    #[error("seccomp: {0}")]
+    Seccomp(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
+
+/// Exit status of a seccomp failure: a filter that could not be installed
+/// (`Error::Seccomp`), or a thread that made a system call its list forbids
+/// (reported by the SIGSYS handler in seccomp/report.rs, which exits
+/// directly).
+pub const EXIT_SECCOMP: i32 = 18;
 
 impl Error {
     /// Process exit status for this error. Documented in the README; keep
@@ -82,6 +98,9 @@ impl Error {
             Error::Snapshot(_) => 15,
             Error::Template { .. } => 16,
             Error::Control(_) => 17,
+            Error::Seccomp(_) => EXIT_SECCOMP,
+            Error::Isolation(_) => 19,
+            Error::PageServer(_) => 20,
         }
     }
 

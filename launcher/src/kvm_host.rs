@@ -20,7 +20,14 @@ pub enum HostVirt {
 }
 
 impl HostVirt {
+    /// Detected once per process and cached: a jailed VMM can no longer
+    /// see /sys, so the jail detects before it pivots.
     pub fn detect() -> HostVirt {
+        static DETECTED: std::sync::OnceLock<HostVirt> = std::sync::OnceLock::new();
+        *DETECTED.get_or_init(HostVirt::probe)
+    }
+
+    fn probe() -> HostVirt {
         if std::path::Path::new("/sys/module/kvm_pvm").exists() {
             return HostVirt::Pvm;
         }

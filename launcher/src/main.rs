@@ -47,11 +47,19 @@ fn main() {
                 );
             }
             let rendered = e.render().to_string();
-            let first = rendered.lines().next().unwrap_or("invalid command line");
-            eprintln!(
-                "vmfork: {} (see vmfork --help)",
-                first.trim_start_matches("error: ")
-            );
+            // One line, but keep what a line ending in ':' introduces
+            // (e.g. which required arguments are missing).
+            let mut lines = rendered.lines().map(str::trim).filter(|l| !l.is_empty());
+            let mut first = lines
+                .next()
+                .unwrap_or("invalid command line")
+                .trim_start_matches("error: ")
+                .to_string();
+            if first.ends_with(':') {
+                let rest: Vec<&str> = lines.take_while(|l| !l.starts_with("Usage:")).collect();
+                first = format!("{first} {}", rest.join(", "));
+            }
+            eprintln!("vmfork: {first} (see vmfork --help)");
             std::process::exit(2);
         }
     };

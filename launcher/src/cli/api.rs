@@ -75,6 +75,8 @@ pub fn serve(path: &Path, control: Arc<Control>) -> Result<ApiSocket> {
     std::thread::Builder::new()
         .name("api".into())
         .spawn(move || {
+            // Filtered before it accepts a single request.
+            crate::seccomp::install_in_thread(crate::seccomp::ThreadKind::Api);
             for stream in listener.incoming().flatten() {
                 let control = control.clone();
                 // One connection at a time is enough for a control plane,

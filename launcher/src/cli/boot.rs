@@ -7,6 +7,7 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use super::args::{parse_count, parse_duration, parse_size};
+use super::isolation::IsolationArgs;
 use super::{api, owner, signals};
 use crate::boot::loader::{BootProtocol, KernelSource};
 use crate::control::StopReason;
@@ -50,8 +51,9 @@ pub struct VmArgs {
     #[arg(long, value_name = "STR")]
     pub cmdline: Option<String>,
     /// Built-in function of the embedded guest that INVOKE runs (echo,
-    /// sha256, json-upper, counter, crash, spin); adds `function=NAME` to
-    /// the command line. See `vmfork serve`.
+    /// sha256, json-upper, counter; for tests crash, spin, triple-fault,
+    /// no-ack, port-flood, mmio-flood, interrupt-storm); adds
+    /// `function=NAME` to the command line. See `vmfork serve`.
     #[arg(long, value_name = "NAME")]
     pub function: Option<String>,
     /// Boot protocol for ELF kernels.
@@ -79,6 +81,8 @@ pub struct BootArgs {
     /// this Unix socket; see `vmfork ctl`.
     #[arg(long, value_name = "PATH")]
     pub api_sock: Option<PathBuf>,
+    #[command(flatten)]
+    pub isolation: IsolationArgs,
 }
 
 const LINUX_DEFAULT_CMDLINE: &str = "console=ttyS0 earlyprintk=serial,ttyS0 reboot=t panic=-1";
@@ -170,6 +174,8 @@ pub fn stop_result(reason: &StopReason) -> Result<()> {
             t.as_secs_f64()
         ))),
         StopReason::VcpuFailed(msg) => Err(Error::Io(std::io::Error::other(msg.clone()))),
+        StopReason::Unresponsive(msg) => Err(Error::Timeout(msg.clone())),
+        StopReason::PageServerDied(msg) => Err(Error::PageServer(msg.clone())),
     }
 }
 
@@ -183,10 +189,16 @@ pub fn stop_name(reason: &StopReason) -> &'static str {
         StopReason::Requested => "requested",
         StopReason::Timeout(_) => "timeout",
         StopReason::VcpuFailed(_) => "vcpu_failed",
+        StopReason::Unresponsive(_) => "unresponsive",
+        StopReason::PageServerDied(_) => "page_server_died",
     }
 }
 
 pub fn run(args: &BootArgs, started: Instant) -> Result<()> {
+    args.isolation.apply()?;
+    // The jail needs system calls no list allows: the main thread's filter
+    // goes on right after it, before any VM exists.
+    crate::seccomp::install(crate::seccomp::ThreadKind::Vmm)?;
     let timeout = args
         .timeout
         .as_deref()
@@ -205,6 +217,7 @@ pub fn run(args: &BootArgs, started: Instant) -> Result<()> {
     let control = machine.control().clone();
     let (reason, machine) = owner::run(machine, timeout)?;
     let rss = vmm_rss_kib();
+    let unclaimed = machine.unclaimed_accesses();
     drop(machine);
     if args.json {
         outln!(
@@ -218,11 +231,19 @@ pub fn run(args: &BootArgs, started: Instant) -> Result<()> {
                 "mem": args.vm.mem,
                 "host_virt": KvmHost::get()?.virt.name(),
                 "dirty_logging": dirty_logging,
+                "unclaimed_io": unclaimed,
                 "phases_us": phases,
             })
         );
     }
-    stop_result(&reason)
+    stop_result(&reason).map_err(|e| match e {
+        // A guest stopped from outside may have been flooding unclaimed
+        // ports or MMIO all along; say so, since nothing else will.
+        Error::Timeout(why) if unclaimed.total() > 0 => {
+            Error::Timeout(format!("{why}; meanwhile it made {unclaimed}"))
+        }
+        e => e,
+    })
 }
 
 pub fn phases_json(phases: &[(&'static str, u64)]) -> serde_json::Value {

@@ -9,7 +9,9 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use super::args::{parse_count, parse_duration};
+use super::isolation::IsolationArgs;
 use super::signals;
+use crate::clone::uffd::PageServerLink;
 use crate::clone::{Backend, CloneFactory};
 use crate::control::{Control, OwnerEvent, StopReason};
 use crate::devices::console::Console;
@@ -68,6 +70,8 @@ pub struct CloneArgs {
     /// Print a JSON summary on the last line of stdout.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub isolation: IsolationArgs,
 }
 
 /// How long one clone may take to acknowledge its resume.
@@ -78,6 +82,8 @@ struct Clone {
     id: u64,
     running: RunningMachine,
     console: Arc<Mutex<Vec<u8>>>,
+    /// A uffd clone's page server, to release its vCPUs if it fails.
+    page_server: Option<Arc<PageServerLink>>,
 }
 
 /// Closing a VM costs ~10 ms on this host, mostly waiting inside KVM, so
@@ -89,7 +95,14 @@ fn close_in_parallel(machines: Vec<crate::machine::Machine>) {
     std::thread::scope(|scope| {
         while !machines.is_empty() {
             let batch: Vec<_> = machines.drain(..per_thread.min(machines.len())).collect();
-            scope.spawn(move || drop(batch));
+            // Should the thread not start, the closure and its batch are
+            // dropped right here, which closes them all the same.
+            let _ = std::thread::Builder::new()
+                .name("closer".into())
+                .spawn_scoped(scope, move || {
+                    crate::seccomp::install_in_thread(crate::seccomp::ThreadKind::Reaper);
+                    drop(batch)
+                });
         }
     });
 }
@@ -113,9 +126,39 @@ fn threads() -> u64 {
     proc_field_kib("/proc/self/status", "Threads:")
 }
 
+/// The error for a clone that stopped on its own `when`. A dead page
+/// server has its own exit status; anything else counts as a crash.
+fn clone_failed(id: u64, reason: &StopReason, when: &str, also: &str) -> Error {
+    match reason {
+        StopReason::PageServerDied(why) => {
+            Error::PageServer(format!("clone {id} stopped {when}: {why}{also}"))
+        }
+        other => Error::GuestCrash(format!("clone {id} stopped {when}: {other:?}{also}")),
+    }
+}
+
 pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
     let count = parse_count("-n", &args.count, 1, MAX_CLONES)?;
     let processes = parse_count("--processes", &args.processes, 1, 256)?;
+    if processes > 1 && args.isolation.jail.is_some() {
+        return Err(Error::InvalidArgument(
+            "--jail runs one process; it cannot be combined with --processes".into(),
+        ));
+    }
+    // Worker processes inherit their parent's cgroup and jail.
+    let cgroup = if args.worker {
+        None
+    } else {
+        args.isolation.apply()?
+    };
+    // The jail needs system calls no list allows: the main thread's filter
+    // goes on right after it, before any VM exists. With --processes this
+    // process starts the workers, so it may also spawn.
+    crate::seccomp::install(if processes > 1 {
+        crate::seccomp::ThreadKind::Launcher
+    } else {
+        crate::seccomp::ThreadKind::Vmm
+    })?;
     if processes > 1 {
         return super::clone_procs::run(args, count, processes, started);
     }
@@ -165,7 +208,7 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
         for id in 1..=count {
             let requested = Instant::now();
             let console = Arc::new(Mutex::new(Vec::new()));
-            let machine = factory.clone_vm(
+            let (machine, page_server) = factory.clone_vm_linked(
                 id,
                 shells.pop(),
                 if args.console {
@@ -188,12 +231,13 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
                 id,
                 running,
                 console,
+                page_server,
             });
+            // The deadline also covers a clone whose vCPU waits on a
+            // stalled page server: teardown releases it from the fault.
             if !control.wait_acks(acks + 1, Some(Instant::now() + ACK_TIMEOUT)) {
                 return Err(match control.stop_reason() {
-                    Some(reason) => Error::GuestCrash(format!(
-                        "clone {id} stopped before acknowledging: {reason:?}"
-                    )),
+                    Some(reason) => clone_failed(id, &reason, "before acknowledging", ""),
                     None => Error::Timeout(format!(
                         "clone {id} did not acknowledge within {} s",
                         ACK_TIMEOUT.as_secs()
@@ -217,18 +261,20 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
         available_before.saturating_sub(proc_field_kib("/proc/meminfo", "MemAvailable:"));
     let threads_running = threads();
 
-    if result.is_ok() {
-        if args.console {
-            for c in &clones {
-                let text = c
-                    .console
-                    .lock()
-                    .map(|b| String::from_utf8_lossy(&b).into_owned());
-                for line in text.unwrap_or_default().lines() {
-                    outln!("clone {}: {line}", c.id);
-                }
+    // Also after a failure: what the clones that came up printed shows
+    // they were unaffected.
+    if args.console {
+        for c in &clones {
+            let text = c
+                .console
+                .lock()
+                .map(|b| String::from_utf8_lossy(&b).into_owned());
+            for line in text.unwrap_or_default().lines() {
+                outln!("clone {}: {line}", c.id);
             }
         }
+    }
+    if result.is_ok() {
         if args.worker {
             // The parent counts clones as up when every worker said so, and
             // ends the hold by closing our stdin.
@@ -247,17 +293,33 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
 
     let teardown_start = Instant::now();
     let mut crashed = Vec::new();
+    let mut stuck = Vec::new();
     // Tell every clone to stop first, so their vCPU threads wind down in
     // parallel instead of one join at a time.
     for c in &clones {
         let reason = c.running.control().stop_reason();
+        let failed = reason.as_ref().is_some_and(|r| *r != StopReason::Requested);
+        let unacknowledged = c.running.control().first_ack_at().is_none();
         if let Some(r) = reason.filter(|r| *r != StopReason::Requested) {
-            crashed.push(format!("clone {}: {r:?}", c.id));
+            crashed.push((c.id, r));
         }
         c.running.control().stop(StopReason::Requested);
+        // A failed clone's vCPU may wait in a fault its page server will
+        // never serve, and a kick does not end that wait on this host.
+        if let (true, Some(link)) = (failed || unacknowledged, &c.page_server) {
+            if let Err(e) = link.release_waiters() {
+                stuck.push((c.id, e));
+            }
+        }
     }
     let mut stopped = Vec::with_capacity(clones.len());
     for c in clones.drain(..) {
+        if stuck.iter().any(|(id, _)| *id == c.id) {
+            // Its vCPU cannot be woken: leave it (memory and userfaultfd
+            // included, so nothing is zero-filled) to the process exit.
+            std::mem::forget(c.running);
+            continue;
+        }
         stopped.push(c.running.stop(StopReason::Requested)?);
     }
     let joined_ms = teardown_start.elapsed().as_secs_f64() * 1e3;
@@ -268,12 +330,20 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
     let uffd_faults = factory.uffd_faults();
     drop(factory);
     let fds_after = open_fds();
-    result?;
-    if let Some(first) = crashed.first() {
-        return Err(Error::GuestCrash(format!(
-            "{} clone(s) failed, first: {first}",
-            crashed.len()
+    if let Some((id, why)) = stuck.first() {
+        return Err(Error::PageServer(format!(
+            "clone {id} could not be released from its page faults: {why}"
         )));
+    }
+    result?;
+    if let Some((id, reason)) = crashed.first() {
+        let ids: Vec<String> = crashed.iter().map(|(id, _)| id.to_string()).collect();
+        let all = format!(
+            " ({} of {count} clones failed: {})",
+            ids.len(),
+            ids.join(", ")
+        );
+        return Err(clone_failed(*id, reason, "while held", &all));
     }
 
     let p50 = floor::median(&latencies);
@@ -293,6 +363,11 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
         "ratio_vs_floor": p50.as_secs_f64() / floor.as_secs_f64().max(1e-9),
         "template_load_ms": load_ms,
         "shells": args.shells,
+        "cgroup": cgroup.as_ref().map(|c| json!({
+            "version": format!("{:?}", c.version).to_lowercase(),
+            "setup_us": c.setup_us,
+            "dirs": c.dirs,
+        })),
         "shell_pool_ms": shell_pool_ms,
         "teardown_ms": teardown_ms,
         "fds_before": fds_before,

@@ -43,7 +43,9 @@ pub fn run(args: &CloneArgs, count: u64, processes: u64, started: Instant) -> Re
     let stop = Arc::new(AtomicBool::new(false));
     let holder = {
         let (dir, sock, stop) = (dir.clone(), sock.clone(), stop.clone());
-        std::thread::spawn(move || crate::clone::holder::serve(&dir, &sock, stop))
+        std::thread::Builder::new()
+            .name("holder".into())
+            .spawn(move || crate::clone::holder::serve(&dir, &sock, stop))?
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     while !sock.exists() {
@@ -79,6 +81,9 @@ pub fn run(args: &CloneArgs, count: u64, processes: u64, started: Instant) -> Re
         }
         if args.prefetch {
             cmd.arg("--prefetch");
+        }
+        if !crate::seccomp::enabled() {
+            cmd.arg("--no-seccomp");
         }
         let mut child = cmd
             .stdin(Stdio::piped())

@@ -17,6 +17,7 @@ pub mod clone_procs;
 pub mod ctl;
 pub mod export;
 pub mod floor;
+pub mod isolation;
 pub mod owner;
 pub mod restore;
 pub mod serve;
@@ -26,6 +27,8 @@ pub mod template;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
+
+use crate::seccomp::{self, ThreadKind};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -39,11 +42,20 @@ With no --kernel it boots its embedded unikernel guest.",
     after_help = "Exit status: 0 ok; 2 bad command line; 3 invalid argument value; 4 /dev/kvm \
 unavailable; 5 host lacks a needed KVM feature; 6 kernel unreadable; 7 kernel format; \
 8 guest memory too small; 9 bad rootfs/initrd; 10 guest shutdown/triple fault; 11 KVM internal \
-error; 12 guest crash; 13 guest exited non-zero; 14 timeout; 15 snapshot; 16 bad template; 17 control socket; 1 other."
+error; 12 guest crash; 13 guest exited non-zero; 14 timeout; 15 snapshot; 16 bad template; 17 control socket; \
+18 seccomp (a thread made a forbidden system call); 20 a uffd clone's page server died; 1 other."
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Run without the seccomp filters every thread installs (debugging
+    /// only; prints a warning). See docs/seccomp.md.
+    #[arg(long, global = true)]
+    pub no_seccomp: bool,
+    /// Test hook: every vCPU thread makes a forbidden system call
+    /// (socket(2)) right after installing its filter.
+    #[arg(long, global = true, hide = true)]
+    pub test_seccomp_violation: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -68,6 +80,19 @@ pub enum Command {
 }
 
 pub fn dispatch(cli: Cli, started: Instant) -> crate::Result<()> {
+    seccomp::init(&seccomp::Options {
+        enabled: !cli.no_seccomp,
+        test_violation: cli.test_seccomp_violation,
+    })?;
+    // boot, restore and clone may enter a jail first, which takes system
+    // calls no list allows: they install the main thread's filter
+    // themselves, right after. Every other command does it here.
+    if !matches!(
+        cli.command,
+        Command::Boot(_) | Command::Restore(_) | Command::Clone(_)
+    ) {
+        seccomp::install(ThreadKind::Vmm)?;
+    }
     match cli.command {
         Command::Boot(args) => boot::run(&args, started),
         Command::Template(command) => template::run(&command, started),

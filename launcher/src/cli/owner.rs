@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::control::{OwnerEvent, RequestKind, StopReason};
+use crate::control::{Control, OwnerEvent, RequestKind, StopReason};
+use crate::devices::ready_port;
 use crate::error::Result;
 use crate::machine::{Machine, RunningMachine};
 use crate::template;
@@ -16,7 +17,8 @@ enum Vm {
     Paused(Machine),
 }
 
-/// How long a ping waits for the guest's acknowledgement.
+/// How long a command waits for the guest to park, and then for its
+/// acknowledgement. The default guest acknowledges within milliseconds.
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs the VM until it stops, serving control requests. Returns why it
@@ -53,21 +55,7 @@ fn handle(vm: Vm, kind: &RequestKind) -> Result<(Vm, std::result::Result<String,
             (Vm::Paused(machine), answer)
         }
         (Vm::Running(running), RequestKind::Command(command)) => {
-            let control = running.control().clone();
-            let start = Instant::now();
-            // Only a guest parked in its `in` is between commands: until
-            // then an acknowledgement may still belong to the previous one
-            // (for instance RESUMED right after a restore).
-            let parked = control.wait_parked(Some(start + PING_TIMEOUT));
-            let before = control.acks();
-            if parked {
-                control.send_command(*command);
-            }
-            let answer = if parked && control.wait_acks(before + 1, Some(start + PING_TIMEOUT)) {
-                Ok(json!({"ack_us": start.elapsed().as_micros() as u64}).to_string())
-            } else {
-                Err("the guest did not acknowledge the ping".to_string())
-            };
+            let answer = command_answer(running.control(), *command);
             (Vm::Running(running), answer)
         }
         (Vm::Running(running), RequestKind::Pause) => {
@@ -80,6 +68,44 @@ fn handle(vm: Vm, kind: &RequestKind) -> Result<(Vm, std::result::Result<String,
         (vm @ Vm::Paused(_), RequestKind::Pause) => (vm, Err("the VM is already paused".into())),
         (vm @ Vm::Running(_), RequestKind::Resume) => (vm, Err("the VM is not paused".into())),
     })
+}
+
+/// Sends `command` to the parked guest and waits for its acknowledgement.
+/// A guest that is not parked (busy, or not a vmfork guest) only fails the
+/// request. A guest that takes the command and stays silent breaks the ABI
+/// (every command but EXIT is acknowledged) and may never answer again, so
+/// it is stopped with a reason saying so, as `vmfork serve` stops a clone
+/// that does not answer INVOKE.
+fn command_answer(control: &Control, command: u32) -> std::result::Result<String, String> {
+    let start = Instant::now();
+    // Only a guest parked in its `in` is between commands: until then an
+    // acknowledgement may still belong to the previous one (for instance
+    // RESUMED right after a restore).
+    if !control.wait_parked(Some(start + PING_TIMEOUT)) {
+        return Err(format!(
+            "the guest did not wait for a command within {:.1} s",
+            PING_TIMEOUT.as_secs_f64()
+        ));
+    }
+    let before = control.acks();
+    let sent = Instant::now();
+    control.send_command(command);
+    if control.wait_acks(before + 1, Some(sent + PING_TIMEOUT)) {
+        return Ok(json!({"ack_us": start.elapsed().as_micros() as u64}).to_string());
+    }
+    if control.is_stopping() {
+        return Err("the VM stopped before the guest acknowledged".into());
+    }
+    if control.command_pending() {
+        return Err("the guest did not take the command".into());
+    }
+    let why = format!(
+        "the guest took command {} but did not acknowledge it within {:.1} s",
+        ready_port::command_name(command),
+        PING_TIMEOUT.as_secs_f64()
+    );
+    control.stop(StopReason::Unresponsive(why.clone()));
+    Err(format!("{why}; the VM is stopped"))
 }
 
 fn snapshot_answer(

@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::args::parse_duration;
 use super::boot::{phases_json, stop_name, stop_result};
+use super::isolation::IsolationArgs;
 use super::{api, owner, signals};
 use crate::devices::console::Console;
 use crate::error::Result;
@@ -38,9 +39,15 @@ pub struct RestoreArgs {
     /// Print one JSON object with `restore_us` on the last line of stdout.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub isolation: IsolationArgs,
 }
 
 pub fn run(args: &RestoreArgs, started: Instant) -> Result<()> {
+    args.isolation.apply()?;
+    // The jail needs system calls no list allows: the main thread's filter
+    // goes on right after it, before any VM exists.
+    crate::seccomp::install(crate::seccomp::ThreadKind::Vmm)?;
     let timeout = args
         .timeout
         .as_deref()
@@ -78,13 +85,16 @@ pub fn run(args: &RestoreArgs, started: Instant) -> Result<()> {
     if let Some((t, at)) = deadline {
         // Before the first acknowledgement the guest is not "ready" for the
         // purposes of a timeout.
-        std::thread::spawn(move || {
-            if !watchdog_control.wait_acks(watchdog_control.acks() + 1, Some(at))
-                && watchdog_control.first_ack_at().is_none()
-            {
-                watchdog_control.stop(crate::control::StopReason::Timeout(t));
-            }
-        });
+        std::thread::Builder::new()
+            .name("watchdog".into())
+            .spawn(move || {
+                crate::seccomp::install_in_thread(crate::seccomp::ThreadKind::Watchdog);
+                if !watchdog_control.wait_acks(watchdog_control.acks() + 1, Some(at))
+                    && watchdog_control.first_ack_at().is_none()
+                {
+                    watchdog_control.stop(crate::control::StopReason::Timeout(t));
+                }
+            })?;
     }
     let (reason, machine) = owner::run(machine, None)?;
     let rss = vmm_rss_kib();

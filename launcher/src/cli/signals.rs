@@ -31,6 +31,7 @@ pub fn forward_to(control: Arc<Control>) {
     let spawned = std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
+            crate::seccomp::install_in_thread(crate::seccomp::ThreadKind::Signals);
             let set = stop_signals();
             let mut signal = 0;
             // SAFETY: sigwait on a valid set, writing into a local.

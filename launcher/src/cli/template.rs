@@ -163,10 +163,13 @@ fn serve(dir: &std::path::Path, sock: &std::path::Path) -> Result<()> {
     let control = Arc::new(crate::control::Control::new(Instant::now(), false));
     signals::forward_to(control.clone());
     let flag = stop.clone();
-    std::thread::spawn(move || {
-        control.wait_stopped(None);
-        flag.store(true, Ordering::Release);
-    });
+    std::thread::Builder::new()
+        .name("stop-flag".into())
+        .spawn(move || {
+            crate::seccomp::install_in_thread(crate::seccomp::ThreadKind::Watchdog);
+            control.wait_stopped(None);
+            flag.store(true, Ordering::Release);
+        })?;
     progress(&format!("holding {} on {}", dir.display(), sock.display()));
     let served = crate::clone::holder::serve(dir, sock, stop)?;
     progress(&format!("served {served} clone processes"));

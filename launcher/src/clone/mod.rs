@@ -2,6 +2,7 @@
 //! copy-on-write memory over the template's pages. docs/clone.md describes
 //! the memory backends and what a clone costs.
 
+pub mod fault_inject;
 pub mod holder;
 pub mod memfd;
 pub mod shell;
@@ -21,7 +22,7 @@ use crate::persist::vm::ClockMode;
 use crate::template::{restore_into, LoadedTemplate, RestoreOptions};
 use memfd::SealedMemory;
 use shell::VmShell;
-use uffd::PageSource;
+use uffd::{PageServer, PageServerLink, PageSource};
 
 /// Where a clone's RAM comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,6 +178,19 @@ impl CloneFactory {
         console: Console,
         requested: Instant,
     ) -> Result<Machine> {
+        Ok(self.clone_vm_linked(clone_id, shell, console, requested)?.0)
+    }
+
+    /// [`Self::clone_vm`], also returning a uffd clone's link to its page
+    /// server, through which an owner that gives up on the clone lets its
+    /// vCPUs out of their faults ([`PageServerLink::release_waiters`]).
+    pub fn clone_vm_linked(
+        &self,
+        clone_id: u64,
+        shell: Option<VmShell>,
+        console: Console,
+        requested: Instant,
+    ) -> Result<(Machine, Option<Arc<PageServerLink>>)> {
         let mut guards: Vec<MemoryGuard> = Vec::new();
         let mem = match (&self.source, &shell) {
             (Source::Memfd(sealed), Some(shell)) => shell.map_private(Some(sealed.as_file()))?,
@@ -186,18 +200,25 @@ impl CloneFactory {
             (Source::File(_), None) => self.template.map_memory()?,
             (Source::Uffd { .. }, None) => self.anonymous_memory()?,
         };
+        let mut link = None;
         if let Source::Uffd { pages, .. } = &self.source {
             let record = (clone_id == 1).then(|| self.recording.clone()).flatten();
             let prefetch = self.prefetch.as_deref().unwrap_or(&[]);
+            let server_link = Arc::new(PageServerLink::default());
             guards.push(Box::new(uffd::attach(
                 &mem,
-                pages.clone(),
                 prefetch,
-                record,
-                self.uffd_faults.clone(),
+                PageServer {
+                    source: pages.clone(),
+                    record,
+                    faults: self.uffd_faults.clone(),
+                    link: server_link.clone(),
+                    injection: fault_inject::for_clone(clone_id)?,
+                },
             )?));
+            link = Some(server_link);
         }
-        restore_into(
+        let machine = restore_into(
             &self.template,
             mem,
             shell,
@@ -209,7 +230,13 @@ impl CloneFactory {
                 exit_on_ack: false,
                 clone_id,
             },
-        )
+        )?;
+        // From here a dying page server stops this clone with a clear
+        // reason (at once, if it already died).
+        if let Some(link) = &link {
+            link.bind(machine.control().clone());
+        }
+        Ok((machine, link))
     }
 
     /// After the first clone of a `--prefetch` run acknowledged: save the

@@ -1,11 +1,14 @@
 //! pc-lite's devices: a UART, the ready port, and what it takes to notice
-//! a guest resetting the machine. Nothing else.
+//! a guest resetting the machine. Nothing else; every other port and
+//! unbacked MMIO access is unclaimed (unclaimed.rs has the policy).
 
 pub mod console;
 pub mod ready_port;
 pub mod serial;
+pub mod unclaimed;
 
 use serial::{SerialPort, COM1_BASE, COM1_LEN};
+use unclaimed::{Access, UnclaimedAccesses, UnclaimedCounts};
 
 /// i8042 command port: writing 0xfe pulses the CPU reset line.
 const I8042_COMMAND_PORT: u16 = 0x64;
@@ -18,17 +21,19 @@ pub enum PlatformEvent {
 }
 
 /// Port I/O other than the ready port, which the vCPU loop handles itself
-/// because it can park the vCPU.
+/// because it can park the vCPU, and MMIO exits (pc-lite has no MMIO
+/// device, so all of them are unclaimed). One per VM: a guest flooding
+/// it contends with no other VM.
 pub struct PortIoBus {
     pub serial: SerialPort,
-    unknown_accesses: u64,
+    unclaimed: UnclaimedAccesses,
 }
 
 impl PortIoBus {
     pub fn new(serial: SerialPort) -> Self {
         PortIoBus {
             serial,
-            unknown_accesses: 0,
+            unclaimed: UnclaimedAccesses::default(),
         }
     }
 
@@ -39,7 +44,7 @@ impl PortIoBus {
             }
             return;
         }
-        self.note_unknown(port, "read");
+        self.unclaimed.note(Access::PortRead(port));
         // Floating bus: reads of absent ports return all ones, as on a PC.
         data.fill(0xff);
     }
@@ -54,19 +59,24 @@ impl PortIoBus {
         if port == I8042_COMMAND_PORT && data.first() == Some(&I8042_RESET_CPU) {
             return Some(PlatformEvent::ResetRequested);
         }
-        self.note_unknown(port, "write");
+        self.unclaimed.note(Access::PortWrite(port));
         None
     }
 
-    fn note_unknown(&mut self, port: u16, what: &str) {
-        self.unknown_accesses += 1;
-        // Port 0x80 is the POST-code delay port Linux pokes constantly.
-        if port != 0x80 {
-            tracing::debug!("guest {what} of unclaimed port {port:#x}");
-        }
+    /// A read of guest-physical memory KVM has no slot for: all ones, as
+    /// a PC's bus answers for nothing there.
+    pub fn mmio_read(&mut self, addr: u64, data: &mut [u8]) {
+        self.unclaimed.note(Access::MmioRead(addr));
+        data.fill(0xff);
     }
 
-    pub fn unknown_accesses(&self) -> u64 {
-        self.unknown_accesses
+    /// A write to unbacked or read-only (the rootfs) guest-physical
+    /// memory: dropped.
+    pub fn mmio_write(&mut self, addr: u64) {
+        self.unclaimed.note(Access::MmioWrite(addr));
+    }
+
+    pub fn unclaimed(&self) -> UnclaimedCounts {
+        self.unclaimed.counts()
     }
 }

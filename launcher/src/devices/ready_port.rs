@@ -22,6 +22,19 @@ pub fn dirty_command(pages: u32) -> Option<u32> {
     (pages < 1 << 24).then_some(CMD_DIRTY | (pages << 8))
 }
 
+/// A command word as people name it, for messages.
+pub fn command_name(command: u32) -> String {
+    match command {
+        CMD_PING => "PING".into(),
+        CMD_EXIT => "EXIT".into(),
+        CMD_RESUMED => "RESUMED".into(),
+        // serve::mailbox::CMD_INVOKE
+        5 => "INVOKE".into(),
+        c if c & 0xff == CMD_DIRTY => format!("DIRTY {}", c >> 8),
+        c => format!("{c:#x}"),
+    }
+}
+
 /// What a 32-bit write to the port means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GuestSignal {
@@ -97,6 +110,13 @@ mod tests {
             decode_write(&[1, 2, 3, 4, 5]),
             GuestSignal::Unknown(0x0403_0201)
         );
+    }
+
+    #[test]
+    fn commands_have_names() {
+        assert_eq!(command_name(CMD_PING), "PING");
+        assert_eq!(command_name(dirty_command(10).unwrap_or(0)), "DIRTY 10");
+        assert_eq!(command_name(0x77), "0x77");
     }
 
     #[test]

@@ -17,10 +17,12 @@ use vmfork_snapshot::state::{
 use vmfork_snapshot::Persist;
 
 use crate::control::{Control, StopReason};
+use crate::devices::unclaimed::UnclaimedCounts;
 use crate::devices::PortIoBus;
 use crate::error::{Error, Result};
 use crate::kvm_host::KvmHost;
 use crate::memory::PmemImage;
+use crate::seccomp::ThreadKind;
 use crate::template::manifest::KernelInfo;
 use crate::vcpu::run::{run_loop, VcpuContext};
 use crate::vcpu::{kick, Vcpu};
@@ -98,18 +100,35 @@ impl Machine {
         self.pmem.is_some()
     }
 
+    /// Port and MMIO accesses no device claimed, ignored so far.
+    pub fn unclaimed_accesses(&self) -> UnclaimedCounts {
+        self.bus
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unclaimed()
+    }
+
     /// Starts (or resumes) one thread per vCPU.
     pub fn start(mut self) -> Result<RunningMachine> {
         kick::install_kick_handler()?;
         self.control.clear_pause();
         let mut threads = Vec::with_capacity(self.vcpus.len());
-        for mut vcpu in self.vcpus.drain(..) {
+        for mut vcpu in std::mem::take(&mut self.vcpus) {
+            let index = vcpu.index;
             let control = self.control.clone();
             let bus = self.bus.clone();
             let host = self.host.virt;
             let handle = std::thread::Builder::new()
                 .name(format!("vcpu{}", vcpu.index))
                 .spawn(move || {
+                    // Filtered before this thread runs a guest instruction
+                    // or handles a single exit.
+                    if let Err(e) = crate::seccomp::install(ThreadKind::Vcpu) {
+                        let why = format!("vCPU {}: {e}", vcpu.index);
+                        control.stop(StopReason::VcpuFailed(why));
+                        return vcpu;
+                    }
+                    crate::seccomp::test_hook();
                     let ctx = VcpuContext {
                         control: &control,
                         bus: &bus,
@@ -117,8 +136,23 @@ impl Machine {
                     };
                     run_loop(vcpu.index, &mut vcpu.fd, &ctx);
                     vcpu
-                })?;
-            threads.push(handle);
+                });
+            match handle {
+                Ok(h) => threads.push(h),
+                Err(e) => {
+                    // Leave no vCPU of a half-started VM running.
+                    self.control.stop(StopReason::Requested);
+                    for t in threads {
+                        let _ = t.join();
+                    }
+                    return Err(Error::Vcpu {
+                        index: index.into(),
+                        reason: format!(
+                            "cannot start its thread: {e} (is a pids.max or RLIMIT_NPROC limit reached?)"
+                        ),
+                    });
+                }
+            }
         }
         Ok(RunningMachine {
             machine: self,

@@ -216,6 +216,14 @@ impl Function {
                 Err(e) => Outcome::Crash(e.to_string()),
             }
         })();
+        if matches!(outcome, Outcome::Timeout) {
+            // The caller only learns that time ran out; what the guest was
+            // doing meanwhile, if the VMM saw it, goes to the log.
+            let unclaimed = running.machine().unclaimed_accesses();
+            if unclaimed.total() > 0 {
+                tracing::warn!("{}: a clone timed out after {unclaimed}", self.name);
+            }
+        }
         // Teardown (stop, join, close the VM: ~10 ms here) is not the
         // caller's latency.
         if let Err(std::sync::mpsc::SendError(running)) = reaper.send(running) {
@@ -259,14 +267,17 @@ pub fn spawn_reapers(
         handles.push(
             std::thread::Builder::new()
                 .name("reaper".into())
-                .spawn(move || loop {
-                    let next = rx.lock().map(|r| r.recv());
-                    match next {
-                        Ok(Ok(running)) => {
-                            drop(running.stop(StopReason::Requested));
-                            metrics.live_clones.fetch_sub(1, Ordering::Relaxed);
+                .spawn(move || {
+                    crate::seccomp::install_in_thread(crate::seccomp::ThreadKind::Reaper);
+                    loop {
+                        let next = rx.lock().map(|r| r.recv());
+                        match next {
+                            Ok(Ok(running)) => {
+                                drop(running.stop(StopReason::Requested));
+                                metrics.live_clones.fetch_sub(1, Ordering::Relaxed);
+                            }
+                            _ => return,
                         }
-                        _ => return,
                     }
                 })?,
         );

@@ -163,11 +163,7 @@ async fn invoke(
             clone_us,
             run_us,
         }) => {
-            let (code, outcome) = match response.status {
-                Status::Ok => (StatusCode::OK, "ok"),
-                Status::Rejected => (StatusCode::UNPROCESSABLE_ENTITY, "rejected"),
-                Status::BadRequest => (StatusCode::BAD_REQUEST, "bad_request"),
-            };
+            let (code, outcome) = answer_for(&response.status);
             state.metrics.count(outcome);
             let mut r = (code, response.body).into_response();
             let headers = r.headers_mut();
@@ -185,4 +181,14 @@ async fn invoke(
     };
     state.metrics.observe(started.elapsed());
     response
+}
+
+/// The HTTP status and metrics outcome for each status a guest may answer
+/// with (docs/serve.md); a response the mailbox refuses is a crash (502).
+pub fn answer_for(status: &Status) -> (StatusCode, &'static str) {
+    match status {
+        Status::Ok => (StatusCode::OK, "ok"),
+        Status::Rejected => (StatusCode::UNPROCESSABLE_ENTITY, "rejected"),
+        Status::BadRequest => (StatusCode::BAD_REQUEST, "bad_request"),
+    }
 }

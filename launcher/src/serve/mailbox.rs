@@ -9,8 +9,21 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use crate::error::{Error, Result};
 
 pub const CMD_INVOKE: u32 = 5;
-/// The embedded guest's built-in functions (guest/app/function.rs).
-pub const GUEST_FUNCTIONS: &[&str] = &["echo", "sha256", "json-upper", "counter", "crash", "spin"];
+/// The embedded guest's built-in functions (guest/app/function.rs); the
+/// last six misbehave on purpose, for tests (docs/guest-abi.md).
+pub const GUEST_FUNCTIONS: &[&str] = &[
+    "echo",
+    "sha256",
+    "json-upper",
+    "counter",
+    "crash",
+    "spin",
+    "triple-fault",
+    "no-ack",
+    "port-flood",
+    "mmio-flood",
+    "interrupt-storm",
+];
 const REQUEST_HEADER: u64 = 0x40_0000;
 const REQUEST_DATA: u64 = 0x40_1000;
 const RESPONSE_HEADER: u64 = 0x60_0000;

@@ -33,16 +33,13 @@ pub struct ServeConfig {
     pub cold_boot: bool,
 }
 
-/// Serves until `stop` is stopped (SIGINT/SIGTERM in the CLI), then lets
-/// in-flight requests finish and stops every clone.
-pub fn run(config: ServeConfig, stop: Arc<Control>) -> Result<()> {
-    if config.max_body > mailbox::MAX_BODY {
-        return Err(Error::InvalidArgument(format!(
-            "--max-body {} is over the guest mailbox's {} bytes",
-            config.max_body,
-            mailbox::MAX_BODY
-        )));
-    }
+/// Loads every function and starts the reapers: the state one server
+/// shares between requests. Join the reaper threads after the last clone
+/// of the state is dropped; they end once every clone is closed. Tests and
+/// the HTTP fuzzer (launcher/examples/fuzz_http.rs) serve it themselves.
+pub fn new_state(
+    config: &ServeConfig,
+) -> Result<(Arc<AppState>, Vec<std::thread::JoinHandle<()>>)> {
     let mut functions = Vec::new();
     let mut templates = Vec::new();
     for (name, dir) in &config.templates {
@@ -66,9 +63,27 @@ pub fn run(config: ServeConfig, stop: Arc<Control>) -> Result<()> {
         timeout: config.timeout,
         reaper: Mutex::new(reaper),
     });
+    Ok((state, reapers))
+}
+
+/// Serves until `stop` is stopped (SIGINT/SIGTERM in the CLI), then lets
+/// in-flight requests finish and stops every clone.
+pub fn run(config: ServeConfig, stop: Arc<Control>) -> Result<()> {
+    if config.max_body > mailbox::MAX_BODY {
+        return Err(Error::InvalidArgument(format!(
+            "--max-body {} is over the guest mailbox's {} bytes",
+            config.max_body,
+            mailbox::MAX_BODY
+        )));
+    }
+    let (state, reapers) = new_state(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
+        // Workers and blocking threads alike, before they run any task:
+        // invoke() runs on blocking threads and creates and starts clones,
+        // so one list serves both (docs/seccomp.md).
+        .on_thread_start(|| crate::seccomp::install_in_thread(crate::seccomp::ThreadKind::Http))
         .build()?;
     let app = http::router(state.clone(), config.max_body);
     runtime.block_on(async move {

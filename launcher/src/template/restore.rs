@@ -10,7 +10,7 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmfork_snapshot::state::{MachineState, MemoryState};
 use vmfork_snapshot::Persist;
 
-use super::manifest::{Manifest, MEMORY_FILE, STATE_FILE};
+use super::manifest::{Manifest, TemplateKind, MEMORY_FILE, STATE_FILE};
 use crate::clone::shell::VmShell;
 use crate::control::Control;
 use crate::devices::console::Console;
@@ -78,13 +78,28 @@ impl LoadedTemplate {
         state
             .validate()
             .map_err(|e| bad(&dir, format!("{STATE_FILE}: {e}")))?;
+        let regions: Vec<(u64, u64)> = state
+            .memory
+            .regions
+            .iter()
+            .map(|r| (r.guest_addr, r.size))
+            .collect();
+        let recorded: Vec<(u64, u64)> = manifest
+            .memory_regions
+            .iter()
+            .map(|r| (r.guest_addr, r.size))
+            .collect();
+        let state_len = state_file.metadata().map(|m| m.len()).ok();
         if manifest.vcpus as usize != state.vcpus.len()
             || manifest.mem_size != state.memory.mem_size
+            || recorded != regions
+            || (manifest.kind == TemplateKind::Diff) != state.memory.diff
+            || state_len != Some(manifest.state_bytes)
         {
             return Err(bad(
                 &dir,
                 format!(
-                    "{} and {STATE_FILE} disagree on vCPUs or memory size",
+                    "{} and {STATE_FILE} disagree on vCPUs, memory layout, kind or size",
                     super::manifest::MANIFEST_FILE
                 ),
             ));

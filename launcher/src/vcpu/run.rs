@@ -13,10 +13,16 @@ use crate::kvm_host::HostVirt;
 /// What the vCPU loop does after one exit.
 enum Next {
     Run,
+    /// KVM_RUN returned EAGAIN: try again, a bounded number of times.
+    Again,
     Stop(StopReason),
     /// The VM is stopping for a reason already recorded.
     Quit,
 }
+
+/// Transient EAGAINs clear after a retry or two; a thousand in a row is a
+/// permanent failure.
+const MAX_EAGAIN_IN_A_ROW: u32 = 1000;
 
 pub struct VcpuContext<'a> {
     pub control: &'a Control,
@@ -27,12 +33,25 @@ pub struct VcpuContext<'a> {
 /// Runs until the VM stops. The guest's own stop reasons are recorded in
 /// `control`; this returns when the thread should end.
 pub fn run_loop(index: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext) {
+    let mut eagain_in_a_row = 0u32;
     loop {
         if ctx.control.is_leaving() {
             return;
         }
         match step(index, vcpu, ctx) {
-            Next::Run => {}
+            Next::Run => eagain_in_a_row = 0,
+            Next::Again => {
+                // KVM_RUN fails with EAGAIN for good when KVM cannot start
+                // the per-VM kernel worker it needs on the first run (for
+                // instance under a pids.max limit): retrying would spin.
+                eagain_in_a_row += 1;
+                if eagain_in_a_row >= MAX_EAGAIN_IN_A_ROW {
+                    ctx.control.stop(StopReason::VcpuFailed(format!(
+                        "vCPU {index}: KVM_RUN keeps failing with EAGAIN (KVM could not start its per-VM worker thread; is a pids.max limit reached?)"
+                    )));
+                    return;
+                }
+            }
             Next::Quit => return,
             Next::Stop(reason) => {
                 ctx.control.stop(reason);
@@ -45,7 +64,8 @@ pub fn run_loop(index: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext) {
 fn step(index: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext) -> Next {
     let exit = match vcpu.run() {
         Ok(exit) => exit,
-        Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => return Next::Run,
+        Err(e) if e.errno() == libc::EINTR => return Next::Run,
+        Err(e) if e.errno() == libc::EAGAIN => return Next::Again,
         Err(e) => {
             return Next::Stop(StopReason::VcpuFailed(format!(
                 "vCPU {index}: KVM_RUN failed: {e}"
@@ -81,13 +101,15 @@ fn step(index: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext) -> Next {
             lock(ctx.bus).read(port, data);
             Next::Run
         }
+        // Unclaimed ports and MMIO never stop the VM (devices/unclaimed.rs):
+        // a guest flooding them spends its own vCPU time, which the owner's
+        // timeouts bound.
         VcpuExit::MmioRead(addr, data) => {
-            tracing::debug!("vCPU {index}: MMIO read of unbacked {addr:#x}");
-            data.fill(0xff);
+            lock(ctx.bus).mmio_read(addr, data);
             Next::Run
         }
         VcpuExit::MmioWrite(addr, _) => {
-            tracing::debug!("vCPU {index}: MMIO write to unbacked or read-only {addr:#x}");
+            lock(ctx.bus).mmio_write(addr);
             Next::Run
         }
         VcpuExit::Shutdown => Next::Stop(StopReason::GuestShutdown {

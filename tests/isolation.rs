@@ -1,0 +1,315 @@
+//! The jail (namespaces, private root, unprivileged user, no capabilities)
+//! and cgroup limits, on real VMs. These need root, as `--jail` does; CI
+//! runs as root on the development host.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vmfork_tests::{assert_clean_error, exit, vmfork, vmfork_bin, Scratch};
+
+const NOBODY: &str = "65534";
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn status_field(pid: u32, key: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+        .unwrap_or_default()
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+fn ns(pid: &str, kind: &str) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+/// Kills the jailed VMM's outer process (and so the VMM) if a test fails.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill to a process this test started; harmless if gone.
+        unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+    }
+}
+
+#[test]
+fn jailed_vmm_runs_unprivileged_in_its_own_namespaces_and_root() {
+    assert!(is_root(), "the jail tests need root");
+    let scratch = Scratch::new("jail");
+    let root = scratch.str("root");
+    std::fs::create_dir_all(&root).expect("jail dir");
+    let mut parent = Command::new(vmfork_bin())
+        .args(["boot", "--jail", &root, "--uid", NOBODY, "--gid", NOBODY])
+        .args(["--cmdline", "timer_hz=0 touch_mib=1 work=0", "--quiet"])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let ppid = parent.id();
+    let _reap = KillOnDrop(ppid);
+    // The VMM is the parent's only child (PID 1 of the new namespace).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let child = loop {
+        if let Some(&c) = children(ppid).first() {
+            if status_field(c, "Uid:").starts_with(NOBODY) {
+                break c;
+            }
+        }
+        assert!(Instant::now() < deadline, "no jailed child appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Give it time to have booted the guest, then look at it.
+    std::thread::sleep(Duration::from_millis(500));
+    let c = child.to_string();
+    assert_eq!(status_field(child, "Uid:"), "65534\t65534\t65534\t65534");
+    assert_eq!(status_field(child, "Gid:"), "65534\t65534\t65534\t65534");
+    for caps in ["CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"] {
+        assert_eq!(status_field(child, caps), "0000000000000000", "{caps}");
+    }
+    assert_eq!(status_field(child, "NoNewPrivs:"), "1");
+    // PID 1 in its own PID namespace.
+    assert!(
+        status_field(child, "NSpid:").ends_with("\t1"),
+        "{}",
+        status_field(child, "NSpid:")
+    );
+    for kind in ["mnt", "pid_for_children", "net"] {
+        assert_ne!(ns(&c, kind), ns("self", kind), "{kind} namespace shared");
+    }
+    // Its root is the jail: the device nodes and /proc vmfork made, and
+    // nothing of the host's tree.
+    let jail_root = format!("/proc/{child}/root");
+    assert!(std::path::Path::new(&jail_root).join("dev/kvm").exists());
+    for host_only in ["etc", "usr", "tmp"] {
+        assert!(
+            !std::path::Path::new(&jail_root).join(host_only).exists(),
+            "{host_only} is visible in the jail"
+        );
+    }
+    // It is running a guest: /dev/kvm is open through the jail's node.
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{child}/fd"))
+        .expect("fds")
+        .filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|p| p.display().to_string())
+        .collect();
+    assert!(fds.iter().any(|f| f.contains("kvm-vm")), "{fds:?}");
+    // SIGTERM to the outer process reaches the VMM, which stops cleanly.
+    // SAFETY: kill to our own child.
+    unsafe { libc::kill(ppid as i32, libc::SIGTERM) };
+    let status = parent.wait().expect("wait");
+    assert_eq!(status.code(), Some(0), "{status}");
+}
+
+#[test]
+fn jailed_restore_and_uffd_clones_use_paths_inside_the_jail() {
+    assert!(is_root(), "the jail tests need root");
+    let scratch = Scratch::new("jail-restore");
+    let root = scratch.path("root");
+    std::fs::create_dir_all(&root).expect("jail dir");
+    let tpl = root.join("tpl");
+    let run = vmfork(&[
+        "template",
+        "build",
+        "--cmdline",
+        "quiet=1 timer_hz=0 touch_mib=1",
+        "--mem",
+        "32M",
+        "--out",
+        &tpl.display().to_string(),
+    ]);
+    assert_eq!(run.status, 0, "{run}");
+    // Templates are read by the unprivileged VMM.
+    let chown = Command::new("chown")
+        .args(["-R", "65534:65534", &root.display().to_string()])
+        .status()
+        .expect("chown");
+    assert!(chown.success());
+    let root = root.display().to_string();
+    let jail = ["--jail", &root, "--uid", NOBODY, "--gid", NOBODY];
+    let mut args = vec!["restore", "/tpl", "--exit-on-ready", "--quiet"];
+    args.extend(jail);
+    let run = vmfork(&args);
+    assert_eq!(run.status, 0, "{run}");
+    let mut args = vec!["clone", "/tpl", "-n", "3", "--backend", "uffd", "--json"];
+    args.extend(jail);
+    let run = vmfork(&args);
+    assert_eq!(run.status, 0, "{run}");
+    assert_eq!(run.json()["clones"], 3, "{run}");
+    // The host path is not visible inside.
+    let mut args = vec!["restore", "/no/such/template", "--exit-on-ready"];
+    args.extend(jail);
+    assert_clean_error(&vmfork(&args), exit::TEMPLATE, "/no/such/template");
+}
+
+#[test]
+fn bad_jail_requests_are_refused_before_anything_runs() {
+    let scratch = Scratch::new("jail-bad");
+    let file = scratch.path("file");
+    std::fs::write(&file, b"x").expect("file");
+    let file = file.display().to_string();
+    let dir = scratch.str("");
+    for (args, needle) in [
+        (
+            vec!["--jail", &file, "--uid", NOBODY, "--gid", NOBODY],
+            "not a directory",
+        ),
+        (vec!["--jail", "/", "--uid", NOBODY, "--gid", NOBODY], "own"),
+        (
+            vec!["--jail", &dir, "--uid", "0", "--gid", NOBODY],
+            "must not be 0",
+        ),
+    ] {
+        let mut all = vec!["boot", "--exit-on-ready"];
+        all.extend(args);
+        assert_clean_error(&vmfork(&all), exit::INVALID_ARGUMENT, needle);
+    }
+    let run = vmfork(&["boot", "--jail", &dir, "--exit-on-ready"]);
+    assert_clean_error(&run, exit::USAGE, "--uid");
+    // Without root the jail cannot be built; say so rather than half-build it.
+    let bin = vmfork_bin().display().to_string();
+    let run = vmfork_tests::command(
+        "setpriv",
+        &[
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            &bin,
+            "boot",
+            "--jail",
+            &dir,
+            "--uid",
+            NOBODY,
+            "--gid",
+            NOBODY,
+        ],
+    );
+    assert_clean_error(&run, exit::INVALID_ARGUMENT, "needs root");
+}
+
+#[test]
+fn cgroup_limits_apply_to_the_clone_group() {
+    assert!(is_root(), "the cgroup tests need root");
+    let scratch = Scratch::new("cgroup");
+    let tpl = scratch.str("tpl");
+    let run = vmfork(&[
+        "template",
+        "build",
+        "--cmdline",
+        "quiet=1 timer_hz=0 touch_mib=1",
+        "--mem",
+        "32M",
+        "--out",
+        &tpl,
+    ]);
+    assert_eq!(run.status, 0, "{run}");
+    let name = format!("vmfork-test-{}/group", std::process::id());
+    let run = vmfork(&[
+        "clone",
+        &tpl,
+        "-n",
+        "4",
+        "--json",
+        "--cgroup",
+        &name,
+        "--memory-max",
+        "1G",
+        "--cpu-max",
+        "150%",
+        "--pids-max",
+        "512",
+    ]);
+    assert_eq!(run.status, 0, "{run}");
+    let cgroup = &run.json()["cgroup"];
+    let version = cgroup["version"].as_str().unwrap_or_default().to_string();
+    assert!(cgroup["setup_us"].as_u64().is_some(), "{run}");
+    // The limits are where the kernel enforces them.
+    let dirs: Vec<std::path::PathBuf> = cgroup["dirs"]
+        .as_array()
+        .map(|d| {
+            d.iter()
+                .filter_map(|p| p.as_str())
+                .map(Into::into)
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(!dirs.is_empty(), "{run}");
+    let expect: &[(&str, &str)] = if version == "v2" {
+        &[
+            ("memory.max", "1073741824"),
+            ("cpu.max", "150000 100000"),
+            ("pids.max", "512"),
+        ]
+    } else {
+        &[
+            ("memory.limit_in_bytes", "1073741824"),
+            ("cpu.cfs_quota_us", "150000"),
+            ("pids.max", "512"),
+        ]
+    };
+    for (file, value) in expect {
+        let found = dirs
+            .iter()
+            .map(|d| d.join(file))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("{file} in none of {dirs:?}"));
+        let got = std::fs::read_to_string(&found).unwrap_or_default();
+        assert_eq!(got.trim(), *value, "{}", found.display());
+    }
+    // A pids limit too small for the vCPU threads fails with a clear error.
+    let tight = format!("vmfork-test-{}/tight", std::process::id());
+    let run = vmfork(&[
+        "clone",
+        &tpl,
+        "-n",
+        "8",
+        "--cgroup",
+        &tight,
+        "--pids-max",
+        "4",
+    ]);
+    assert_ne!(run.status, 0, "{run}");
+    assert!(!run.stderr.contains("panicked"), "{run}");
+    assert_eq!(run.stderr.lines().count(), 1, "{run}");
+    // Leave no cgroups behind (they are empty now): leaves, then parents.
+    for dir in &dirs {
+        let group_parent = dir.parent().map(std::path::Path::to_path_buf);
+        let _ = std::fs::remove_dir(dir);
+        if let Some(parent) = group_parent {
+            let _ = std::fs::remove_dir(parent.join("tight"));
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
+
+#[test]
+fn bad_cgroup_requests_are_refused() {
+    for (args, needle) in [
+        (vec!["--cgroup", "../escape"], "relative path"),
+        (vec!["--cgroup", "/abs"], "relative path"),
+        (vec!["--cgroup", "ok", "--cpu-max", "fast"], "percentage"),
+        (
+            vec!["--cgroup", "ok", "--memory-max", "lots"],
+            "--memory-max",
+        ),
+    ] {
+        let mut all = vec!["boot", "--exit-on-ready"];
+        all.extend(args);
+        assert_clean_error(&vmfork(&all), exit::INVALID_ARGUMENT, needle);
+    }
+    let run = vmfork(&["boot", "--exit-on-ready", "--pids-max", "5"]);
+    assert_clean_error(&run, exit::USAGE, "--cgroup");
+}

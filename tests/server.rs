@@ -1,0 +1,169 @@
+//! Helpers shared by the tests that drive `vmfork serve` over real HTTP
+//! (tests/serve.rs, tests/misbehave.rs): the server child process, a
+//! minimal HTTP/1.1 client, and function templates. Not a test target.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::{vmfork, vmfork_bin, Scratch};
+
+/// A `vmfork serve` child, killed if a test fails before stopping it.
+pub struct Server {
+    child: Child,
+    pub client: Client,
+}
+
+/// One-request-per-connection HTTP/1.1 client.
+#[derive(Clone)]
+pub struct Client {
+    pub addr: String,
+}
+
+/// Status, headers (names lowercased) and body of one answer.
+pub type Answer = (u16, Vec<(String, String)>, Vec<u8>);
+
+impl std::ops::Deref for Server {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// Starts `vmfork serve` on a free loopback port with `templates`
+    /// (name, template directory) and `extra` flags.
+    pub fn start(templates: &[(&str, String)], extra: &[&str]) -> Server {
+        let mut args = vec!["serve".to_string(), "--listen".into(), "127.0.0.1:0".into()];
+        for (name, dir) in templates {
+            args.push("--template".into());
+            args.push(format!("{name}={dir}"));
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut child = Command::new(vmfork_bin())
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("first line");
+        let addr = line
+            .trim()
+            .rsplit("http://")
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        assert!(addr.contains(':'), "no listening address in {line:?}");
+        Server {
+            child,
+            client: Client { addr },
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the server process is still running.
+    pub fn is_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGTERM, then asserts a clean exit.
+    pub fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let exit = self.child.wait().expect("wait");
+        assert!(exit.success(), "serve exited with {exit}");
+    }
+}
+
+impl Client {
+    pub fn request(&self, method: &str, path: &str, body: &[u8]) -> Answer {
+        let mut stream = TcpStream::connect(&self.addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).expect("write head");
+        // A server may answer (413) before reading a large body.
+        let _ = stream.write_all(body);
+        let mut raw = Vec::new();
+        let _ = stream.read_to_end(&mut raw);
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("header end");
+        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|c| c.parse().ok())
+            .expect("status");
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        (status, headers, raw[split + 4..].to_vec())
+    }
+
+    pub fn invoke(&self, name: &str, body: &[u8]) -> Answer {
+        self.request("POST", &format!("/v1/functions/{name}/invoke"), body)
+    }
+
+    /// `vmfork_live_clones` from /metrics (-1 if absent).
+    pub fn live_clones(&self) -> i64 {
+        let (_, _, body) = self.request("GET", "/metrics", b"");
+        String::from_utf8_lossy(&body)
+            .lines()
+            .find_map(|l| l.strip_prefix("vmfork_live_clones "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(-1)
+    }
+}
+
+pub fn header<'a>(headers: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Builds a template of the embedded guest's built-in `function` in
+/// `scratch`/`name` (32 MiB, no timer, 1 MiB heap) and returns its path.
+pub fn function_template(scratch: &Scratch, name: &str, function: &str) -> String {
+    let out = scratch.str(name);
+    let cmdline = format!("quiet=1 timer_hz=0 touch_mib=1 function={function}");
+    let run = vmfork(&[
+        "template",
+        "build",
+        "--mem",
+        "32M",
+        "--cmdline",
+        &cmdline,
+        "--out",
+        &out,
+    ]);
+    assert_eq!(run.status, 0, "{run}");
+    out
+}
