@@ -1,24 +1,10 @@
 //! VMFork clones on real VMs: each clone is alive, unique and on the
 //! host's clock, clone memory is a sealed template, and nothing leaks.
 
-use vmfork_tests::{field, pongs, vmfork, Scratch};
+use vmfork_tests::{build_template, field, pongs, vmfork, Scratch};
 
 fn template(scratch: &Scratch, cmdline: &str) -> String {
-    let out = scratch.str("t");
-    let run = vmfork(&[
-        "template",
-        "build",
-        "--mem",
-        "64M",
-        "--cmdline",
-        cmdline,
-        "--out",
-        &out,
-        "--timeout",
-        "30",
-    ]);
-    assert_eq!(run.status, 0, "{run}");
-    out
+    build_template(&scratch.str("t"), "64M", cmdline)
 }
 
 #[test]

@@ -8,24 +8,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vmfork_tests::{assert_clean_error, exit, finish, vmfork, vmfork_bin, wait_for_path, Run};
-use vmfork_tests::{pongs, Scratch};
+use vmfork_tests::{build_template, pongs, Scratch};
 
 fn template(scratch: &Scratch, name: &str) -> String {
-    let out = scratch.str(name);
-    let run = vmfork(&[
-        "template",
-        "build",
-        "--mem",
-        "64M",
-        "--cmdline",
-        "touch_mib=4",
-        "--out",
-        &out,
-        "--timeout",
-        "30",
-    ]);
-    assert_eq!(run.status, 0, "{run}");
-    out
+    build_template(&scratch.str(name), "64M", "touch_mib=4")
 }
 
 /// `vmfork ARGS` with `VMFORK_FAULT_INJECT=spec`, killed (and failed) if it

@@ -5,7 +5,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vmfork_tests::{assert_clean_error, exit, vmfork, vmfork_bin, Scratch};
+use vmfork_tests::{assert_clean_error, build_template, exit, vmfork, vmfork_bin, Scratch};
 
 const NOBODY: &str = "65534";
 
@@ -120,18 +120,11 @@ fn jailed_restore_and_uffd_clones_use_paths_inside_the_jail() {
     let scratch = Scratch::new("jail-restore");
     let root = scratch.path("root");
     std::fs::create_dir_all(&root).expect("jail dir");
-    let tpl = root.join("tpl");
-    let run = vmfork(&[
-        "template",
-        "build",
-        "--cmdline",
-        "quiet=1 timer_hz=0 touch_mib=1",
-        "--mem",
+    build_template(
+        &root.join("tpl").display().to_string(),
         "32M",
-        "--out",
-        &tpl.display().to_string(),
-    ]);
-    assert_eq!(run.status, 0, "{run}");
+        "quiet=1 timer_hz=0 touch_mib=1",
+    );
     // Templates are read by the unprivileged VMM.
     let chown = Command::new("chown")
         .args(["-R", "65534:65534", &root.display().to_string()])
@@ -204,18 +197,7 @@ fn bad_jail_requests_are_refused_before_anything_runs() {
 fn cgroup_limits_apply_to_the_clone_group() {
     assert!(is_root(), "the cgroup tests need root");
     let scratch = Scratch::new("cgroup");
-    let tpl = scratch.str("tpl");
-    let run = vmfork(&[
-        "template",
-        "build",
-        "--cmdline",
-        "quiet=1 timer_hz=0 touch_mib=1",
-        "--mem",
-        "32M",
-        "--out",
-        &tpl,
-    ]);
-    assert_eq!(run.status, 0, "{run}");
+    let tpl = build_template(&scratch.str("tpl"), "32M", "quiet=1 timer_hz=0 touch_mib=1");
     let name = format!("vmfork-test-{}/group", std::process::id());
     let run = vmfork(&[
         "clone",

@@ -75,6 +75,23 @@ pub fn vmfork(args: &[&str]) -> Run {
     finish(output, start)
 }
 
+/// `vmfork template build --mem MEM --cmdline CMDLINE --out OUT`, asserted
+/// to succeed; returns OUT.
+pub fn build_template(out: &str, mem: &str, cmdline: &str) -> String {
+    let run = vmfork(&[
+        "template",
+        "build",
+        "--mem",
+        mem,
+        "--cmdline",
+        cmdline,
+        "--out",
+        out,
+    ]);
+    assert_eq!(run.status, 0, "{run}");
+    out.to_string()
+}
+
 /// Runs any command to completion (for wrappers like unshare).
 pub fn command(program: &str, args: &[&str]) -> Run {
     let start = Instant::now();

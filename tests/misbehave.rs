@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use vmfork_tests::server::{function_template, Server};
 use vmfork_tests::{
-    assert_clean_error, exit, finish, vmfork, vmfork_bin, wait_for_path, Run, Scratch,
+    assert_clean_error, build_template, exit, finish, vmfork, vmfork_bin, wait_for_path, Run,
+    Scratch,
 };
 
 /// Small, quiet and timer-less: the misbehaviour is all the guest does.
@@ -157,18 +158,7 @@ fn guest_that_never_acknowledges_is_stopped_as_unresponsive() {
 
     // Its template restores into a guest that ignores RESUMED too, which
     // the restore's --timeout catches.
-    let tpl = scratch.str("tpl");
-    let build = vmfork(&[
-        "template",
-        "build",
-        "--mem",
-        "32M",
-        "--cmdline",
-        &cmdline,
-        "--out",
-        &tpl,
-    ]);
-    assert_eq!(build.status, 0, "{build}");
+    let tpl = build_template(&scratch.str("tpl"), "32M", &cmdline);
     let restore = vmfork(&["restore", &tpl, "--timeout", "2"]);
     assert_clean_error(&restore, exit::TIMEOUT, "within 2.0 s");
 }

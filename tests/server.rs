@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::{vmfork, vmfork_bin, Scratch};
+use crate::{vmfork_bin, Scratch};
 
 /// A `vmfork serve` child, killed if a test fails before stopping it.
 pub struct Server {
@@ -152,18 +152,6 @@ pub fn header<'a>(headers: &'a [(String, String)], key: &str) -> Option<&'a str>
 /// Builds a template of the embedded guest's built-in `function` in
 /// `scratch`/`name` (32 MiB, no timer, 1 MiB heap) and returns its path.
 pub fn function_template(scratch: &Scratch, name: &str, function: &str) -> String {
-    let out = scratch.str(name);
     let cmdline = format!("quiet=1 timer_hz=0 touch_mib=1 function={function}");
-    let run = vmfork(&[
-        "template",
-        "build",
-        "--mem",
-        "32M",
-        "--cmdline",
-        &cmdline,
-        "--out",
-        &out,
-    ]);
-    assert_eq!(run.status, 0, "{run}");
-    out
+    crate::build_template(&scratch.str(name), "32M", &cmdline)
 }
