@@ -133,7 +133,14 @@ fn clone_failed(id: u64, reason: &StopReason, when: &str, also: &str) -> Error {
         StopReason::PageServerDied(why) => {
             Error::PageServer(format!("clone {id} stopped {when}: {why}{also}"))
         }
-        other => Error::GuestCrash(format!("clone {id} stopped {when}: {other:?}{also}")),
+        other => {
+            // The same words `vmfork boot` would use for this stop.
+            let why = match super::boot::stop_result(other) {
+                Err(e) => e.to_string(),
+                Ok(()) => format!("{other:?}"),
+            };
+            Error::GuestCrash(format!("clone {id} stopped {when}: {why}{also}"))
+        }
     }
 }
 
