@@ -1,7 +1,9 @@
 //! Every bad input and every guest failure ends with one clear line on
 //! stderr and its own exit status: never a panic, never a hang.
 
-use vmfork_tests::{assert_clean_error, command, exit, host_is_pvm, vmfork, vmfork_bin, Scratch};
+use vmfork_tests::{
+    assert_clean_error, command, exit, host_is_pvm, vmfork, vmfork_as_nobody, vmfork_bin, Scratch,
+};
 
 #[test]
 fn missing_kernel_file() {
@@ -113,19 +115,7 @@ fn missing_dev_kvm() {
 #[test]
 fn no_permission_on_dev_kvm() {
     // An unprivileged user without access to /dev/kvm (mode 0600 here).
-    let bin = vmfork_bin();
-    let bin = bin.to_string_lossy();
-    let run = command(
-        "setpriv",
-        &[
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            &bin,
-            "boot",
-            "--exit-on-ready",
-        ],
-    );
+    let run = vmfork_as_nobody(&["boot", "--exit-on-ready"]);
     let kvm_is_private = std::fs::metadata("/dev/kvm")
         .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o006 == 0)
         .unwrap_or(false);

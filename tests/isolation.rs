@@ -173,23 +173,8 @@ fn bad_jail_requests_are_refused_before_anything_runs() {
     let run = vmfork(&["boot", "--jail", &dir, "--exit-on-ready"]);
     assert_clean_error(&run, exit::USAGE, "--uid");
     // Without root the jail cannot be built; say so rather than half-build it.
-    let bin = vmfork_bin().display().to_string();
-    let run = vmfork_tests::command(
-        "setpriv",
-        &[
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            &bin,
-            "boot",
-            "--jail",
-            &dir,
-            "--uid",
-            NOBODY,
-            "--gid",
-            NOBODY,
-        ],
-    );
+    let run =
+        vmfork_tests::vmfork_as_nobody(&["boot", "--jail", &dir, "--uid", NOBODY, "--gid", NOBODY]);
     assert_clean_error(&run, exit::INVALID_ARGUMENT, "needs root");
 }
 

@@ -92,6 +92,16 @@ pub fn build_template(out: &str, mem: &str, cmdline: &str) -> String {
     out.to_string()
 }
 
+/// Runs `vmfork ARGS...` as the unprivileged user 65534 (nobody), with no
+/// supplementary groups: what a user without access to root-only device
+/// nodes sees.
+pub fn vmfork_as_nobody(args: &[&str]) -> Run {
+    let bin = vmfork_bin().display().to_string();
+    let mut all = vec!["--reuid=65534", "--regid=65534", "--clear-groups", &bin];
+    all.extend_from_slice(args);
+    command("setpriv", &all)
+}
+
 /// Runs any command to completion (for wrappers like unshare).
 pub fn command(program: &str, args: &[&str]) -> Run {
     let start = Instant::now();
