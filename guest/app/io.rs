@@ -12,11 +12,15 @@ use crate::abi::{
 // memory the VMM may inspect at an exit (a snapshot) is up to date.
 #[inline(always)]
 pub fn outb(port: u16, value: u8) {
+    // SAFETY: port I/O touches no memory; the TSS bitmap opens ports
+    // below 0x1000 to ring 3, so no port here faults.
     unsafe { asm!("out dx, al", in("dx") port, in("al") value, options(nostack, preserves_flags)) }
 }
 
 #[inline(always)]
 pub fn outl(port: u16, value: u32) {
+    // SAFETY: port I/O touches no memory; the TSS bitmap opens ports
+    // below 0x1000 to ring 3, so no port here faults.
     unsafe {
         asm!("out dx, eax", in("dx") port, in("eax") value, options(nostack, preserves_flags))
     }
@@ -50,6 +54,8 @@ pub fn inw(port: u16) -> u16 {
 #[inline(always)]
 pub fn inl(port: u16) -> u32 {
     let value: u32;
+    // SAFETY: port I/O touches no memory; the TSS bitmap opens ports
+    // below 0x1000 to ring 3, so no port here faults.
     unsafe {
         asm!("in eax, dx", in("dx") port, out("eax") value, options(nostack, preserves_flags))
     }
@@ -58,6 +64,7 @@ pub fn inl(port: u16) -> u32 {
 
 #[inline(always)]
 pub fn rdtsc() -> u64 {
+    // SAFETY: RDTSC reads a counter; CR4.TSD is clear, so ring 3 may.
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 

@@ -160,6 +160,7 @@ fn touch(cfg: &Config, start: u64, memmap: boot::MemMap) -> u64 {
     let mut sum: u64 = 0;
     let mut page = start;
     while page < end {
+        // SAFETY: the same pages the loop above validated and wrote.
         let b = unsafe { read_volatile(page as *const u8) };
         sum = sum.wrapping_mul(31).wrapping_add(u64::from(b));
         page += PAGE;
@@ -258,6 +259,8 @@ fn serve(boot_nonce: u64, checksum: u64, cfg: &Config, heap: (u64, u64)) -> ! {
                 let random = splitmix(rng);
                 rng = random;
                 if !quiet {
+                    // SAFETY: a u64 in the image that only ring 0's timer
+                    // writes, whole, between instructions of this thread.
                     let ticks = unsafe { read_volatile(&raw const abi::vmfork_ticks) };
                     say!(
                         "vmfork-guest: pong n={} boot_nonce={:#x} ticks={} checksum={:#x} clone={} random={:#x} host_time_ms={}",

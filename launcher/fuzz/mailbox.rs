@@ -33,9 +33,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 #[path = "mailbox_seeds.rs"]
 mod mailbox_seeds;
 
-pub const REQUEST_HEADER: u64 = 0x40_0000;
-pub const RESPONSE_HEADER: u64 = 0x60_0000;
-pub const RESPONSE_DATA: u64 = 0x60_1000;
+pub use mailbox::{REQUEST_HEADER, RESPONSE_DATA, RESPONSE_HEADER};
 const MAILBOX_END: u64 = 0x80_0000;
 const MAX_OPS: usize = 64;
 /// What reads of unclaimed bytes must not be confused with.

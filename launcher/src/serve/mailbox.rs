@@ -24,10 +24,10 @@ pub const GUEST_FUNCTIONS: &[&str] = &[
     "mmio-flood",
     "interrupt-storm",
 ];
-const REQUEST_HEADER: u64 = 0x40_0000;
-const REQUEST_DATA: u64 = 0x40_1000;
-const RESPONSE_HEADER: u64 = 0x60_0000;
-const RESPONSE_DATA: u64 = 0x60_1000;
+pub const REQUEST_HEADER: u64 = 0x40_0000;
+pub const REQUEST_DATA: u64 = 0x40_1000;
+pub const RESPONSE_HEADER: u64 = 0x60_0000;
+pub const RESPONSE_DATA: u64 = 0x60_1000;
 /// Largest request or response body: 2 MiB minus the header page.
 pub const MAX_BODY: usize = 0x1f_f000;
 const REQUEST_MAGIC: u32 = u32::from_le_bytes(*b"VMRQ");
