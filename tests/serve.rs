@@ -96,6 +96,51 @@ fn functions_limits_and_faults_over_http() {
     server.stop();
 }
 
+/// Finished clones' VMs are reused (serve's default `--recycle in-place`):
+/// each request still starts from the template, pages the previous clone
+/// wrote are refilled, and a clone that wrote a page table gets all its
+/// memory dropped instead.
+#[test]
+fn recycled_vms_start_from_the_template() {
+    let scratch = Scratch::new("serve-recycle");
+    let fns = [
+        ("counter", template(&scratch, "counter", "counter")),
+        ("ptw", template(&scratch, "ptw", "page-table-write")),
+    ];
+    let server = Server::start(&fns, &["--max-concurrency", "2"]);
+    const RUNS: i64 = 12;
+    for _ in 0..RUNS {
+        let (code, _, body) = server.invoke("counter", b"");
+        assert_eq!((code, body.as_slice()), (200, &b"1"[..]));
+    }
+    let in_place = r#"vmfork_recycled_vms_total{reset="in_place"}"#;
+    let remap = r#"vmfork_recycled_vms_total{reset="remap"}"#;
+    assert_eq!(server.metric_reaching(in_place, RUNS), Some(RUNS));
+    assert_eq!(server.metric(remap), Some(0));
+    assert!(server.metric("vmfork_reset_pages_total").unwrap_or(0) >= RUNS);
+
+    for _ in 0..4 {
+        let (code, _, body) = server.invoke("ptw", b"");
+        assert_eq!(
+            (code, String::from_utf8_lossy(&body).as_ref()),
+            (200, "clean"),
+            "a clone saw the previous clone's page-table write"
+        );
+    }
+    assert_eq!(server.metric_reaching(remap, 4), Some(4));
+    assert_eq!(server.metric(in_place), Some(RUNS));
+
+    // With recycling off every VM is closed.
+    server.stop();
+    let server = Server::start(&fns, &["--recycle", "off"]);
+    for _ in 0..3 {
+        let (code, _, body) = server.invoke("counter", b"");
+        assert_eq!((code, body.as_slice()), (200, &b"1"[..]));
+    }
+    assert_eq!(server.metric(in_place), Some(0));
+    server.stop();
+}
+
 #[test]
 fn overload_is_shed_with_503_and_retry_after() {
     let scratch = Scratch::new("overload");
@@ -156,9 +201,14 @@ fn rss_kib(pid: u32) -> u64 {
 /// 160 MiB or more.
 const RSS_MARGIN_KIB: u64 = 16 * 1024;
 
+/// fds a pooled VM shell holds: the VM, its one vCPU, the serial irqfd.
+const FDS_PER_POOLED_VM: i64 = 3;
+
 /// 10,000 invocations, some failing on purpose: afterwards no clone is
 /// alive, the fd count is back where it was (within 8, for sockets the
-/// HTTP stack keeps around) and RSS within RSS_MARGIN_KIB.
+/// HTTP stack keeps around, once the VMs the pool gained or lost are
+/// counted: the pool holds up to --max-concurrency recycled VMs) and RSS
+/// within RSS_MARGIN_KIB.
 #[test]
 fn ten_thousand_invocations_leave_nothing_behind() {
     let scratch = Scratch::new("soak");
@@ -173,6 +223,7 @@ fn ten_thousand_invocations_leave_nothing_behind() {
     std::thread::sleep(Duration::from_millis(300));
     let fds_before = fd_count(pid);
     let rss_before = rss_kib(pid);
+    let pooled_before = server.metric("vmfork_pooled_vms").expect("pooled metric");
     let workers: Vec<_> = (0..4)
         .map(|w| {
             let probe = server.client.clone();
@@ -205,14 +256,16 @@ fn ten_thousand_invocations_leave_nothing_behind() {
     }
     let fds_after = fd_count(pid);
     let rss_after = rss_kib(pid);
-    eprintln!("serve after 10,000 invocations: fds {fds_before} -> {fds_after}, RSS {rss_before} -> {rss_after} KiB");
+    let pooled_after = server.metric("vmfork_pooled_vms").expect("pooled metric");
+    eprintln!("serve after 10,000 invocations: fds {fds_before} -> {fds_after}, RSS {rss_before} -> {rss_after} KiB, pooled VMs {pooled_before} -> {pooled_after}");
+    let pool_fds = FDS_PER_POOLED_VM * (pooled_after - pooled_before);
     assert!(
         rss_after <= rss_before + RSS_MARGIN_KIB,
         "RSS grew from {rss_before} to {rss_after} KiB"
     );
     assert!(
-        fds_after <= fds_before + 8,
-        "fds grew from {fds_before} to {fds_after}"
+        fds_after as i64 <= fds_before as i64 + 8 + pool_fds,
+        "fds grew from {fds_before} to {fds_after} ({pool_fds} of them pooled VMs')"
     );
     server.stop();
 }

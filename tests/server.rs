@@ -133,12 +133,31 @@ impl Client {
 
     /// `vmfork_live_clones` from /metrics (-1 if absent).
     pub fn live_clones(&self) -> i64 {
+        self.metric("vmfork_live_clones").unwrap_or(-1)
+    }
+
+    /// One sample from /metrics: `series` is the name with its labels,
+    /// exactly as printed.
+    pub fn metric(&self, series: &str) -> Option<i64> {
         let (_, _, body) = self.request("GET", "/metrics", b"");
+        let prefix = format!("{series} ");
         String::from_utf8_lossy(&body)
             .lines()
-            .find_map(|l| l.strip_prefix("vmfork_live_clones "))
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
             .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(-1)
+    }
+
+    /// Polls `series` until it reaches `at_least` or 10 s pass; its last
+    /// value. Metrics that the reapers update trail the responses.
+    pub fn metric_reaching(&self, series: &str, at_least: i64) -> Option<i64> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let value = self.metric(series);
+            if value.is_some_and(|v| v >= at_least) || std::time::Instant::now() > deadline {
+                return value;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 }
 

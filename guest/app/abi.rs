@@ -65,4 +65,7 @@ pub struct BootInfo {
 extern "C" {
     /// LAPIC timer ticks, incremented by ring 0 (ring0/cpu.S timer_isr).
     pub static vmfork_ticks: u64;
+    /// The 2048 2 MiB page-directory entries that identity-map the low
+    /// 4 GiB (ring0/boot.S); user-accessible like everything else.
+    pub static mut vmfork_pd: [u64; 2048];
 }

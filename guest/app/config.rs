@@ -114,7 +114,7 @@ pub fn parse(cmdline: &'static [u8]) -> Result<Config, BadWord> {
             }
             b"function" => {
                 cfg.function = Some(Function::parse(value).ok_or(bad(
-                    "unknown function (echo, sha256, json-upper, counter, crash, spin, triple-fault, no-ack, port-flood, mmio-flood, interrupt-storm)",
+                    "unknown function (echo, sha256, json-upper, counter, crash, spin, triple-fault, no-ack, port-flood, mmio-flood, interrupt-storm, page-table-write)",
                 ))?)
             }
             b"test" => {

@@ -47,6 +47,9 @@ pub enum Function {
     MmioFlood,
     /// Self-IPIs from ring 0, forever (misbehave::interrupt_storm).
     InterruptStorm,
+    /// Writes one of its own page-table entries, then answers normally:
+    /// a clone whose VM must not be reused as it is (clone/reset.rs).
+    PageTableWrite,
 }
 
 impl Function {
@@ -63,6 +66,7 @@ impl Function {
             b"port-flood" => Function::PortFlood,
             b"mmio-flood" => Function::MmioFlood,
             b"interrupt-storm" => Function::InterruptStorm,
+            b"page-table-write" => Function::PageTableWrite,
             _ => return None,
         })
     }
@@ -80,6 +84,7 @@ impl Function {
             Function::PortFlood => "port-flood",
             Function::MmioFlood => "mmio-flood",
             Function::InterruptStorm => "interrupt-storm",
+            Function::PageTableWrite => "page-table-write",
         }
     }
 }
@@ -172,6 +177,10 @@ fn run(function: Function, body: &[u8], response: &mut [u8], invocations: u32) -
         Function::PortFlood => misbehave::port_flood(),
         Function::MmioFlood => misbehave::mmio_flood(),
         Function::InterruptStorm => misbehave::interrupt_storm(),
+        Function::PageTableWrite => {
+            let was_set = misbehave::mark_page_table();
+            message(response, STATUS_OK, if was_set { b"marked" } else { b"clean" })
+        }
         // Handled in `invoke` before anything is read or written.
         Function::NoAck => message(response, STATUS_BAD_REQUEST, b"no-ack answered"),
     }

@@ -194,3 +194,21 @@ pub fn ignore_commands() -> ! {
         }
     }
 }
+
+/// Sets a software-available bit (bit 9, which the CPU ignores) in the
+/// page-directory entry of the last 2 MiB below 4 GiB, which nothing uses,
+/// and says whether it was already set: a guest writing its own page
+/// tables, harmless to itself, that the VMM must notice before it reuses
+/// the VM (`page-table-write`). A fresh clone always finds the bit clear.
+pub fn mark_page_table() -> bool {
+    const SOFTWARE_BIT: u64 = 1 << 9;
+    // SAFETY: the entry is a u64 in the image's page tables, mapped
+    // user-accessible and writable; only this vCPU runs, and the bit
+    // changes no translation.
+    unsafe {
+        let entry = &raw mut crate::abi::vmfork_pd[2047];
+        let old = core::ptr::read_volatile(entry);
+        core::ptr::write_volatile(entry, old | SOFTWARE_BIT);
+        old & SOFTWARE_BIT != 0
+    }
+}

@@ -98,24 +98,29 @@ vmfork_boot_code_end:
 /* ---------------------------------------------------------------------
  * Identity map of the first 4 GiB with 2 MiB pages, present, writable and
  * user-accessible: the app is the only tenant and the VM is the isolation
- * boundary. Static data, so the boot path only loads CR3.
+ * boundary. Static data, so the boot path only loads CR3. Accessed (and,
+ * in the 2 MiB entries, Dirty) are preset: otherwise the first touch of a
+ * region writes a page-table page, and with shadow paging that write is
+ * made by KVM, in every clone, which turns a clone's reset from
+ * refilling a few pages into dropping all of its memory (clone/reset.rs).
  */
     .section .data.pagetables, "aw"
     .balign 4096
     .globl vmfork_pml4
 vmfork_pml4:
-    .quad vmfork_pdpt + 0x7
+    .quad vmfork_pdpt + 0x27    /* P | RW | US | A */
     .fill 511, 8, 0
 vmfork_pdpt:
-    .quad vmfork_pd + 0x0000 + 0x7
-    .quad vmfork_pd + 0x1000 + 0x7
-    .quad vmfork_pd + 0x2000 + 0x7
-    .quad vmfork_pd + 0x3000 + 0x7
+    .quad vmfork_pd + 0x0000 + 0x27
+    .quad vmfork_pd + 0x1000 + 0x27
+    .quad vmfork_pd + 0x2000 + 0x27
+    .quad vmfork_pd + 0x3000 + 0x27
     .fill 508, 8, 0
+    .globl vmfork_pd
 vmfork_pd:
     .set page, 0
     .rept 2048
-    .quad (page << 21) | 0x87   /* P | RW | US | PS */
+    .quad (page << 21) | 0xe7   /* P | RW | US | A | D | PS */
     .set page, page + 1
     .endr
 

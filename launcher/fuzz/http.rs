@@ -140,6 +140,7 @@ impl HttpTarget {
             max_body: MAX_BODY,
             warm: 1,
             cold_boot: false,
+            recycle: launcher::serve::Recycle::InPlace,
         };
         let (state, reapers) = new_state(&config).map_err(|e| e.to_string())?;
         let runtime = tokio::runtime::Builder::new_multi_thread()

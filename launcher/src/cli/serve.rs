@@ -10,7 +10,7 @@ use super::args::{parse_count, parse_duration, parse_size};
 use super::signals;
 use crate::control::Control;
 use crate::error::{Error, Result};
-use crate::serve::{run as serve, ServeConfig};
+use crate::serve::{run as serve, Recycle, ServeConfig};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -41,6 +41,11 @@ pub struct ServeArgs {
     /// cloning it: the baseline clones are benchmarked against.
     #[arg(long, conflicts_with = "warm")]
     pub cold_boot: bool,
+    /// What becomes of a clone's VM after its request: `in-place` reuses
+    /// it for a later clone, refilling only the pages the clone wrote;
+    /// `remap` reuses it with all its memory dropped; `off` closes it.
+    #[arg(long, default_value = "in-place", value_name = "in-place|remap|off")]
+    pub recycle: String,
 }
 
 pub fn run(args: &ServeArgs) -> Result<()> {
@@ -77,6 +82,16 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         max_body: parse_size("--max-body", &args.max_body)? as usize,
         warm: parse_count("--warm", &args.warm, 0, 10_000)? as usize,
         cold_boot: args.cold_boot,
+        recycle: match args.recycle.as_str() {
+            "in-place" => Recycle::InPlace,
+            "remap" => Recycle::Remap,
+            "off" => Recycle::Off,
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "--recycle {other:?}: expected in-place, remap or off"
+                )))
+            }
+        },
     };
     let stop = Arc::new(Control::new(Instant::now(), false));
     signals::forward_to(stop.clone());

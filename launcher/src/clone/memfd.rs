@@ -142,6 +142,10 @@ impl SealedMemory {
         &self.file
     }
 
+    pub fn shared_file(&self) -> Arc<File> {
+        self.file.clone()
+    }
+
     pub fn layout(&self) -> &MemoryState {
         &self.layout
     }

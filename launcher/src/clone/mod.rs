@@ -5,6 +5,7 @@
 pub mod fault_inject;
 pub mod holder;
 pub mod memfd;
+pub mod reset;
 pub mod shell;
 pub mod uffd;
 

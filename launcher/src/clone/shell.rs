@@ -13,6 +13,7 @@ use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 use vmfork_snapshot::state::MemoryState;
 
+use super::reset::{InPlaceReset, Reset};
 use crate::devices::serial::{IrqTrigger, SerialPort};
 use crate::error::{Error, Result};
 use crate::kvm_host::KvmHost;
@@ -32,6 +33,32 @@ unsafe impl Send for ReservedRam {}
 // SAFETY: shared references expose nothing that could race.
 unsafe impl Sync for ReservedRam {}
 
+impl ReservedRam {
+    /// Replaces whatever is mapped in the range with an inaccessible
+    /// reservation again, freeing the pages.
+    fn unmap_contents(&self) -> Result<()> {
+        // SAFETY: MAP_FIXED over exactly the range this value owns; no vCPU
+        // runs in it (the VM using it is stopped).
+        let mapped = unsafe {
+            libc::mmap(
+                self.addr,
+                self.size,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if mapped == libc::MAP_FAILED {
+            return Err(Error::GuestMemory(format!(
+                "resetting a VM shell's memory: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl Drop for ReservedRam {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly the range reserved in `reserve`; the VM
@@ -48,6 +75,9 @@ pub struct VmShell {
     pub serial_irq: IrqTrigger,
     pub ram: ReservedRam,
     layout: MemoryState,
+    /// The template's memfd is still mapped over `ram` from a previous
+    /// clone, reset in place (clone/reset.rs), with KVM's mappings of it.
+    template_mapped: bool,
 }
 
 impl VmShell {
@@ -102,41 +132,76 @@ impl VmShell {
             serial_irq,
             ram,
             layout: layout.clone(),
+            template_mapped: false,
         })
+    }
+
+    /// Turns a finished clone's VM back into a shell for the next clone,
+    /// skipping KVM's VM teardown and creation (most of a clone's host CPU
+    /// cost on this host; docs/serve.md). Its memory goes back to a bare
+    /// reservation first: the clone's private pages are freed, and KVM's
+    /// MMU notifier drops every mapping it had of them, so nothing the
+    /// clone wrote is reachable by the next one. vCPU, irqchip, PIT, clock
+    /// and device state are all overwritten by the next restore.
+    ///
+    /// With `in_place` (the template's reset state and its memfd, which
+    /// the clone's memory must map), only the pages the clone wrote are
+    /// refilled when that is safe, and the mapping stays.
+    ///
+    /// Only a machine restored into a shell (its one memory guard being the
+    /// shell's reservation) can be recycled; any other is closed and an
+    /// error returned.
+    pub fn recycle(
+        machine: crate::machine::Machine,
+        layout: &MemoryState,
+        in_place: Option<(&InPlaceReset, &std::fs::File)>,
+    ) -> Result<(VmShell, Reset)> {
+        if !machine.only_memory_guard_is::<ReservedRam>() {
+            return Err(Error::GuestMemory(
+                "only a clone restored into a VM shell can be recycled".into(),
+            ));
+        }
+        let parts = machine.into_reusable()?;
+        let ram = parts
+            .memory_guards
+            .into_iter()
+            .next()
+            .and_then(|g| g.downcast::<ReservedRam>().ok())
+            .ok_or_else(|| Error::GuestMemory("a recycled VM lost its memory range".into()))?;
+        if ram.size != layout.file_size() as usize {
+            return Err(Error::GuestMemory(
+                "a recycled VM's memory range does not fit this template".into(),
+            ));
+        }
+        let reset = match in_place {
+            Some((reset, memfd)) => reset.reset(memfd, ram.addr as usize, ram.size)?,
+            None => Reset::Remap,
+        };
+        if reset == Reset::Remap {
+            ram.unmap_contents()?;
+        }
+        let shell = VmShell {
+            vm: parts.vm,
+            vcpus: parts.vcpus,
+            serial_irq: parts.serial_irq,
+            ram: *ram,
+            layout: layout.clone(),
+            template_mapped: reset != Reset::Remap,
+        };
+        Ok((shell, reset))
     }
 
     /// Maps `file` privately over the reservation (or, with None, fresh
     /// anonymous memory for a userfaultfd clone), region by region, and
     /// returns the guest memory view of it (which does not own the mapping).
+    /// A shell recycled in place already has the template mapped: `file`
+    /// must then be the memfd its previous clone mapped.
     pub fn map_private(&self, file: Option<&std::fs::File>) -> Result<GuestMemoryMmap> {
         let mut regions = Vec::with_capacity(self.layout.regions.len());
         for r in &self.layout.regions {
             let at = self.ram.addr as usize + r.file_offset as usize;
-            // SAFETY: replaces part of our own reservation (MAP_FIXED inside
-            // a range this shell owns) with a private mapping of `file`.
-            let (fd, flags) = match file {
-                Some(f) => (f.as_raw_fd(), libc::MAP_PRIVATE),
-                None => (-1, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS),
-            };
-            let mapped = unsafe {
-                libc::mmap(
-                    at as *mut libc::c_void,
-                    r.size as usize,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    flags | libc::MAP_FIXED | libc::MAP_NORESERVE,
-                    fd,
-                    if file.is_some() {
-                        r.file_offset as libc::off_t
-                    } else {
-                        0
-                    },
-                )
-            };
-            if mapped == libc::MAP_FAILED {
-                return Err(Error::GuestMemory(format!(
-                    "mapping clone memory into a shell: {}",
-                    std::io::Error::last_os_error()
-                )));
+            if !self.template_mapped {
+                self.map_region(at, r.size as usize, r.file_offset, file)?;
             }
             // SAFETY: `at..at+size` is the live mapping just created, owned
             // by self.ram for longer than the returned memory is used.
@@ -155,6 +220,38 @@ impl VmShell {
         }
         GuestMemoryMmap::from_regions(regions)
             .map_err(|e| Error::GuestMemory(format!("guest memory layout: {e}")))
+    }
+
+    fn map_region(
+        &self,
+        at: usize,
+        size: usize,
+        file_offset: u64,
+        file: Option<&std::fs::File>,
+    ) -> Result<()> {
+        let (fd, flags, offset) = match file {
+            Some(f) => (f.as_raw_fd(), libc::MAP_PRIVATE, file_offset as libc::off_t),
+            None => (-1, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, 0),
+        };
+        // SAFETY: replaces part of our own reservation (MAP_FIXED inside a
+        // range this shell owns) with a private mapping of `file`.
+        let mapped = unsafe {
+            libc::mmap(
+                at as *mut libc::c_void,
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                fd,
+                offset,
+            )
+        };
+        if mapped == libc::MAP_FAILED {
+            return Err(Error::GuestMemory(format!(
+                "mapping clone memory into a shell: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        Ok(())
     }
 }
 

@@ -12,7 +12,10 @@ pub const COM1_BASE: u16 = 0x3f8;
 pub const COM1_LEN: u16 = 8;
 const COM1_GSI: u32 = 4;
 
-pub struct IrqTrigger(EventFd);
+/// Shared, so a VM that is recycled into a shell keeps its registered
+/// interrupt line without a syscall (see `Machine::into_reusable`).
+#[derive(Clone)]
+pub struct IrqTrigger(std::sync::Arc<EventFd>);
 
 impl Trigger for IrqTrigger {
     type E = std::io::Error;
@@ -55,7 +58,11 @@ impl SerialPort {
         let irq = EventFd::new(libc::EFD_NONBLOCK)?;
         vm.register_irqfd(&irq, COM1_GSI)
             .map_err(Error::kvm("KVM_IRQFD (serial)"))?;
-        Ok(IrqTrigger(irq))
+        Ok(IrqTrigger(std::sync::Arc::new(irq)))
+    }
+
+    pub fn irq_trigger(&self) -> IrqTrigger {
+        self.uart.interrupt_evt().clone()
     }
 
     pub fn read(&mut self, offset: u16) -> u8 {

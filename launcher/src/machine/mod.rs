@@ -17,6 +17,7 @@ use vmfork_snapshot::state::{
 use vmfork_snapshot::Persist;
 
 use crate::control::{Control, StopReason};
+use crate::devices::serial::IrqTrigger;
 use crate::devices::unclaimed::UnclaimedCounts;
 use crate::devices::PortIoBus;
 use crate::error::{Error, Result};
@@ -96,6 +97,12 @@ impl Machine {
         &self.mem
     }
 
+    /// Whether what this machine keeps alive beside its memory is exactly
+    /// one value of type `T`.
+    pub fn only_memory_guard_is<T: 'static>(&self) -> bool {
+        matches!(self._memory_guards.as_slice(), [g] if g.is::<T>())
+    }
+
     pub fn has_rootfs(&self) -> bool {
         self.pmem.is_some()
     }
@@ -162,8 +169,9 @@ impl Machine {
 
     /// Lets KVM finish an I/O exit the vCPU loop already answered, so the
     /// registers are architecturally consistent (KVM's API documentation
-    /// requires this before reading state after KVM_EXIT_IO).
-    fn complete_pending_io(&mut self) -> Result<()> {
+    /// requires this before reading state after KVM_EXIT_IO), and so no
+    /// completion is left to land on state restored later.
+    fn complete_pending_io(&mut self, why: &str) -> Result<()> {
         for vcpu in &mut self.vcpus {
             vcpu.fd.set_kvm_immediate_exit(1);
             let result = vcpu.fd.run();
@@ -175,7 +183,7 @@ impl Machine {
             vcpu.fd.set_kvm_immediate_exit(0);
             outcome.map_err(|reason| Error::Vcpu {
                 index: usize::from(vcpu.index),
-                reason: format!("completing pending I/O before a snapshot: {reason}"),
+                reason: format!("completing pending I/O {why}: {reason}"),
             })?;
         }
         Ok(())
@@ -194,7 +202,7 @@ impl Machine {
                 "snapshots of VMs with a --rootfs are not supported yet".into(),
             ));
         }
-        self.complete_pending_io()?;
+        self.complete_pending_io("before a snapshot")?;
         let vm = self.vm.save()?;
         let vcpus = self
             .vcpus
@@ -231,6 +239,43 @@ impl Machine {
                 diff: false,
                 dirty_ranges: Vec::new(),
             },
+        })
+    }
+}
+
+/// A stopped machine taken apart to run another clone: its VM, vCPUs and
+/// interrupt line, and what it kept alive beside its memory (for a clone
+/// in a VM shell, the shell's reserved address range).
+pub struct ReusableParts {
+    pub vm: Vm,
+    pub vcpus: Vec<Vcpu>,
+    pub serial_irq: IrqTrigger,
+    pub memory_guards: Vec<MemoryGuard>,
+}
+
+impl Machine {
+    /// Takes a stopped machine apart for reuse ([`crate::clone::shell::VmShell::recycle`]).
+    /// Every piece of guest-visible state is overwritten by the next
+    /// restore; the one thing a restore cannot overwrite, an I/O exit KVM
+    /// has not completed yet, is completed here.
+    pub fn into_reusable(mut self) -> Result<ReusableParts> {
+        if self.vcpus.is_empty() || self.pmem.is_some() {
+            return Err(Error::Snapshot(
+                "only a stopped machine without a --rootfs can be reused".into(),
+            ));
+        }
+        self.complete_pending_io("before reusing the VM")?;
+        let serial_irq = self
+            .bus
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .serial
+            .irq_trigger();
+        Ok(ReusableParts {
+            vm: self.vm,
+            vcpus: self.vcpus,
+            serial_irq,
+            memory_guards: self._memory_guards,
         })
     }
 }

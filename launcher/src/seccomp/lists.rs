@@ -382,6 +382,12 @@ impl Group {
             Group::Teardown => {
                 l.always(&[SYS_close]);
                 l.when(SYS_tgkill, arg_is(2, &[SIGRTMIN() as u64])?);
+                // Recycling a finished clone's VM completes its vCPUs'
+                // pending I/O (one KVM_RUN with immediate_exit set), reads
+                // /proc/self/pagemap and refills written pages from the
+                // template's memfd (fds opened before the filter).
+                l.when(SYS_ioctl, arg_is(1, &[KVM_RUN])?);
+                l.always(&[SYS_pread64]);
             }
         }
         Ok(())

@@ -1,8 +1,9 @@
 //! One deployed function: a template, its clone factory, a pool of warm VM
 //! shells, and the path of one invocation in a fresh clone.
 
+use std::fs::File;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 use super::mailbox::{self, Response, CMD_INVOKE};
 use super::metrics::Metrics;
 use crate::boot::loader::{BootProtocol, KernelSource, EMBEDDED_KERNEL};
+use crate::clone::reset::InPlaceReset;
 use crate::clone::shell::VmShell;
 use crate::clone::{Backend, CloneFactory};
 use crate::control::StopReason;
@@ -17,6 +19,7 @@ use crate::devices::console::Console;
 use crate::error::{Error, Result};
 use crate::machine::{Machine, MachineConfig, RunningMachine};
 use crate::template::LoadedTemplate;
+use vmfork_snapshot::state::MemoryState;
 
 /// How long a fresh VM may take to be ready for its request.
 const START_TIMEOUT: Duration = Duration::from_secs(5);
@@ -27,12 +30,70 @@ pub struct Function {
     next_id: AtomicU64,
 }
 
+/// What becomes of a clone's VM once its request is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recycle {
+    /// Reused for a later clone; only the pages the clone wrote are
+    /// refilled, so KVM keeps its mappings of the rest (clone/reset.rs).
+    InPlace,
+    /// Reused for a later clone with all of its memory dropped.
+    Remap,
+    /// Closed; every clone gets a VM created for it.
+    Off,
+}
+
+/// VM shells ready for one function's clones: made ahead of demand
+/// (`--warm`), or recycled from clones that answered their request.
+pub struct ShellPool {
+    shells: Mutex<Vec<VmShell>>,
+    /// Shells beyond this are closed instead of kept.
+    capacity: usize,
+    /// Shells lent to clones that will bring them back: `--warm` counts
+    /// them as ready, so it does not build more while they are out.
+    lent: AtomicUsize,
+    layout: MemoryState,
+    recycle: Recycle,
+    in_place: Option<(InPlaceReset, Arc<File>)>,
+}
+
+impl ShellPool {
+    fn take(&self) -> Option<VmShell> {
+        let shell = self.shells.lock().ok()?.pop()?;
+        if self.recycle != Recycle::Off {
+            self.lent.fetch_add(1, Ordering::Relaxed);
+        }
+        Some(shell)
+    }
+
+    /// Shells ready or on their way back.
+    fn len(&self) -> usize {
+        self.shells.lock().map_or(0, |s| s.len()) + self.lent.load(Ordering::Relaxed)
+    }
+
+    /// Keeps `shell` if there is room; otherwise it is closed.
+    fn put(&self, shell: VmShell) {
+        if let Ok(mut shells) = self.shells.lock() {
+            if shells.len() < self.capacity {
+                shells.push(shell);
+            }
+        }
+    }
+
+    /// A lent shell came back as `shell`, or is gone (None).
+    fn returned(&self, shell: Option<VmShell>) {
+        self.lent.fetch_sub(1, Ordering::Relaxed);
+        if let Some(shell) = shell {
+            self.put(shell);
+        }
+    }
+}
+
 /// Where each invocation's VM comes from.
 enum Source {
     /// A fresh clone of the template, in a warm VM shell when one is ready.
     Clones {
         factory: Box<CloneFactory>,
-        warm: Mutex<Vec<VmShell>>,
+        pool: Arc<ShellPool>,
         warm_target: usize,
     },
     /// A cold boot of the template's guest and command line per request:
@@ -57,7 +118,15 @@ pub enum Outcome {
 }
 
 impl Function {
-    pub fn load(name: &str, dir: &Path, warm: usize, cold_boot: bool) -> Result<Function> {
+    /// `max_concurrency`: how many recycled VMs are worth keeping.
+    pub fn load(
+        name: &str,
+        dir: &Path,
+        warm: usize,
+        recycle: Recycle,
+        max_concurrency: usize,
+        cold_boot: bool,
+    ) -> Result<Function> {
         let template = LoadedTemplate::load(dir)?;
         let source = if cold_boot {
             let manifest = &template.manifest;
@@ -73,9 +142,28 @@ impl Function {
                 vcpus: u8::try_from(manifest.vcpus).unwrap_or(u8::MAX),
             }
         } else {
+            let factory = CloneFactory::new(template, Backend::Memfd, false)?;
+            let in_place = match (recycle, factory.sealed_memory()) {
+                (Recycle::InPlace, Some(sealed)) => Some((
+                    InPlaceReset::new(sealed.as_file(), &factory.template.state)?,
+                    sealed.shared_file(),
+                )),
+                _ => None,
+            };
+            let pool = Arc::new(ShellPool {
+                shells: Mutex::new(Vec::new()),
+                capacity: match recycle {
+                    Recycle::Off => warm,
+                    _ => warm.max(max_concurrency),
+                },
+                lent: AtomicUsize::new(0),
+                layout: factory.template.state.memory.clone(),
+                recycle,
+                in_place,
+            });
             Source::Clones {
-                factory: Box::new(CloneFactory::new(template, Backend::Memfd, false)?),
-                warm: Mutex::new(Vec::new()),
+                factory: Box::new(factory),
+                pool,
                 warm_target: warm,
             }
         };
@@ -92,25 +180,15 @@ impl Function {
     pub fn refill(&self) {
         let Source::Clones {
             factory,
-            warm,
+            pool,
             warm_target,
         } = &self.source
         else {
             return;
         };
-        loop {
-            let missing = warm
-                .lock()
-                .map_or(0, |w| warm_target.saturating_sub(w.len()));
-            if missing == 0 {
-                return;
-            }
+        while pool.len() < *warm_target {
             match factory.shell() {
-                Ok(shell) => {
-                    if let Ok(mut w) = warm.lock() {
-                        w.push(shell);
-                    }
-                }
+                Ok(shell) => pool.put(shell),
                 Err(e) => {
                     tracing::warn!("{}: cannot create a warm VM shell: {e}", self.name);
                     return;
@@ -121,18 +199,50 @@ impl Function {
 
     pub fn warm_len(&self) -> usize {
         match &self.source {
-            Source::Clones { warm, .. } => warm.lock().map_or(0, |w| w.len()),
+            Source::Clones { pool, .. } => pool.len(),
             Source::ColdBoot { .. } => 0,
+        }
+    }
+
+    /// Shells in the pool now, not counting those lent to running clones.
+    pub fn pooled_vms(&self) -> usize {
+        match &self.source {
+            Source::Clones { pool, .. } => pool.shells.lock().map_or(0, |s| s.len()),
+            Source::ColdBoot { .. } => 0,
+        }
+    }
+
+    /// A clone that will never reach the reapers gives up its lent shell
+    /// (with recycling on, every clone runs in one).
+    fn abandon_shell(&self) {
+        if let Source::Clones { pool, .. } = &self.source {
+            if pool.recycle != Recycle::Off {
+                pool.returned(None);
+            }
         }
     }
 
     /// A new VM for one request, not yet started.
     fn new_vm(&self, requested: Instant) -> Result<Machine> {
         match &self.source {
-            Source::Clones { factory, warm, .. } => {
-                let shell = warm.lock().ok().and_then(|mut w| w.pop());
+            Source::Clones { factory, pool, .. } => {
+                // A VM that is to be recycled must be built as a shell.
+                let shell = match pool.take() {
+                    Some(shell) => Some(shell),
+                    None if pool.recycle != Recycle::Off => {
+                        let shell = factory.shell()?;
+                        pool.lent.fetch_add(1, Ordering::Relaxed);
+                        Some(shell)
+                    }
+                    None => None,
+                };
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-                factory.clone_vm(id, shell, Console::Discard, requested)
+                let lent = shell.is_some() && pool.recycle != Recycle::Off;
+                let machine = factory.clone_vm(id, shell, Console::Discard, requested);
+                if machine.is_err() && lent {
+                    pool.returned(None);
+                }
+                machine
             }
             Source::ColdBoot {
                 cmdline,
@@ -160,7 +270,7 @@ impl Function {
         body: &[u8],
         timeout: Duration,
         metrics: &Metrics,
-        reaper: &Sender<RunningMachine>,
+        reaper: &Sender<Finished>,
     ) -> Outcome {
         let requested = Instant::now();
         let machine = match self.new_vm(requested) {
@@ -173,6 +283,7 @@ impl Function {
         let cloned = matches!(self.source, Source::Clones { .. });
         if cloned {
             if let Err(e) = mailbox::write_request(machine.memory(), body) {
+                self.abandon_shell();
                 return Outcome::Error(e.to_string());
             }
         }
@@ -180,7 +291,10 @@ impl Function {
         let acks_at_start = control.acks();
         let running = match machine.start() {
             Ok(r) => r,
-            Err(e) => return Outcome::Error(format!("starting the VM: {e}")),
+            Err(e) => {
+                self.abandon_shell();
+                return Outcome::Error(format!("starting the VM: {e}"));
+            }
         };
         metrics.live_clones.fetch_add(1, Ordering::Relaxed);
         let outcome = (|| {
@@ -224,10 +338,22 @@ impl Function {
                 tracing::warn!("{}: a clone timed out after {unclaimed}", self.name);
             }
         }
-        // Teardown (stop, join, close the VM: ~10 ms here) is not the
-        // caller's latency.
-        if let Err(std::sync::mpsc::SendError(running)) = reaper.send(running) {
-            drop(running.stop(StopReason::Requested));
+        // Teardown (stop, join, close or recycle the VM) is not the
+        // caller's latency. Only a clone that answered normally is
+        // recycled; one that crashed, hung or misbehaved is closed.
+        let (recycle_into, reusable) = match &self.source {
+            Source::Clones { pool, .. } if pool.recycle != Recycle::Off => {
+                (Some(pool.clone()), matches!(outcome, Outcome::Done { .. }))
+            }
+            _ => (None, false),
+        };
+        let finished = Finished {
+            running,
+            recycle_into,
+            reusable,
+        };
+        if let Err(std::sync::mpsc::SendError(finished)) = reaper.send(finished) {
+            drop(finished.running.stop(StopReason::Requested));
             metrics.live_clones.fetch_sub(1, Ordering::Relaxed);
         }
         outcome
@@ -249,17 +375,55 @@ fn stopped(control: &crate::control::Control) -> Option<Outcome> {
     }
 }
 
+/// A clone whose invocation is over, on its way to the reapers.
+pub struct Finished {
+    running: RunningMachine,
+    /// The pool its VM's shell was lent from.
+    recycle_into: Option<Arc<ShellPool>>,
+    /// Whether the clone answered normally. One that crashed, hung or
+    /// misbehaved is closed, never reused.
+    reusable: bool,
+}
+
+impl Finished {
+    /// Stops the clone, then recycles its VM or closes it.
+    fn reap(self, metrics: &Metrics) {
+        let stopped = self.running.stop(StopReason::Requested);
+        metrics.live_clones.fetch_sub(1, Ordering::Relaxed);
+        let Some(pool) = self.recycle_into else {
+            return;
+        };
+        let shell = match stopped {
+            Ok(machine) if self.reusable => {
+                let in_place = pool.in_place.as_ref().map(|(r, f)| (r, f.as_ref()));
+                match VmShell::recycle(machine, &pool.layout, in_place) {
+                    Ok((shell, reset)) => {
+                        metrics.recycled(&reset);
+                        Some(shell)
+                    }
+                    Err(e) => {
+                        tracing::warn!("a finished clone's VM was closed, not recycled: {e}");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        pool.returned(shell);
+    }
+}
+
 /// Closing a VM takes ~10 ms on this host, mostly waiting in KVM, so
 /// several reapers share the queue.
 const REAPERS: usize = 16;
 
-/// Stops and closes clones handed over by invocations, off the request
-/// path. The threads end when every sender is dropped and the queue is
-/// empty.
+/// Stops and closes (or recycles) clones handed over by invocations, off
+/// the request path. The threads end when every sender is dropped and the
+/// queue is empty.
 pub fn spawn_reapers(
     metrics: Arc<Metrics>,
-) -> std::io::Result<(Sender<RunningMachine>, Vec<std::thread::JoinHandle<()>>)> {
-    let (tx, rx) = std::sync::mpsc::channel::<RunningMachine>();
+) -> std::io::Result<(Sender<Finished>, Vec<std::thread::JoinHandle<()>>)> {
+    let (tx, rx) = std::sync::mpsc::channel::<Finished>();
     let rx = Arc::new(Mutex::new(rx));
     let mut handles = Vec::with_capacity(REAPERS);
     for _ in 0..REAPERS {
@@ -272,10 +436,7 @@ pub fn spawn_reapers(
                     loop {
                         let next = rx.lock().map(|r| r.recv());
                         match next {
-                            Ok(Ok(running)) => {
-                                drop(running.stop(StopReason::Requested));
-                                metrics.live_clones.fetch_sub(1, Ordering::Relaxed);
-                            }
+                            Ok(Ok(finished)) => finished.reap(&metrics),
                             _ => return,
                         }
                     }

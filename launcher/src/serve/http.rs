@@ -14,10 +14,11 @@ use axum::Router;
 use serde_json::json;
 use tokio::sync::Semaphore;
 
+use super::function::Finished;
 use super::function::{Function, Outcome};
 use super::mailbox::Status;
 use super::metrics::Metrics;
-use crate::machine::{vmm_rss_kib, RunningMachine};
+use crate::machine::vmm_rss_kib;
 
 pub struct AppState {
     pub functions: Vec<Arc<Function>>,
@@ -31,7 +32,7 @@ pub struct AppState {
     pub timeout: Duration,
     /// A mutex because std's Sender is not Sync on older toolchains' terms
     /// for sharing across tokio tasks; sends are cheap.
-    pub reaper: Mutex<std::sync::mpsc::Sender<RunningMachine>>,
+    pub reaper: Mutex<std::sync::mpsc::Sender<Finished>>,
 }
 
 pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
@@ -47,7 +48,10 @@ pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(vmm_rss_kib()),
+        state.metrics.render(
+            vmm_rss_kib(),
+            state.functions.iter().map(|f| f.pooled_vms()).sum(),
+        ),
     )
         .into_response()
 }

@@ -9,8 +9,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use crate::error::{Error, Result};
 
 pub const CMD_INVOKE: u32 = 5;
-/// The embedded guest's built-in functions (guest/app/function.rs); the
-/// last six misbehave on purpose, for tests (docs/guest-abi.md).
+/// The embedded guest's built-in functions (guest/app/function.rs); from
+/// `crash` on they misbehave on purpose, for tests (docs/guest-abi.md).
 pub const GUEST_FUNCTIONS: &[&str] = &[
     "echo",
     "sha256",
@@ -23,6 +23,7 @@ pub const GUEST_FUNCTIONS: &[&str] = &[
     "port-flood",
     "mmio-flood",
     "interrupt-storm",
+    "page-table-write",
 ];
 pub const REQUEST_HEADER: u64 = 0x40_0000;
 pub const REQUEST_DATA: u64 = 0x40_1000;

@@ -4,6 +4,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::clone::reset::Reset;
+
 /// Outcomes an invocation can have, one counter each.
 pub const OUTCOMES: [&str; 8] = [
     "ok",
@@ -28,12 +30,30 @@ pub struct Metrics {
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
     pub live_clones: AtomicI64,
+    /// Finished clones whose VM was reused for a later clone, by how its
+    /// memory was reset: in place, or by replacing the mapping.
+    recycled_in_place: AtomicU64,
+    recycled_remapped: AtomicU64,
+    /// Pages refilled by in-place resets.
+    reset_pages: AtomicU64,
 }
 
 impl Metrics {
     pub fn count(&self, outcome: &str) {
         if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
             self.outcomes[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn recycled(&self, reset: &Reset) {
+        match reset {
+            Reset::InPlace(pages) => {
+                self.recycled_in_place.fetch_add(1, Ordering::Relaxed);
+                self.reset_pages.fetch_add(*pages as u64, Ordering::Relaxed);
+            }
+            Reset::Remap => {
+                self.recycled_remapped.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -49,7 +69,8 @@ impl Metrics {
             .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
     }
 
-    pub fn render(&self, rss_kib: u64) -> String {
+    /// `pooled_vms`: VM shells ready in the functions' pools now.
+    pub fn render(&self, rss_kib: u64, pooled_vms: usize) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -98,6 +119,37 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
+            "# HELP vmfork_pooled_vms VM shells ready for clones (made ahead with --warm, or recycled)."
+        );
+        let _ = writeln!(out, "# TYPE vmfork_pooled_vms gauge");
+        let _ = writeln!(out, "vmfork_pooled_vms {pooled_vms}");
+        let _ = writeln!(
+            out,
+            "# HELP vmfork_recycled_vms_total Finished clones whose VM was reused for a later clone."
+        );
+        let _ = writeln!(out, "# TYPE vmfork_recycled_vms_total counter");
+        for (reset, c) in [
+            ("in_place", &self.recycled_in_place),
+            ("remap", &self.recycled_remapped),
+        ] {
+            let _ = writeln!(
+                out,
+                "vmfork_recycled_vms_total{{reset=\"{reset}\"}} {}",
+                c.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP vmfork_reset_pages_total Pages written by clones and refilled from the template by in-place resets."
+        );
+        let _ = writeln!(out, "# TYPE vmfork_reset_pages_total counter");
+        let _ = writeln!(
+            out,
+            "vmfork_reset_pages_total {}",
+            self.reset_pages.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
             "# HELP vmfork_resident_memory_bytes Resident memory of the vmfork process."
         );
         let _ = writeln!(out, "# TYPE vmfork_resident_memory_bytes gauge");
@@ -117,12 +169,19 @@ mod tests {
         m.count("ok");
         m.count("timeout");
         m.observe(Duration::from_micros(800));
-        let text = m.render(10);
+        let text = m.render(10, 2);
         assert!(text.contains("vmfork_invocations_total{outcome=\"ok\"} 2"));
         assert!(text.contains("vmfork_invocations_total{outcome=\"timeout\"} 1"));
         assert!(text.contains("vmfork_invocation_seconds_bucket{le=\"0.0005\"} 0"));
         assert!(text.contains("vmfork_invocation_seconds_bucket{le=\"0.001\"} 1"));
         assert!(text.contains("vmfork_invocation_seconds_bucket{le=\"+Inf\"} 1"));
         assert!(text.contains("vmfork_resident_memory_bytes 10240"));
+        m.recycled(&Reset::InPlace(3));
+        m.recycled(&Reset::Remap);
+        let text = m.render(10, 2);
+        assert!(text.contains("vmfork_recycled_vms_total{reset=\"in_place\"} 1"));
+        assert!(text.contains("vmfork_recycled_vms_total{reset=\"remap\"} 1"));
+        assert!(text.contains("vmfork_reset_pages_total 3"));
+        assert!(text.contains("vmfork_pooled_vms 2"));
     }
 }

@@ -18,6 +18,7 @@ use tokio::sync::Semaphore;
 use crate::control::Control;
 use crate::error::{Error, Result};
 use function::Function;
+pub use function::Recycle;
 use http::AppState;
 use metrics::Metrics;
 
@@ -31,6 +32,8 @@ pub struct ServeConfig {
     pub warm: usize,
     /// Boot a fresh VM per request instead of cloning (a benchmark baseline).
     pub cold_boot: bool,
+    /// What becomes of a finished clone's VM (docs/serve.md).
+    pub recycle: Recycle,
 }
 
 /// Loads every function and starts the reapers: the state one server
@@ -47,6 +50,8 @@ pub fn new_state(
             name,
             dir,
             config.warm,
+            config.recycle,
+            config.max_concurrency,
             config.cold_boot,
         )?));
         templates.push(dir.display().to_string());

@@ -1,0 +1,276 @@
+//! Resetting a finished clone's memory to the template's in place, so its
+//! VM can run the next clone without KVM rebuilding its page mappings.
+//!
+//! A clone maps the template's sealed memfd `MAP_PRIVATE`, so every page it
+//! (or KVM on its behalf) wrote is now a private anonymous page, and every
+//! other page is still the memfd's. `/proc/self/pagemap` tells the two
+//! apart, so the written pages can be found exactly and refilled from the
+//! memfd while the mapping, and with it KVM's shadow page tables, stays.
+//! On this host each guest page fault KVM handles costs ~45 us, about ten
+//! of them per request (docs/serve.md).
+//!
+//! KVM keeps shadow page tables in sync with the guest's page tables by
+//! trapping guest writes to them, and cannot see the host's. So a clone
+//! that wrote any page the template uses as a page table is reset the slow
+//! way instead (the whole mapping replaced, every KVM mapping dropped), as
+//! is one that wrote more than [`MAX_IN_PLACE_PAGES`].
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use kvm_bindings::kvm_sregs;
+use vmfork_snapshot::state::{MachineState, MemoryState};
+
+use crate::error::{Error, Result};
+
+const PAGE: u64 = 4096;
+/// Beyond this many written pages, dropping the mapping is cheaper than
+/// copying them back.
+pub const MAX_IN_PLACE_PAGES: usize = 2048;
+
+/// pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst).
+const PM_PRESENT: u64 = 1 << 63;
+const PM_SWAPPED: u64 = 1 << 62;
+const PM_FILE_OR_SHARED: u64 = 1 << 61;
+
+/// Paging-structure entry bits.
+const PTE_PRESENT: u64 = 1;
+const PTE_LARGE: u64 = 1 << 7;
+const PTE_ADDR: u64 = 0x000f_ffff_ffff_f000;
+const CR0_PG: u64 = 1 << 31;
+const CR4_PAE: u64 = 1 << 5;
+const CR4_LA57: u64 = 1 << 12;
+const EFER_LMA: u64 = 1 << 10;
+/// Bounds the walk of a hostile or corrupt page-table tree.
+const MAX_TABLE_PAGES: usize = 1 << 16;
+
+/// What an in-place reset needs to know about one template.
+pub struct InPlaceReset {
+    /// Memory-file offsets of every page the template's vCPUs use as a
+    /// paging structure (4-level long mode), or None when the template is
+    /// not in that mode and no reset is done in place.
+    table_pages: Option<HashSet<u64>>,
+    pagemap: File,
+}
+
+/// The outcome of [`InPlaceReset::reset`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reset {
+    /// These many pages were copied back; the mapping stays.
+    InPlace(usize),
+    /// The clone wrote too much, or a page table: replace the mapping.
+    Remap,
+}
+
+impl InPlaceReset {
+    pub fn new(memfd: &File, state: &MachineState) -> Result<InPlaceReset> {
+        let pagemap = File::open("/proc/self/pagemap")
+            .map_err(|e| Error::GuestMemory(format!("opening /proc/self/pagemap: {e}")))?;
+        Ok(InPlaceReset {
+            table_pages: table_pages(memfd, &state.memory, state.vcpus.iter().map(|v| &v.sregs)),
+            pagemap,
+        })
+    }
+
+    /// Finds the pages written in `addr..addr+size` (a clone's private
+    /// mapping of `memfd`, laid out as the memory file) and either copies
+    /// them back from `memfd` or says the mapping must be replaced.
+    pub fn reset(&self, memfd: &File, addr: usize, size: usize) -> Result<Reset> {
+        let Some(tables) = &self.table_pages else {
+            return Ok(Reset::Remap);
+        };
+        let written = self.written_pages(addr, size)?;
+        if written.len() > MAX_IN_PLACE_PAGES || written.iter().any(|p| tables.contains(p)) {
+            return Ok(Reset::Remap);
+        }
+        for run in runs(&written) {
+            let (offset, len) = (run.0 as usize, run.1 as usize);
+            // SAFETY: `addr+offset..+len` lies inside the caller's mapping
+            // (offsets come from scanning exactly that range), which is
+            // readable and writable, and no vCPU runs in it.
+            let target = unsafe { std::slice::from_raw_parts_mut((addr + offset) as *mut u8, len) };
+            memfd
+                .read_exact_at(target, run.0)
+                .map_err(|e| Error::GuestMemory(format!("refilling a clone's page: {e}")))?;
+        }
+        Ok(Reset::InPlace(written.len()))
+    }
+
+    /// Offsets of the pages in the range that are no longer the file's.
+    fn written_pages(&self, addr: usize, size: usize) -> Result<Vec<u64>> {
+        let pages = size / PAGE as usize;
+        let mut entries = vec![0u8; pages * 8];
+        let at = (addr as u64 / PAGE) * 8;
+        self.pagemap
+            .read_exact_at(&mut entries, at)
+            .map_err(|e| Error::GuestMemory(format!("reading /proc/self/pagemap: {e}")))?;
+        Ok(entries
+            .chunks_exact(8)
+            .enumerate()
+            .filter_map(|(i, e)| {
+                let entry = u64::from_le_bytes([e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]]);
+                is_written(entry).then_some(i as u64 * PAGE)
+            })
+            .collect())
+    }
+}
+
+/// A page of a private file mapping that the file no longer backs: copied
+/// on write (or the zero page, which copying back turns into a private
+/// page holding the same zeros).
+fn is_written(entry: u64) -> bool {
+    entry & PM_SWAPPED != 0 || (entry & PM_PRESENT != 0 && entry & PM_FILE_OR_SHARED == 0)
+}
+
+/// Sorted page offsets merged into (offset, length) runs.
+fn runs(pages: &[u64]) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for &p in pages {
+        match out.last_mut() {
+            Some((start, len)) if *start + *len == p => *len += PAGE,
+            _ => out.push((p, PAGE)),
+        }
+    }
+    out
+}
+
+/// The memory-file offset of a guest-physical address.
+fn file_offset(layout: &MemoryState, gpa: u64) -> Option<u64> {
+    layout
+        .regions
+        .iter()
+        .find(|r| gpa >= r.guest_addr && gpa < r.guest_addr + r.size)
+        .map(|r| r.file_offset + (gpa - r.guest_addr))
+}
+
+/// Every paging-structure page reachable from each vCPU's CR3, as memory-
+/// file offsets; None unless every vCPU is in 4-level long mode with
+/// paging on (or has paging off, using no tables).
+fn table_pages<'a>(
+    memfd: &File,
+    layout: &MemoryState,
+    sregs: impl Iterator<Item = &'a kvm_sregs>,
+) -> Option<HashSet<u64>> {
+    let mut tables = HashSet::new();
+    for s in sregs {
+        if s.cr0 & CR0_PG == 0 {
+            continue;
+        }
+        if s.cr4 & CR4_PAE == 0 || s.efer & EFER_LMA == 0 || s.cr4 & CR4_LA57 != 0 {
+            return None;
+        }
+        // (table's guest-physical address, its level: 4 = PML4 .. 1 = PT)
+        let mut pending = vec![(s.cr3 & PTE_ADDR, 4u8)];
+        while let Some((gpa, level)) = pending.pop() {
+            let offset = file_offset(layout, gpa)?;
+            if !tables.insert(offset) {
+                continue;
+            }
+            if tables.len() > MAX_TABLE_PAGES {
+                return None;
+            }
+            if level == 1 {
+                continue;
+            }
+            let mut page = [0u8; PAGE as usize];
+            memfd.read_exact_at(&mut page, offset).ok()?;
+            for e in page.chunks_exact(8) {
+                let entry = u64::from_le_bytes([e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]]);
+                // A large page ends the walk (PS is reserved in a PML4E).
+                let large = level < 4 && entry & PTE_LARGE != 0;
+                if entry & PTE_PRESENT != 0 && !large {
+                    pending.push((entry & PTE_ADDR, level - 1));
+                }
+            }
+        }
+    }
+    Some(tables)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmfork_snapshot::state::MemoryRegion;
+
+    #[test]
+    fn written_means_private_and_present_or_swapped() {
+        assert!(is_written(PM_PRESENT));
+        assert!(is_written(PM_SWAPPED));
+        assert!(!is_written(PM_PRESENT | PM_FILE_OR_SHARED));
+        assert!(!is_written(0));
+    }
+
+    fn long_mode(cr3: u64) -> kvm_sregs {
+        kvm_sregs {
+            cr0: CR0_PG | 1,
+            cr3,
+            cr4: CR4_PAE,
+            efer: EFER_LMA | (1 << 8),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn table_walk_finds_every_paging_structure_and_stops_at_large_pages() {
+        // Guest RAM at 1 MiB (file offset 0): PML4 at +0x1000 -> PDPT at
+        // +0x2000, whose entry 0 maps 1 GiB directly and entry 1 points to
+        // a PD at +0x3000; the PD maps 2 MiB at entry 0 and points to a PT
+        // at +0x4000 from entry 1. The PT's entries are leaves.
+        let base = 0x10_0000u64;
+        let mut image = vec![0u8; 0x8000];
+        let mut put = |table: u64, index: usize, value: u64| {
+            let at = table as usize + index * 8;
+            image[at..at + 8].copy_from_slice(&value.to_le_bytes());
+        };
+        put(0x1000, 0, (base + 0x2000) | PTE_PRESENT);
+        put(0x2000, 0, PTE_LARGE | PTE_PRESENT);
+        put(0x2000, 1, (base + 0x3000) | PTE_PRESENT);
+        put(0x3000, 0, PTE_LARGE | PTE_PRESENT);
+        put(0x3000, 1, (base + 0x4000) | PTE_PRESENT);
+        put(0x3000, 2, (base + 0x7000) & !PTE_PRESENT);
+        put(0x4000, 0, (base + 0x6000) | PTE_PRESENT);
+        let path = std::env::temp_dir().join(format!("vmfork-reset-test-{}", std::process::id()));
+        std::fs::write(&path, &image).unwrap();
+        let file = File::open(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        let layout = MemoryState {
+            mem_size: image.len() as u64,
+            regions: vec![MemoryRegion {
+                guest_addr: base,
+                size: image.len() as u64,
+                file_offset: 0,
+            }],
+            diff: false,
+            dirty_ranges: Vec::new(),
+        };
+        let sregs = [long_mode(base + 0x1000)];
+        let mut found: Vec<u64> = table_pages(&file, &layout, sregs.iter())
+            .unwrap()
+            .into_iter()
+            .collect();
+        found.sort_unstable();
+        assert_eq!(found, vec![0x1000, 0x2000, 0x3000, 0x4000]);
+
+        // Paging off uses no tables; 32-bit or 5-level paging is not walked.
+        let off = kvm_sregs::default();
+        assert_eq!(
+            table_pages(&file, &layout, [off].iter()).map(|t| t.len()),
+            Some(0)
+        );
+        let mut la57 = long_mode(base + 0x1000);
+        la57.cr4 |= CR4_LA57;
+        assert!(table_pages(&file, &layout, [la57].iter()).is_none());
+        // A CR3 outside guest RAM cannot be checked either.
+        assert!(table_pages(&file, &layout, [long_mode(0x10_0000_0000)].iter()).is_none());
+    }
+
+    #[test]
+    fn runs_merge_adjacent_pages_only() {
+        assert_eq!(
+            runs(&[0, 4096, 8192, 20480, 24576, 40960]),
+            vec![(0, 12288), (20480, 8192), (40960, 4096)]
+        );
+        assert!(runs(&[]).is_empty());
+    }
+}
