@@ -180,9 +180,14 @@ impl VmShell {
         if reset == Reset::Remap {
             ram.unmap_contents()?;
         }
+        let mut vcpus = parts.vcpus;
+        // The pool a shell returns to serves one template only.
+        for vcpu in &mut vcpus {
+            vcpu.identity_restored = true;
+        }
         let shell = VmShell {
             vm: parts.vm,
-            vcpus: parts.vcpus,
+            vcpus,
             serial_irq: parts.serial_irq,
             ram: *ram,
             layout: layout.clone(),

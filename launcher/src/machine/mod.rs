@@ -7,7 +7,6 @@ pub use cold_boot::{MachineConfig, MAX_MEM_SIZE, MAX_VCPUS, MIN_MEM_SIZE};
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -23,9 +22,9 @@ use crate::devices::PortIoBus;
 use crate::error::{Error, Result};
 use crate::kvm_host::KvmHost;
 use crate::memory::PmemImage;
-use crate::seccomp::ThreadKind;
 use crate::template::manifest::KernelInfo;
 use crate::vcpu::run::{run_loop, VcpuContext};
+use crate::vcpu::threads::{Runners, VcpuThread, VcpuWork};
 use crate::vcpu::{kick, Vcpu};
 use crate::vm::Vm;
 
@@ -116,7 +115,13 @@ impl Machine {
     }
 
     /// Starts (or resumes) one thread per vCPU.
-    pub fn start(mut self) -> Result<RunningMachine> {
+    pub fn start(self) -> Result<RunningMachine> {
+        self.start_on(None)
+    }
+
+    /// Starts the vCPUs on `runners`' kept threads when given, else on
+    /// threads of their own.
+    pub fn start_on(mut self, runners: Option<&Arc<Runners>>) -> Result<RunningMachine> {
         kick::install_kick_handler()?;
         self.control.clear_pause();
         let mut threads = Vec::with_capacity(self.vcpus.len());
@@ -125,27 +130,29 @@ impl Machine {
             let control = self.control.clone();
             let bus = self.bus.clone();
             let host = self.host.virt;
-            let handle = std::thread::Builder::new()
-                .name(format!("vcpu{}", vcpu.index))
-                .spawn(move || {
-                    // Filtered before this thread runs a guest instruction
-                    // or handles a single exit.
-                    if let Err(e) = crate::seccomp::install(ThreadKind::Vcpu) {
-                        let why = format!("vCPU {}: {e}", vcpu.index);
-                        control.stop(StopReason::VcpuFailed(why));
-                        return vcpu;
-                    }
-                    crate::seccomp::test_hook();
-                    let ctx = VcpuContext {
-                        control: &control,
-                        bus: &bus,
-                        host,
-                    };
-                    run_loop(vcpu.index, &mut vcpu.fd, &ctx);
-                    vcpu
-                });
-            match handle {
-                Ok(h) => threads.push(h),
+            // Filtered before this thread runs a guest instruction or
+            // handles a single exit.
+            let work: VcpuWork = Box::new(move |filter| {
+                if let Err(e) = filter {
+                    let why = format!("vCPU {}: {e}", vcpu.index);
+                    control.stop(StopReason::VcpuFailed(why));
+                    return vcpu;
+                }
+                crate::seccomp::test_hook();
+                let ctx = VcpuContext {
+                    control: &control,
+                    bus: &bus,
+                    host,
+                };
+                run_loop(vcpu.index, &mut vcpu.fd, &ctx);
+                vcpu
+            });
+            let started = match runners {
+                Some(runners) => runners.run(work),
+                None => VcpuThread::spawn(format!("vcpu{index}"), work),
+            };
+            match started {
+                Ok(t) => threads.push(t),
                 Err(e) => {
                     // Leave no vCPU of a half-started VM running.
                     self.control.stop(StopReason::Requested);
@@ -282,7 +289,7 @@ impl Machine {
 
 pub struct RunningMachine {
     machine: Machine,
-    threads: Vec<JoinHandle<Vcpu>>,
+    threads: Vec<VcpuThread>,
 }
 
 impl RunningMachine {
@@ -304,11 +311,10 @@ impl RunningMachine {
     fn join_vcpus(&mut self) -> Result<()> {
         for handle in self.threads.drain(..) {
             while !handle.is_finished() {
-                use std::os::unix::thread::JoinHandleExt;
-                kick::kick(handle.as_pthread_t());
+                kick::kick(handle.pthread());
                 std::thread::sleep(Duration::from_micros(200));
             }
-            let vcpu = handle.join().map_err(|_| Error::Vcpu {
+            let vcpu = handle.join().ok_or_else(|| Error::Vcpu {
                 index: self.machine.vcpus.len(),
                 reason: "vCPU thread panicked".into(),
             })?;

@@ -150,6 +150,27 @@ fn cet_exposed(cpuid: &[kvm_bindings::kvm_cpuid_entry2]) -> bool {
         .any(|e| e.function == 7 && e.index == 0 && e.ecx & CPUID_7_ECX_CET_SS != 0)
 }
 
+/// CPUID, then the TSC frequency: what the vCPU is, rather than its
+/// state (rules 1 and 2 of the restore order above).
+fn restore_identity(fd: &VcpuFd, s: &VcpuState) -> Result<()> {
+    let cpuid = CpuId::from_entries(&s.cpuid)
+        .map_err(|e| vcpu_err(s.index, format!("CPUID from snapshot: {e:?}")))?;
+    fd.set_cpuid2(&cpuid)
+        .map_err(Error::kvm("KVM_SET_CPUID2"))?;
+    if let Some(khz) = s.tsc_khz {
+        // Without KVM_CAP_TSC_CONTROL the frequency cannot be set; a
+        // mismatch then means the guest's clock runs at a different rate.
+        if fd.get_tsc_khz().ok() != Some(khz) {
+            fd.set_tsc_khz(khz).map_err(|e| {
+                Error::HostUnsupported(format!(
+                    "the snapshot's TSC runs at {khz} kHz and this host cannot match it: {e}"
+                ))
+            })?;
+        }
+    }
+    Ok(())
+}
+
 impl Persist for Vcpu {
     type State = VcpuState;
     /// A freshly created (or pooled) vCPU to load the state into.
@@ -193,22 +214,11 @@ impl Persist for Vcpu {
         })
     }
 
-    fn restore(vcpu: Vcpu, s: &VcpuState) -> Result<Vcpu> {
+    fn restore(mut vcpu: Vcpu, s: &VcpuState) -> Result<Vcpu> {
+        let skip_identity = std::mem::take(&mut vcpu.identity_restored);
         let fd = &vcpu.fd;
-        let cpuid = CpuId::from_entries(&s.cpuid)
-            .map_err(|e| vcpu_err(s.index, format!("CPUID from snapshot: {e:?}")))?;
-        fd.set_cpuid2(&cpuid)
-            .map_err(Error::kvm("KVM_SET_CPUID2"))?;
-        if let Some(khz) = s.tsc_khz {
-            // Without KVM_CAP_TSC_CONTROL the frequency cannot be set; a
-            // mismatch then means the guest's clock runs at a different rate.
-            if fd.get_tsc_khz().ok() != Some(khz) {
-                fd.set_tsc_khz(khz).map_err(|e| {
-                    Error::HostUnsupported(format!(
-                        "the snapshot's TSC runs at {khz} kHz and this host cannot match it: {e}"
-                    ))
-                })?;
-            }
+        if !skip_identity {
+            restore_identity(fd, s)?;
         }
         fd.set_mp_state(s.mp_state)
             .map_err(Error::kvm("KVM_SET_MP_STATE"))?;

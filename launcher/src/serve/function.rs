@@ -19,6 +19,7 @@ use crate::devices::console::Console;
 use crate::error::{Error, Result};
 use crate::machine::{Machine, MachineConfig, RunningMachine};
 use crate::template::LoadedTemplate;
+use crate::vcpu::threads::Runners;
 use vmfork_snapshot::state::MemoryState;
 
 /// How long a fresh VM may take to be ready for its request.
@@ -28,6 +29,8 @@ pub struct Function {
     pub name: String,
     source: Source,
     next_id: AtomicU64,
+    /// vCPU threads kept between this function's clones.
+    runners: Arc<Runners>,
 }
 
 /// What becomes of a clone's VM once its request is answered.
@@ -171,6 +174,7 @@ impl Function {
             name: name.to_string(),
             source,
             next_id: AtomicU64::new(1),
+            runners: Runners::new(),
         };
         function.refill();
         Ok(function)
@@ -289,7 +293,7 @@ impl Function {
         }
         let control = machine.control().clone();
         let acks_at_start = control.acks();
-        let running = match machine.start() {
+        let running = match machine.start_on(Some(&self.runners)) {
             Ok(r) => r,
             Err(e) => {
                 self.abandon_shell();

@@ -30,8 +30,9 @@ pub fn install_kick_handler() -> Result<()> {
 /// Sends the kick signal to a thread. A signal that lands just before the
 /// thread enters KVM_RUN is lost, so callers repeat until the thread ends.
 pub fn kick(thread: libc::pthread_t) {
-    // SAFETY: pthread_kill on a thread id obtained from a live JoinHandle;
-    // the caller only kicks threads it has not joined yet.
+    // SAFETY: pthread_kill on a thread that has not been joined (one of
+    // its own) or that cannot have ended (a runner, kept alive by its pool
+    // for as long as the caller holds the VcpuThread).
     unsafe {
         libc::pthread_kill(thread, kick_signal());
     }

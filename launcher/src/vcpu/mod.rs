@@ -4,6 +4,7 @@
 pub mod kick;
 pub mod run;
 pub mod setup;
+pub mod threads;
 
 use kvm_ioctls::VcpuFd;
 
@@ -13,6 +14,11 @@ use crate::vm::Vm;
 pub struct Vcpu {
     pub index: u8,
     pub fd: VcpuFd,
+    /// This vCPU's CPUID and TSC frequency are already those of the state
+    /// restored next: it ran a clone of the same template before (a
+    /// recycled VM shell). The restore then skips setting them, two of its
+    /// dozen ioctls; it clears the flag.
+    pub identity_restored: bool,
 }
 
 impl Vcpu {
@@ -21,6 +27,10 @@ impl Vcpu {
             .fd
             .create_vcpu(u64::from(index))
             .map_err(Error::kvm("KVM_CREATE_VCPU"))?;
-        Ok(Vcpu { index, fd })
+        Ok(Vcpu {
+            index,
+            fd,
+            identity_restored: false,
+        })
     }
 }

@@ -1,0 +1,160 @@
+//! The threads vCPUs run on: a new thread per vCPU, or a runner kept
+//! between machines ([`Runners`], used by `vmfork serve`). Creating a
+//! thread and compiling its seccomp filter costs ~150 us on this host, a
+//! tenth of a whole request (docs/serve.md).
+
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::thread::JoinHandle;
+
+use crate::seccomp::ThreadKind;
+use crate::vcpu::Vcpu;
+
+/// What a vCPU thread runs: given whether its seccomp filter is in place
+/// (or why not), it runs the vCPU and hands it back.
+pub type VcpuWork = Box<dyn FnOnce(&crate::error::Result<()>) -> Vcpu + Send>;
+
+/// A vCPU running on some thread, to be joined for its vCPU.
+pub struct VcpuThread {
+    thread: libc::pthread_t,
+    kind: Kind,
+}
+
+enum Kind {
+    Own(JoinHandle<Vcpu>),
+    /// Holding the pool keeps every runner thread alive (they end only
+    /// once it is gone), so `thread` stays valid to kick.
+    Runner {
+        finished: Arc<Finished>,
+        _pool: Arc<Runners>,
+    },
+}
+
+/// A runner's result slot: the vCPU once its work is done.
+#[derive(Default)]
+struct Finished {
+    vcpu: Mutex<Option<Vcpu>>,
+    done: Condvar,
+}
+
+impl VcpuThread {
+    /// Runs `work` on a new thread named `name`.
+    pub fn spawn(name: String, work: VcpuWork) -> std::io::Result<VcpuThread> {
+        let handle = std::thread::Builder::new().name(name).spawn(move || {
+            let filter = crate::seccomp::install(ThreadKind::Vcpu);
+            work(&filter)
+        })?;
+        use std::os::unix::thread::JoinHandleExt;
+        Ok(VcpuThread {
+            thread: handle.as_pthread_t(),
+            kind: Kind::Own(handle),
+        })
+    }
+
+    /// For kicking it out of KVM_RUN. A runner thread outlives the vCPU
+    /// and a stray kick only makes its next KVM_RUN return early, which
+    /// the run loop retries.
+    pub fn pthread(&self) -> libc::pthread_t {
+        self.thread
+    }
+
+    pub fn is_finished(&self) -> bool {
+        match &self.kind {
+            Kind::Own(handle) => handle.is_finished(),
+            Kind::Runner { finished, .. } => finished.vcpu.lock().map_or(true, |v| v.is_some()),
+        }
+    }
+
+    /// The vCPU back, once its work returned; None if the thread panicked.
+    pub fn join(self) -> Option<Vcpu> {
+        match self.kind {
+            Kind::Own(handle) => handle.join().ok(),
+            Kind::Runner { finished, .. } => {
+                let mut slot = finished.vcpu.lock().ok()?;
+                loop {
+                    if let Some(vcpu) = slot.take() {
+                        return Some(vcpu);
+                    }
+                    slot = finished.done.wait(slot).ok()?;
+                }
+            }
+        }
+    }
+}
+
+type Job = Box<dyn FnOnce(&crate::error::Result<()>) + Send>;
+
+/// An idle runner: how to hand it work, and its thread.
+struct Runner {
+    jobs: Sender<Job>,
+    thread: libc::pthread_t,
+}
+
+/// vCPU threads that stay alive between machines, each with its vCPU
+/// seccomp filter installed once. A runner goes back to the idle list when
+/// its vCPU is handed back, so there are as many as vCPUs ever ran at once;
+/// they end when the `Runners` is dropped and they are idle.
+#[derive(Default)]
+pub struct Runners {
+    idle: Mutex<Vec<Runner>>,
+}
+
+impl Runners {
+    pub fn new() -> Arc<Runners> {
+        Arc::new(Runners::default())
+    }
+
+    /// Runs `work` on an idle runner, or on a new one.
+    pub fn run(self: &Arc<Self>, work: VcpuWork) -> std::io::Result<VcpuThread> {
+        let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let runner = match idle {
+            Some(runner) => runner,
+            None => self.start_runner()?,
+        };
+        let finished = Arc::new(Finished::default());
+        let thread = runner.thread;
+        let slot = finished.clone();
+        let pool: Weak<Runners> = Arc::downgrade(self);
+        let jobs = runner.jobs.clone();
+        let job: Job = Box::new(move |filter| {
+            let vcpu = work(filter);
+            if let Ok(mut v) = slot.vcpu.lock() {
+                *v = Some(vcpu);
+            }
+            slot.done.notify_all();
+            // Idle again; with the pool gone, dropping `runner` (the only
+            // sender) ends this thread.
+            if let Some(pool) = pool.upgrade() {
+                if let Ok(mut idle) = pool.idle.lock() {
+                    idle.push(runner);
+                }
+            }
+        });
+        jobs.send(job)
+            .map_err(|_| std::io::Error::other("a vCPU runner thread ended unexpectedly"))?;
+        Ok(VcpuThread {
+            thread,
+            kind: Kind::Runner {
+                finished,
+                _pool: self.clone(),
+            },
+        })
+    }
+
+    fn start_runner(&self) -> std::io::Result<Runner> {
+        let (jobs, incoming) = channel::<Job>();
+        let handle = std::thread::Builder::new()
+            .name("vcpu".into())
+            .spawn(move || {
+                let filter = crate::seccomp::install(ThreadKind::Vcpu);
+                while let Ok(job) = incoming.recv() {
+                    job(&filter);
+                }
+            })?;
+        use std::os::unix::thread::JoinHandleExt;
+        // Detached: the thread ends by itself once no sender is left.
+        let thread = handle.as_pthread_t();
+        drop(handle);
+        Ok(Runner { jobs, thread })
+    }
+}
