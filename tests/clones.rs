@@ -19,31 +19,50 @@ fn clones_are_unique_and_on_the_hosts_clock() {
         .expect("created_unix_ms");
     std::thread::sleep(std::time::Duration::from_millis(20));
 
-    let run = vmfork(&["clone", &dir, "-n", "2", "--console", "--json"]);
-    assert_eq!(run.status, 0, "{run}");
-    let lines = pongs(&run);
-    assert_eq!(lines.len(), 2, "{run}");
-    let (a, b) = (&lines[0], &lines[1]);
-    assert_ne!(
-        field(a, "clone"),
-        field(b, "clone"),
-        "ids must differ: {run}"
-    );
-    assert_ne!(
-        field(a, "random"),
-        field(b, "random"),
-        "random numbers must differ: {run}"
-    );
-    // Same template: same boot, same application state.
-    assert_eq!(field(a, "boot_nonce"), field(b, "boot_nonce"));
-    assert_eq!(field(a, "checksum"), field(b, "checksum"));
-    for line in [a, b] {
-        let now: u64 = field(line, "host_time_ms").parse().expect("host_time_ms");
-        assert!(
-            now > created_ms,
-            "clone clock {now} not after template creation {created_ms}"
+    // Warm shells (--shells) ran a throwaway clone each before they were
+    // reset in place: their clones must see none of it, so they print
+    // what clones in fresh VMs print (the same `n`, counted in guest
+    // memory), with ids and random numbers of their own.
+    let mut pings = Vec::new();
+    let mut run = None;
+    for shells in [false, true] {
+        let mut args = vec!["clone", &dir, "-n", "2", "--console", "--json"];
+        if shells {
+            args.push("--shells");
+        }
+        let this = vmfork(&args);
+        assert_eq!(this.status, 0, "{this}");
+        let lines = pongs(&this);
+        assert_eq!(lines.len(), 2, "{this}");
+        let (a, b) = (&lines[0], &lines[1]);
+        assert_ne!(
+            field(a, "clone"),
+            field(b, "clone"),
+            "ids must differ: {this}"
         );
+        assert_ne!(
+            field(a, "random"),
+            field(b, "random"),
+            "random numbers must differ: {this}"
+        );
+        // Same template: same boot, same application state.
+        assert_eq!(field(a, "boot_nonce"), field(b, "boot_nonce"));
+        assert_eq!(field(a, "checksum"), field(b, "checksum"));
+        for line in [a, b] {
+            let now: u64 = field(line, "host_time_ms").parse().expect("host_time_ms");
+            assert!(
+                now > created_ms,
+                "clone clock {now} not after template creation {created_ms}"
+            );
+            pings.push(field(line, "n").to_string());
+        }
+        run = Some(this);
     }
+    assert!(
+        pings.windows(2).all(|w| w[0] == w[1]),
+        "a clone saw guest memory of an earlier one: n = {pings:?}"
+    );
+    let run = run.expect("ran");
     let json = run.json();
     assert_eq!(json["clones"], 2);
     // F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE

@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::floor;
 use crate::machine::{proc_field_kib, RunningMachine};
 use crate::template::LoadedTemplate;
+use crate::vcpu::threads::Runners;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum BackendArg {
@@ -128,6 +129,24 @@ fn threads() -> u64 {
 
 /// The error for a clone that stopped on its own `when`. A dead page
 /// server has its own exit status; anything else counts as a crash.
+/// Waits for a started clone's first acknowledgement and returns its
+/// latency from the request. The deadline also covers a clone whose vCPU
+/// waits on a stalled page server: teardown releases it from the fault.
+fn await_ack(
+    (id, control, acks, requested): (u64, Arc<Control>, u64, Instant),
+) -> Result<Duration> {
+    if !control.wait_acks(acks + 1, Some(requested + ACK_TIMEOUT)) {
+        return Err(match control.stop_reason() {
+            Some(reason) => clone_failed(id, &reason, "before acknowledging", ""),
+            None => Error::Timeout(format!(
+                "clone {id} did not acknowledge within {} s",
+                ACK_TIMEOUT.as_secs()
+            )),
+        });
+    }
+    Ok(control.first_ack_at().unwrap_or(requested.elapsed()))
+}
+
 fn clone_failed(id: u64, reason: &StopReason, when: &str, also: &str) -> Error {
     match reason {
         StopReason::PageServerDied(why) => {
@@ -198,9 +217,13 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
     let load_ms = load_start.elapsed().as_secs_f64() * 1e3;
     let pool_start = Instant::now();
     let mut shells = Vec::new();
-    if args.shells {
+    // With shells, each clone's vCPU threads are made ahead of time too.
+    let runners = args.shells.then(Runners::new);
+    if let Some(runners) = &runners {
+        let vcpus = factory.template.state.vcpus.len();
+        runners.reserve(count as usize * vcpus)?;
         for _ in 0..count {
-            shells.push(factory.shell()?);
+            shells.push(factory.warm_shell(Some(runners))?);
         }
     }
     let shell_pool_ms = pool_start.elapsed().as_secs_f64() * 1e3;
@@ -211,6 +234,12 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
     let mut latencies = Vec::with_capacity(count as usize);
     // Sum over clones of each restore phase's time since the request.
     let mut phase_sums: Vec<(&'static str, u64)> = Vec::new();
+    // Clones are started while earlier ones are still resuming, up to one
+    // per host CPU unacknowledged at a time: restoring one clone overlaps
+    // with the previous one's guest running to its acknowledgement.
+    let window = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut pending: std::collections::VecDeque<(u64, Arc<Control>, u64, Instant)> =
+        std::collections::VecDeque::new();
     let result = (|| -> Result<()> {
         for id in 1..=count {
             let requested = Instant::now();
@@ -233,30 +262,29 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
             }
             let control = machine.control().clone();
             let acks = control.acks();
-            let running = machine.start()?;
+            let running = machine.start_on(runners.as_ref())?;
             clones.push(Clone {
                 id,
                 running,
                 console,
                 page_server,
             });
-            // The deadline also covers a clone whose vCPU waits on a
-            // stalled page server: teardown releases it from the fault.
-            if !control.wait_acks(acks + 1, Some(Instant::now() + ACK_TIMEOUT)) {
-                return Err(match control.stop_reason() {
-                    Some(reason) => clone_failed(id, &reason, "before acknowledging", ""),
-                    None => Error::Timeout(format!(
-                        "clone {id} did not acknowledge within {} s",
-                        ACK_TIMEOUT.as_secs()
-                    )),
-                });
+            pending.push_back((id, control, acks, requested));
+            // The first clone of a --prefetch run records the working set
+            // alone, so it is acknowledged before any other starts.
+            while pending.len() >= window || (id == 1 && !pending.is_empty()) {
+                if let Some(oldest) = pending.pop_front() {
+                    latencies.push(await_ack(oldest)?);
+                }
             }
-            latencies.push(control.first_ack_at().unwrap_or(requested.elapsed()));
             if id == 1 {
                 if let Some(pages) = factory.save_working_set()? {
                     tracing::info!("recorded a working set of {pages} pages");
                 }
             }
+        }
+        while let Some(oldest) = pending.pop_front() {
+            latencies.push(await_ack(oldest)?);
         }
         Ok(())
     })();

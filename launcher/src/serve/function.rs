@@ -56,7 +56,7 @@ pub struct ShellPool {
     lent: AtomicUsize,
     layout: MemoryState,
     recycle: Recycle,
-    in_place: Option<(InPlaceReset, Arc<File>)>,
+    in_place: Option<(Arc<InPlaceReset>, Arc<File>)>,
 }
 
 impl ShellPool {
@@ -146,11 +146,8 @@ impl Function {
             }
         } else {
             let factory = CloneFactory::new(template, Backend::Memfd, false)?;
-            let in_place = match (recycle, factory.sealed_memory()) {
-                (Recycle::InPlace, Some(sealed)) => Some((
-                    InPlaceReset::new(sealed.as_file(), &factory.template.state)?,
-                    sealed.shared_file(),
-                )),
+            let in_place = match recycle {
+                Recycle::InPlace => factory.in_place_reset(),
                 _ => None,
             };
             let pool = Arc::new(ShellPool {
@@ -191,7 +188,7 @@ impl Function {
             return;
         };
         while pool.len() < *warm_target {
-            match factory.shell() {
+            match factory.warm_shell(Some(&self.runners)) {
                 Ok(shell) => pool.put(shell),
                 Err(e) => {
                     tracing::warn!("{}: cannot create a warm VM shell: {e}", self.name);
@@ -399,7 +396,10 @@ impl Finished {
         };
         let shell = match stopped {
             Ok(machine) if self.reusable => {
-                let in_place = pool.in_place.as_ref().map(|(r, f)| (r, f.as_ref()));
+                let in_place = pool
+                    .in_place
+                    .as_ref()
+                    .map(|(r, f)| (r.as_ref(), f.as_ref()));
                 match VmShell::recycle(machine, &pool.layout, in_place) {
                     Ok((shell, reset)) => {
                         metrics.recycled(&reset);

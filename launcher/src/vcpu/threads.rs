@@ -104,6 +104,21 @@ impl Runners {
         Arc::new(Runners::default())
     }
 
+    /// Starts runners until `count` are idle, ahead of the vCPUs that
+    /// will run on them.
+    pub fn reserve(&self, count: usize) -> std::io::Result<()> {
+        loop {
+            let idle = self.idle.lock().map_or(count, |i| i.len());
+            if idle >= count {
+                return Ok(());
+            }
+            let runner = self.start_runner()?;
+            if let Ok(mut idle) = self.idle.lock() {
+                idle.push(runner);
+            }
+        }
+    }
+
     /// Runs `work` on an idle runner, or on a new one.
     pub fn run(self: &Arc<Self>, work: VcpuWork) -> std::io::Result<VcpuThread> {
         let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
