@@ -1,9 +1,14 @@
 #!/usr/bin/env python3
 """FaaS load test: `vmfork serve` on loopback driven by wrk at concurrency
-1, 8 and 64, for echo and for sha256 of a 4 KiB body, with a fresh clone
-per request, with --warm shells, and with a cold boot per request
-(`serve --cold-boot`: the same guest, function and HTTP path), all in one
-run. Last line: JSON."""
+1, 8 and 64, for echo and for sha256 of a 4 KiB body, all in one run:
+- fresh: a fresh clone per request, in a recycled VM reset in place (the
+  default, --recycle in-place);
+- remap: the same with the recycled VM's memory dropped (--recycle remap);
+- new-vm: a VM created and closed per request (--recycle off);
+- warm: the default plus 32 warm shells per function (--warm 32);
+- cold: a cold boot per request (--cold-boot: the same guest, function and
+  HTTP path).
+Last line: JSON."""
 import argparse, json, os, re, shutil, subprocess, sys, tempfile, time
 
 def build(v, out, function):
@@ -54,7 +59,8 @@ def main():
         with open(bodies["sha256"], "wb") as f:
             f.write(os.urandom(4096))
         results = {}
-        modes = (("fresh", []), ("warm", ["--warm", "32"]), ("cold", ["--cold-boot"]))
+        modes = (("fresh", []), ("remap", ["--recycle", "remap"]), ("new-vm", ["--recycle", "off"]),
+                 ("warm", ["--warm", "32"]), ("cold", ["--cold-boot"]))
         for mode, extra in modes:
             server, addr = start(v, templates, ["--max-concurrency", "8", "--queue", "256"] + extra)
             try:
@@ -69,10 +75,13 @@ def main():
         print(f"{'mode':6} {'function':8} {'conns':>5} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9} {'non-2xx':>8}")
         for (mode, function, conns), r in results.items():
             print(f"{mode:6} {function:8} {conns:>5} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['rps']:>9.1f} {r['errors']:>8}")
-        f8, w8, c8 = (results[(m, "echo", 8)] for m in ("fresh", "warm", "cold"))
+        f8, r8, n8, w8, c8 = (results[(m, "echo", 8)] for m in ("fresh", "remap", "new-vm", "warm", "cold"))
         print(f"echo at 8 connections: fresh clone p50 {f8['p50_ms'] / c8['p50_ms']:.3f}x cold boot, "
-              f"{f8['rps'] / c8['rps']:.1f}x its requests/s; --warm p50 {w8['p50_ms'] / c8['p50_ms']:.3f}x cold boot")
+              f"{f8['rps'] / c8['rps']:.1f}x its requests/s; --warm p50 {w8['p50_ms'] / c8['p50_ms']:.3f}x cold boot; "
+              f"requests/s vs a new VM per request {f8['rps'] / n8['rps']:.2f}x (remap {r8['rps'] / n8['rps']:.2f}x)")
         print(json.dumps({"p50_ms": f8["p50_ms"], "p99_ms": f8["p99_ms"], "rps": f8["rps"],
+                          "remap_p50_ms": r8["p50_ms"], "remap_rps": r8["rps"],
+                          "new_vm_p50_ms": n8["p50_ms"], "new_vm_p99_ms": n8["p99_ms"], "new_vm_rps": n8["rps"],
                           "warm_p50_ms": w8["p50_ms"], "warm_p99_ms": w8["p99_ms"], "warm_rps": w8["rps"],
                           "cold_p50_ms": c8["p50_ms"], "cold_p99_ms": c8["p99_ms"], "cold_rps": c8["rps"],
                           "sha256_p50_ms": results[("fresh", "sha256", 8)]["p50_ms"],
