@@ -312,7 +312,7 @@ impl RunningMachine {
         for handle in self.threads.drain(..) {
             while !handle.is_finished() {
                 kick::kick(handle.pthread());
-                std::thread::sleep(Duration::from_micros(200));
+                handle.wait_finished(Duration::from_micros(200));
             }
             let vcpu = handle.join().ok_or_else(|| Error::Vcpu {
                 index: self.machine.vcpus.len(),

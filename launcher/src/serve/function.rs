@@ -154,7 +154,11 @@ impl Function {
                 shells: Mutex::new(Vec::new()),
                 capacity: match recycle {
                     Recycle::Off => warm,
-                    _ => warm.max(max_concurrency),
+                    // Twice the concurrency: requests arrive while the VMs of
+                    // the ones just answered are still with the reapers
+                    // (measured at 8 connections: 2 150 req/s with 1x, 2 570
+                    // with 2x, 2 610 with 4x).
+                    _ => warm.max(2 * max_concurrency),
                 },
                 lent: AtomicUsize::new(0),
                 layout: factory.template.state.memory.clone(),
@@ -300,7 +304,9 @@ impl Function {
         metrics.live_clones.fetch_add(1, Ordering::Relaxed);
         let outcome = (|| {
             let deadline = Some(requested + START_TIMEOUT);
-            // A fresh clone first acknowledges that it resumed.
+            // A fresh clone first acknowledges that it resumed. (Queueing
+            // INVOKE before it starts, to save this round trip, measured
+            // worse: p99 at 8 connections 21-23 ms against 8-9 ms.)
             let up = if cloned {
                 control.wait_acks(acks_at_start + 1, deadline)
             } else {

@@ -65,6 +65,28 @@ impl VcpuThread {
         }
     }
 
+    /// Waits up to `timeout` for the work to return; whether it has. A
+    /// runner's wait ends as soon as it hands the vCPU back.
+    pub fn wait_finished(&self, timeout: std::time::Duration) -> bool {
+        match &self.kind {
+            Kind::Own(handle) => {
+                if !handle.is_finished() {
+                    std::thread::sleep(timeout);
+                }
+                handle.is_finished()
+            }
+            Kind::Runner { finished, .. } => {
+                let Ok(slot) = finished.vcpu.lock() else {
+                    return true;
+                };
+                finished
+                    .done
+                    .wait_timeout_while(slot, timeout, |v| v.is_none())
+                    .map_or(true, |(v, _)| v.is_some())
+            }
+        }
+    }
+
     /// The vCPU back, once its work returned; None if the thread panicked.
     pub fn join(self) -> Option<Vcpu> {
         match self.kind {
