@@ -11,7 +11,8 @@
 //! identity that differs from the manifest it loads itself (the directory
 //! was rebuilt since the holder loaded it: its memfd is another build's
 //! memory). A dead holder is a refused connection or an empty reply, a
-//! stopped one a reply timeout: each a one-line error, never a hang.
+//! stopped one a connect or reply timeout: each a one-line error, never a
+//! hang.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -32,6 +33,83 @@ const MAX_PATH_BYTES: usize = 4096;
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Hex SHA-256.
 const IDENTITY_LEN: usize = 64;
+
+/// Connects within `timeout`. A blocking connect to a holder that is alive
+/// but not accepting (stopped, or swamped) waits without end once its
+/// listen backlog is full, so the socket is non-blocking while connecting:
+/// a Unix socket's connect then fails with EAGAIN instead, and is retried.
+fn connect(sock: &Path, timeout: Duration) -> Result<UnixStream> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = sock.as_os_str().as_bytes();
+    // SAFETY: an all-zero sockaddr_un is valid; the path is copied in below
+    // only if it fits with its terminating NUL.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if path.len() >= addr.sun_path.len() {
+        return Err(holder_err(sock, "the socket path is too long".into()));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (dst, src) in addr.sun_path.iter_mut().zip(path) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: socket(2) with constant arguments; the descriptor is owned by
+    // the UnixStream at once.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(holder_err(
+            sock,
+            format!("socket: {}", std::io::Error::last_os_error()),
+        ));
+    }
+    // SAFETY: `fd` is a fresh socket nothing else owns.
+    let stream = unsafe { <UnixStream as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        // SAFETY: connect(2) with a sockaddr_un filled above and its size.
+        let rc = unsafe {
+            libc::connect(
+                fd,
+                (&raw const addr).cast(),
+                std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EAGAIN) {
+            return Err(holder_err(sock, format!("cannot connect: {e}")));
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(holder_err(
+                sock,
+                format!(
+                    "it accepted no connection within {} s (stopped or overloaded?)",
+                    timeout.as_secs()
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Blocking again for the reply, which has its own timeout. (fcntl, not
+    // std's set_nonblocking: that is an ioctl the seccomp lists leave out.)
+    // SAFETY: fcntl flag updates on our own descriptor.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) < 0 {
+            return Err(holder_err(
+                sock,
+                format!("fcntl: {}", std::io::Error::last_os_error()),
+            ));
+        }
+    }
+    Ok(stream)
+}
 
 /// Which build of a template this is: the manifest records the creation
 /// time, kernel and layout, so a rebuild at the same path differs.
@@ -88,8 +166,7 @@ pub fn serve(dir: &Path, sock: &Path, stop: Arc<AtomicBool>) -> Result<u64> {
 /// Asks the holder at `sock` for its template: the directory and the
 /// sealed memfd, whose seals and size are checked before use.
 pub fn fetch(sock: &Path) -> Result<(LoadedTemplate, SealedMemory)> {
-    let stream =
-        UnixStream::connect(sock).map_err(|e| holder_err(sock, format!("cannot connect: {e}")))?;
+    let stream = connect(sock, REPLY_TIMEOUT)?;
     stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
     let mut buf = vec![0u8; MAX_PATH_BYTES];
     let (n, file): (usize, Option<File>) = stream.recv_with_fd(&mut buf).map_err(|e| {
@@ -124,4 +201,49 @@ pub fn fetch(sock: &Path) -> Result<(LoadedTemplate, SealedMemory)> {
     let sealed =
         SealedMemory::from_holder(file, &template).map_err(|e| holder_err(sock, e.to_string()))?;
     Ok((template, sealed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listener that never accepts and has room for one pending
+    /// connection: what a stopped holder looks like once its backlog is
+    /// full.
+    fn stalled_listener(path: &Path) -> std::os::fd::OwnedFd {
+        let listener = std::os::unix::net::UnixListener::bind(path).expect("bind");
+        // SAFETY: listen(2) on the listener's own descriptor, shrinking its
+        // backlog to one pending connection.
+        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+        listener.into()
+    }
+
+    #[test]
+    fn a_holder_that_accepts_nothing_is_a_timeout_not_a_hang() {
+        let path = std::env::temp_dir().join(format!("vmfork-holder-test-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let _listener = stalled_listener(&path);
+        // The first connection fits in the backlog; the next would block a
+        // plain connect(2) for as long as the holder does not accept.
+        let first = connect(&path, Duration::from_millis(200));
+        assert!(first.is_ok(), "{:?}", first.err());
+        let start = std::time::Instant::now();
+        let second = connect(&path, Duration::from_millis(200));
+        let _ = std::fs::remove_file(&path);
+        let err = second
+            .expect_err("a full backlog must time out")
+            .to_string();
+        assert!(err.contains("accepted no connection"), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_missing_holder_is_refused_at_once() {
+        let path = std::env::temp_dir().join("vmfork-holder-test-missing.sock");
+        let _ = std::fs::remove_file(&path);
+        let err = connect(&path, Duration::from_secs(5))
+            .expect_err("nothing listens")
+            .to_string();
+        assert!(err.contains("cannot connect"), "{err}");
+    }
 }
