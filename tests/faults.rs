@@ -72,6 +72,33 @@ fn a_dead_page_server_stops_its_clone_with_a_clear_error() {
     assert_eq!(json["fds_after"], json["fds_before"], "{run}");
 }
 
+/// With `--processes`, the worker whose page server died prints the one
+/// error line and the parent exits with its status, adding none.
+#[test]
+fn a_dead_page_server_in_a_worker_process_is_one_error_line() {
+    let scratch = Scratch::new("uffd-death-procs");
+    let dir = template(&scratch, "t");
+    // 3 clones over 2 workers: the first worker has clones 1 and 2, the
+    // second only clone 1, so only the first reaches clone 2.
+    let run = injected(
+        "uffd-handler-exit-after=0,clone=2",
+        &[
+            "clone",
+            &dir,
+            "-n",
+            "3",
+            "--backend",
+            "uffd",
+            "--processes",
+            "2",
+            "--json",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_clean_error(&run, exit::PAGE_SERVER, "userfaultfd page server died");
+    assert!(run.stderr.contains("clone 2 stopped"), "{run}");
+}
+
 #[test]
 fn only_the_clone_whose_page_server_died_fails_and_others_still_answer() {
     let scratch = Scratch::new("uffd-others");

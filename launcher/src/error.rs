@@ -68,6 +68,10 @@ pub enum Error {
     Seccomp(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// A child process (a `clone --processes` worker) already printed its
+    /// one-line error; exit with its status without adding another line.
+    #[error("exit status {0}, already reported")]
+    Reported(i32),
 }
 
 /// Exit status of a seccomp failure: a filter that could not be installed
@@ -101,6 +105,7 @@ impl Error {
             Error::Seccomp(_) => EXIT_SECCOMP,
             Error::Isolation(_) => 19,
             Error::PageServer(_) => 20,
+            Error::Reported(code) => *code,
         }
     }
 

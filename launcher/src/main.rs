@@ -72,6 +72,7 @@ fn main() {
     let result = std::panic::catch_unwind(|| dispatch(cli, started));
     let code = match result {
         Ok(Ok(())) => 0,
+        Ok(Err(launcher::error::Error::Reported(code))) => code,
         Ok(Err(e)) => {
             eprintln!("vmfork: error: {e}");
             e.exit_code()

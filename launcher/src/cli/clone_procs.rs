@@ -110,6 +110,7 @@ pub fn run(args: &CloneArgs, count: u64, processes: u64, started: Instant) -> Re
             }
         }
     }
+    let failed_early = failure.is_some();
     let total = first_request.elapsed();
     let host_kib = available_before.saturating_sub(mem_available_kib());
     if failure.is_none() {
@@ -144,11 +145,18 @@ pub fn run(args: &CloneArgs, count: u64, processes: u64, started: Instant) -> Re
                 fd_leaks +=
                     r["fds_after"].as_i64().unwrap_or(0) - r["fds_before"].as_i64().unwrap_or(0);
             }
-            _ => {
-                failure = failure.or(Some(Error::Control(format!(
-                    "a clone worker exited with {status}"
-                ))))
-            }
+            // A worker that exits with a status printed its own error line
+            // (its stderr is ours): pass its status on without a second.
+            _ => match status.code().filter(|c| *c != 0) {
+                Some(code) if failure.is_none() || failed_early => {
+                    failure = Some(Error::Reported(code));
+                }
+                _ => {
+                    failure = failure.or(Some(Error::Control(format!(
+                        "a clone worker exited with {status}"
+                    ))))
+                }
+            },
         }
     }
     stop.store(true, Ordering::Release);
