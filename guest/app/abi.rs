@@ -3,6 +3,9 @@
 
 pub const SERIAL_PORT: u16 = 0x3f8;
 pub const READY_PORT: u16 = 0x0df0;
+/// An `in` here acknowledges the last command and parks for the next one:
+/// one exit where `out` ACK then `in` from READY_PORT take two.
+pub const ACK_WAIT_PORT: u16 = 0x0df4;
 /// QEMU's `isa-debug-exit` (`-device isa-debug-exit,iobase=0xf4,iosize=4`):
 /// writing v makes QEMU exit with status (v << 1) | 1.
 pub const QEMU_EXIT_PORT: u16 = 0xf4;
@@ -12,7 +15,6 @@ pub const QEMU_EXIT_CRASH: u32 = 0x7f;
 pub const READY: u32 = 0x5245_4459;
 pub const EXIT_TAG: u32 = 0x4558_0000;
 pub const PANIC_TAG: u32 = 0x504e_0000;
-pub const ACK_TAG: u32 = 0x4143_0000;
 /// PN code for a fatal error the guest detected itself (not an exception).
 pub const PANIC_GUEST_FATAL: u32 = 0xff;
 

@@ -23,8 +23,8 @@ use core::hint::black_box;
 use core::ptr::{read_volatile, write_volatile};
 
 use abi::{
-    BootInfo, ACK_TAG, CMD_DIRTY, CMD_EXIT, CMD_INVOKE, CMD_NO_VMM, CMD_RESUMED, PANIC_GUEST_FATAL,
-    READY, READY_PORT, SVC_TIMER_START,
+    BootInfo, CMD_DIRTY, CMD_EXIT, CMD_INVOKE, CMD_NO_VMM, CMD_RESUMED, PANIC_GUEST_FATAL,
+    ACK_WAIT_PORT, READY, READY_PORT, SVC_TIMER_START,
 };
 use config::{Config, Test};
 use function::{Function, MAILBOX_END, MAILBOX_START};
@@ -221,26 +221,29 @@ fn mix(seed: u64, n: u64) -> u64 {
 /// over into clones.
 fn serve(boot_nonce: u64, checksum: u64, cfg: &Config, heap: (u64, u64)) -> ! {
     let quiet = cfg.quiet;
-    let mut commands: u32 = 0;
     let mut pings: u64 = 0;
     // Seeded at boot, so every clone of one template would draw the same
     // numbers; the entropy in the clone-info page reseeds it on resume.
     let mut rng = boot_nonce;
     let mut clone_id: Option<u64> = None;
     let mut host_time_ms: u64 = 0;
+    // Whether the last command is still to be acknowledged: the next park
+    // then does both in one exit (ACK_WAIT_PORT).
+    let mut ack_due = false;
     loop {
-        let command = inl(READY_PORT);
-        commands = commands.wrapping_add(1);
+        let command = inl(if core::mem::take(&mut ack_due) {
+            ACK_WAIT_PORT
+        } else {
+            READY_PORT
+        });
         match command {
             CMD_EXIT => exit(0),
             c if c & 0xff == CMD_DIRTY => {
                 dirty_pages(heap, u64::from(c >> 8));
-                outl(READY_PORT, ACK_TAG | (commands & 0xffff));
+                ack_due = true;
             }
             CMD_INVOKE => {
-                if function::invoke(cfg.function) {
-                    outl(READY_PORT, ACK_TAG | (commands & 0xffff));
-                }
+                ack_due = function::invoke(cfg.function);
             }
             CMD_NO_VMM => {
                 say!("vmfork-guest: no VMM on port 0xdf0; exiting through isa-debug-exit");
@@ -273,7 +276,7 @@ fn serve(boot_nonce: u64, checksum: u64, cfg: &Config, heap: (u64, u64)) -> ! {
                         host_time_ms
                     );
                 }
-                outl(READY_PORT, ACK_TAG | (commands & 0xffff));
+                ack_due = true;
             }
         }
     }

@@ -52,7 +52,8 @@
 #define DEFAULT_APIC_HZ 1000000000
 
 /* Ports. The TSS I/O bitmap opens ports below IOMAP_PORTS to ring 3
- * (ready port 0xdf0, serial 0x3f8, QEMU's isa-debug-exit 0xf4). */
+ * (ready ports 0xdf0 and 0xdf4, serial 0x3f8, QEMU's isa-debug-exit
+ * 0xf4). */
 #define IOMAP_PORTS 0x1000
 #define SERIAL_PORT 0x3f8
 #define READY_PORT 0xdf0

@@ -3,6 +3,9 @@
 //! The protocol is documented in docs/guest-abi.md.
 
 pub const READY_PORT: u16 = 0x0df0;
+/// An `in` from this port is an acknowledgement of the last command
+/// followed by a park on READY_PORT: one exit instead of two.
+pub const ACK_WAIT_PORT: u16 = 0x0df4;
 
 pub const READY: u32 = 0x5245_4459;
 const EXIT_TAG: u32 = 0x4558_0000;

@@ -6,7 +6,7 @@ use kvm_bindings::KVM_SYSTEM_EVENT_RESET;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use crate::control::{Control, StopReason};
-use crate::devices::ready_port::{self, GuestSignal, READY_PORT};
+use crate::devices::ready_port::{self, GuestSignal, ACK_WAIT_PORT, READY_PORT};
 use crate::devices::{PlatformEvent, PortIoBus};
 use crate::kvm_host::HostVirt;
 
@@ -74,19 +74,12 @@ fn step(index: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext) -> Next {
     };
     match exit {
         VcpuExit::IoOut(READY_PORT, data) => on_ready_port_write(ready_port::decode_write(data), ctx),
-        VcpuExit::IoIn(READY_PORT, data) => match ctx.control.wait_command() {
-            Some(command) => {
-                ready_port::encode_command(command, data);
-                Next::Run
+        VcpuExit::IoIn(port @ (READY_PORT | ACK_WAIT_PORT), data) => {
+            if port == ACK_WAIT_PORT {
+                ctx.control.mark_ack();
             }
-            None => {
-                // Leaving while parked (stop, pause, snapshot): the `in`
-                // completes on the next KVM_RUN with this value, which is
-                // therefore what the guest sees first after a restore.
-                ready_port::encode_command(ready_port::CMD_RESUMED, data);
-                Next::Quit
-            }
-        },
+            park(data, ctx)
+        }
         VcpuExit::IoOut(port, data) => {
             let event = lock(ctx.bus).write(port, data);
             match event {
@@ -165,6 +158,23 @@ fn on_ready_port_write(signal: GuestSignal, ctx: &VcpuContext) -> Next {
         GuestSignal::Unknown(value) => {
             tracing::debug!("guest wrote unknown value {value:#x} to the ready port");
             Next::Run
+        }
+    }
+}
+
+/// A guest parked in an `in` from the ready port gets the next command.
+fn park(data: &mut [u8], ctx: &VcpuContext) -> Next {
+    match ctx.control.wait_command() {
+        Some(command) => {
+            ready_port::encode_command(command, data);
+            Next::Run
+        }
+        None => {
+            // Leaving while parked (stop, pause, snapshot): the `in`
+            // completes on the next KVM_RUN with this value, which is
+            // therefore what the guest sees first after a restore.
+            ready_port::encode_command(ready_port::CMD_RESUMED, data);
+            Next::Quit
         }
     }
 }
