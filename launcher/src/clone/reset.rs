@@ -98,21 +98,26 @@ impl InPlaceReset {
     }
 
     /// Offsets of the pages in the range that are no longer the file's.
+    /// (A plain loop over u64 entries: this scan ran once per request in
+    /// `serve`, and an iterator over byte chunks showed up at ~3 % of CPU.)
     fn written_pages(&self, addr: usize, size: usize) -> Result<Vec<u64>> {
         let pages = size / PAGE as usize;
-        let mut entries = vec![0u8; pages * 8];
-        let at = (addr as u64 / PAGE) * 8;
+        let mut entries = vec![0u64; pages];
+        // SAFETY: any bytes are a valid u64; the view covers exactly the
+        // vector's storage and is dropped before the vector is read.
+        let bytes =
+            unsafe { std::slice::from_raw_parts_mut(entries.as_mut_ptr().cast::<u8>(), pages * 8) };
         self.pagemap
-            .read_exact_at(&mut entries, at)
+            .read_exact_at(bytes, (addr as u64 / PAGE) * 8)
             .map_err(|e| Error::GuestMemory(format!("reading /proc/self/pagemap: {e}")))?;
-        Ok(entries
-            .chunks_exact(8)
-            .enumerate()
-            .filter_map(|(i, e)| {
-                let entry = u64::from_le_bytes([e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]]);
-                is_written(entry).then_some(i as u64 * PAGE)
-            })
-            .collect())
+        let mut written = Vec::new();
+        for (i, &entry) in entries.iter().enumerate() {
+            // pagemap entries are native-endian u64s.
+            if is_written(entry) {
+                written.push(i as u64 * PAGE);
+            }
+        }
+        Ok(written)
     }
 }
 
