@@ -310,9 +310,12 @@ impl RunningMachine {
     /// is repeated until the thread has returned.
     fn join_vcpus(&mut self) -> Result<()> {
         for handle in self.threads.drain(..) {
-            while !handle.is_finished() {
+            // A parked vCPU leaves on the stop itself, without a signal;
+            // one in KVM_RUN needs kicking, repeatedly, since a kick that
+            // lands just before it enters KVM_RUN is lost.
+            while !handle.wait_finished(Duration::from_micros(50)) {
                 kick::kick(handle.pthread());
-                handle.wait_finished(Duration::from_micros(200));
+                handle.wait_finished(Duration::from_micros(150));
             }
             let vcpu = handle.join().ok_or_else(|| Error::Vcpu {
                 index: self.machine.vcpus.len(),

@@ -202,6 +202,16 @@ impl Function {
         }
     }
 
+    /// Whether the warm pool is below its target.
+    pub fn needs_refill(&self) -> bool {
+        match &self.source {
+            Source::Clones {
+                pool, warm_target, ..
+            } => pool.len() < *warm_target,
+            Source::ColdBoot { .. } => false,
+        }
+    }
+
     pub fn warm_len(&self) -> usize {
         match &self.source {
             Source::Clones { pool, .. } => pool.len(),

@@ -130,9 +130,12 @@ async fn invoke(
     let (timeout, metrics, f) = (state.timeout, state.metrics.clone(), function.clone());
     let outcome =
         tokio::task::spawn_blocking(move || f.invoke(&body, timeout, &metrics, &reaper)).await;
-    // Refill the warm pool for the next request, off this one's path.
-    let refill = function.clone();
-    tokio::task::spawn_blocking(move || refill.refill());
+    // Refill the warm pool for the next request, off this one's path (a
+    // blocking task only when there is something to make).
+    if function.needs_refill() {
+        let refill = function.clone();
+        tokio::task::spawn_blocking(move || refill.refill());
+    }
     let response = match outcome {
         Err(e) => {
             state.metrics.count("error");
