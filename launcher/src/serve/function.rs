@@ -1,26 +1,23 @@
-//! One deployed function: a template, its clone factory, a pool of warm VM
-//! shells, and the path of one invocation in a fresh clone.
+//! One deployed function: a template, its clone factory, its pool of VM
+//! shells (pool.rs), and the path of one invocation in a fresh clone.
 
-use std::fs::File;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::mailbox::{self, Response, CMD_INVOKE};
 use super::metrics::Metrics;
+use super::pool::{Finished, Recycle, ShellPool};
 use crate::boot::loader::{BootProtocol, KernelSource, EMBEDDED_KERNEL};
-use crate::clone::reset::InPlaceReset;
-use crate::clone::shell::VmShell;
 use crate::clone::{Backend, CloneFactory};
 use crate::control::StopReason;
 use crate::devices::console::Console;
 use crate::error::{Error, Result};
-use crate::machine::{Machine, MachineConfig, RunningMachine};
+use crate::machine::{Machine, MachineConfig};
 use crate::template::LoadedTemplate;
 use crate::vcpu::threads::Runners;
-use vmfork_snapshot::state::MemoryState;
 
 /// How long a fresh VM may take to be ready for its request.
 const START_TIMEOUT: Duration = Duration::from_secs(5);
@@ -31,64 +28,6 @@ pub struct Function {
     next_id: AtomicU64,
     /// vCPU threads kept between this function's clones.
     runners: Arc<Runners>,
-}
-
-/// What becomes of a clone's VM once its request is answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Recycle {
-    /// Reused for a later clone; only the pages the clone wrote are
-    /// refilled, so KVM keeps its mappings of the rest (clone/reset.rs).
-    InPlace,
-    /// Reused for a later clone with all of its memory dropped.
-    Remap,
-    /// Closed; every clone gets a VM created for it.
-    Off,
-}
-
-/// VM shells ready for one function's clones: made ahead of demand
-/// (`--warm`), or recycled from clones that answered their request.
-pub struct ShellPool {
-    shells: Mutex<Vec<VmShell>>,
-    /// Shells beyond this are closed instead of kept.
-    capacity: usize,
-    /// Shells lent to clones that will bring them back: `--warm` counts
-    /// them as ready, so it does not build more while they are out.
-    lent: AtomicUsize,
-    layout: MemoryState,
-    recycle: Recycle,
-    in_place: Option<(Arc<InPlaceReset>, Arc<File>)>,
-}
-
-impl ShellPool {
-    fn take(&self) -> Option<VmShell> {
-        let shell = self.shells.lock().ok()?.pop()?;
-        if self.recycle != Recycle::Off {
-            self.lent.fetch_add(1, Ordering::Relaxed);
-        }
-        Some(shell)
-    }
-
-    /// Shells ready or on their way back.
-    fn len(&self) -> usize {
-        self.shells.lock().map_or(0, |s| s.len()) + self.lent.load(Ordering::Relaxed)
-    }
-
-    /// Keeps `shell` if there is room; otherwise it is closed.
-    fn put(&self, shell: VmShell) {
-        if let Ok(mut shells) = self.shells.lock() {
-            if shells.len() < self.capacity {
-                shells.push(shell);
-            }
-        }
-    }
-
-    /// A lent shell came back as `shell`, or is gone (None).
-    fn returned(&self, shell: Option<VmShell>) {
-        self.lent.fetch_sub(1, Ordering::Relaxed);
-        if let Some(shell) = shell {
-            self.put(shell);
-        }
-    }
 }
 
 /// Where each invocation's VM comes from.
@@ -146,25 +85,14 @@ impl Function {
             }
         } else {
             let factory = CloneFactory::new(template, Backend::Memfd, false)?;
-            let in_place = match recycle {
-                Recycle::InPlace => factory.in_place_reset(),
-                _ => None,
-            };
-            let pool = Arc::new(ShellPool {
-                shells: Mutex::new(Vec::new()),
-                capacity: match recycle {
-                    Recycle::Off => warm,
-                    // Twice the concurrency: requests arrive while the VMs of
-                    // the ones just answered are still with the reapers
-                    // (measured at 8 connections: 2 150 req/s with 1x, 2 570
-                    // with 2x, 2 610 with 4x).
-                    _ => warm.max(2 * max_concurrency),
-                },
-                lent: AtomicUsize::new(0),
-                layout: factory.template.state.memory.clone(),
+            let in_place = factory.in_place_reset();
+            let pool = Arc::new(ShellPool::new(
                 recycle,
+                warm,
+                max_concurrency,
+                factory.template.state.memory.clone(),
                 in_place,
-            });
+            ));
             Source::Clones {
                 factory: Box::new(factory),
                 pool,
@@ -191,7 +119,7 @@ impl Function {
         else {
             return;
         };
-        while pool.len() < *warm_target {
+        while pool.owned() < *warm_target {
             match factory.warm_shell(Some(&self.runners)) {
                 Ok(shell) => pool.put(shell),
                 Err(e) => {
@@ -207,14 +135,14 @@ impl Function {
         match &self.source {
             Source::Clones {
                 pool, warm_target, ..
-            } => pool.len() < *warm_target,
+            } => pool.owned() < *warm_target,
             Source::ColdBoot { .. } => false,
         }
     }
 
     pub fn warm_len(&self) -> usize {
         match &self.source {
-            Source::Clones { pool, .. } => pool.len(),
+            Source::Clones { pool, .. } => pool.owned(),
             Source::ColdBoot { .. } => 0,
         }
     }
@@ -222,7 +150,7 @@ impl Function {
     /// Shells in the pool now, not counting those lent to running clones.
     pub fn pooled_vms(&self) -> usize {
         match &self.source {
-            Source::Clones { pool, .. } => pool.shells.lock().map_or(0, |s| s.len()),
+            Source::Clones { pool, .. } => pool.ready(),
             Source::ColdBoot { .. } => 0,
         }
     }
@@ -231,7 +159,7 @@ impl Function {
     /// (with recycling on, every clone runs in one).
     fn abandon_shell(&self) {
         if let Source::Clones { pool, .. } = &self.source {
-            if pool.recycle != Recycle::Off {
+            if pool.recycles() {
                 pool.returned(None);
             }
         }
@@ -244,15 +172,11 @@ impl Function {
                 // A VM that is to be recycled must be built as a shell.
                 let shell = match pool.take() {
                     Some(shell) => Some(shell),
-                    None if pool.recycle != Recycle::Off => {
-                        let shell = factory.shell()?;
-                        pool.lent.fetch_add(1, Ordering::Relaxed);
-                        Some(shell)
-                    }
+                    None if pool.recycles() => Some(pool.lend_new(factory.shell()?)),
                     None => None,
                 };
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-                let lent = shell.is_some() && pool.recycle != Recycle::Off;
+                let lent = shell.is_some() && pool.recycles();
                 let machine = factory.clone_vm(id, shell, Console::Discard, requested);
                 if machine.is_err() && lent {
                     pool.returned(None);
@@ -358,20 +282,13 @@ impl Function {
         // Teardown (stop, join, close or recycle the VM) is not the
         // caller's latency. Only a clone that answered normally is
         // recycled; one that crashed, hung or misbehaved is closed.
-        let (recycle_into, reusable) = match &self.source {
-            Source::Clones { pool, .. } if pool.recycle != Recycle::Off => {
-                (Some(pool.clone()), matches!(outcome, Outcome::Done { .. }))
-            }
-            _ => (None, false),
+        let pool = match &self.source {
+            Source::Clones { pool, .. } => Some(pool.clone()),
+            Source::ColdBoot { .. } => None,
         };
-        let finished = Finished {
-            running,
-            recycle_into,
-            reusable,
-        };
+        let finished = Finished::new(running, pool, matches!(outcome, Outcome::Done { .. }));
         if let Err(std::sync::mpsc::SendError(finished)) = reaper.send(finished) {
-            drop(finished.running.stop(StopReason::Requested));
-            metrics.live_clones.fetch_sub(1, Ordering::Relaxed);
+            finished.reap(metrics);
         }
         outcome
     }
@@ -390,78 +307,4 @@ fn stopped(control: &crate::control::Control) -> Option<Outcome> {
         }
         other => Some(Outcome::Error(format!("clone stopped: {other:?}"))),
     }
-}
-
-/// A clone whose invocation is over, on its way to the reapers.
-pub struct Finished {
-    running: RunningMachine,
-    /// The pool its VM's shell was lent from.
-    recycle_into: Option<Arc<ShellPool>>,
-    /// Whether the clone answered normally. One that crashed, hung or
-    /// misbehaved is closed, never reused.
-    reusable: bool,
-}
-
-impl Finished {
-    /// Stops the clone, then recycles its VM or closes it.
-    fn reap(self, metrics: &Metrics) {
-        let stopped = self.running.stop(StopReason::Requested);
-        metrics.live_clones.fetch_sub(1, Ordering::Relaxed);
-        let Some(pool) = self.recycle_into else {
-            return;
-        };
-        let shell = match stopped {
-            Ok(machine) if self.reusable => {
-                let in_place = pool
-                    .in_place
-                    .as_ref()
-                    .map(|(r, f)| (r.as_ref(), f.as_ref()));
-                match VmShell::recycle(machine, &pool.layout, in_place) {
-                    Ok((shell, reset)) => {
-                        metrics.recycled(&reset);
-                        Some(shell)
-                    }
-                    Err(e) => {
-                        tracing::warn!("a finished clone's VM was closed, not recycled: {e}");
-                        None
-                    }
-                }
-            }
-            _ => None,
-        };
-        pool.returned(shell);
-    }
-}
-
-/// Closing a VM takes ~10 ms on this host, mostly waiting in KVM, so
-/// several reapers share the queue.
-const REAPERS: usize = 16;
-
-/// Stops and closes (or recycles) clones handed over by invocations, off
-/// the request path. The threads end when every sender is dropped and the
-/// queue is empty.
-pub fn spawn_reapers(
-    metrics: Arc<Metrics>,
-) -> std::io::Result<(Sender<Finished>, Vec<std::thread::JoinHandle<()>>)> {
-    let (tx, rx) = std::sync::mpsc::channel::<Finished>();
-    let rx = Arc::new(Mutex::new(rx));
-    let mut handles = Vec::with_capacity(REAPERS);
-    for _ in 0..REAPERS {
-        let (rx, metrics) = (rx.clone(), metrics.clone());
-        handles.push(
-            std::thread::Builder::new()
-                .name("reaper".into())
-                .spawn(move || {
-                    crate::seccomp::install_in_thread(crate::seccomp::ThreadKind::Reaper);
-                    loop {
-                        let next = rx.lock().map(|r| r.recv());
-                        match next {
-                            Ok(Ok(finished)) => finished.reap(&metrics),
-                            _ => return,
-                        }
-                    }
-                })?,
-        );
-    }
-    Ok((tx, handles))
 }

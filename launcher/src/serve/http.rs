@@ -14,10 +14,10 @@ use axum::Router;
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-use super::function::Finished;
 use super::function::{Function, Outcome};
 use super::mailbox::Status;
 use super::metrics::Metrics;
+use super::pool::Finished;
 use crate::machine::vmm_rss_kib;
 
 pub struct AppState {

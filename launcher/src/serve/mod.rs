@@ -6,6 +6,7 @@ pub mod function;
 pub mod http;
 pub mod mailbox;
 pub mod metrics;
+pub mod pool;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,9 +19,9 @@ use tokio::sync::Semaphore;
 use crate::control::Control;
 use crate::error::{Error, Result};
 use function::Function;
-pub use function::Recycle;
 use http::AppState;
 use metrics::Metrics;
+pub use pool::Recycle;
 
 pub struct ServeConfig {
     pub templates: Vec<(String, PathBuf)>,
@@ -57,7 +58,7 @@ pub fn new_state(
         templates.push(dir.display().to_string());
     }
     let metrics = Arc::new(Metrics::default());
-    let (reaper, reapers) = function::spawn_reapers(metrics.clone())?;
+    let (reaper, reapers) = pool::spawn_reapers(metrics.clone())?;
     let state = Arc::new(AppState {
         functions,
         templates,
