@@ -71,91 +71,107 @@ impl Metrics {
 
     /// `pooled_vms`: VM shells ready in the functions' pools now.
     pub fn render(&self, rss_kib: u64, pooled_vms: usize) -> String {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP vmfork_invocations_total Function invocations by outcome."
+        family(
+            &mut out,
+            "vmfork_invocations_total",
+            "counter",
+            "Function invocations by outcome.",
         );
-        let _ = writeln!(out, "# TYPE vmfork_invocations_total counter");
         for (name, c) in OUTCOMES.iter().zip(&self.outcomes) {
-            let _ = writeln!(
-                out,
-                "vmfork_invocations_total{{outcome=\"{name}\"}} {}",
-                c.load(Ordering::Relaxed)
+            sample(
+                &mut out,
+                "vmfork_invocations_total",
+                ("outcome", name),
+                load(c),
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP vmfork_invocation_seconds Request to response latency of invocations."
+        family(
+            &mut out,
+            "vmfork_invocation_seconds",
+            "histogram",
+            "Request to response latency of invocations.",
         );
-        let _ = writeln!(out, "# TYPE vmfork_invocation_seconds histogram");
         for (bound, c) in BUCKETS.iter().zip(&self.buckets) {
-            let _ = writeln!(
-                out,
-                "vmfork_invocation_seconds_bucket{{le=\"{bound}\"}} {}",
-                c.load(Ordering::Relaxed)
+            let le = bound.to_string();
+            sample(
+                &mut out,
+                "vmfork_invocation_seconds_bucket",
+                ("le", &le),
+                load(c),
             );
         }
-        let count = self.latency_count.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "vmfork_invocation_seconds_bucket{{le=\"+Inf\"}} {count}"
+        let count = load(&self.latency_count);
+        sample(
+            &mut out,
+            "vmfork_invocation_seconds_bucket",
+            ("le", "+Inf"),
+            count,
         );
-        let _ = writeln!(
-            out,
-            "vmfork_invocation_seconds_sum {}",
-            self.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6
-        );
+        let sum = load(&self.latency_sum_us) as f64 / 1e6;
+        let _ = writeln!(out, "vmfork_invocation_seconds_sum {sum}");
         let _ = writeln!(out, "vmfork_invocation_seconds_count {count}");
-        let _ = writeln!(
-            out,
-            "# HELP vmfork_live_clones Clones currently alive (running or being torn down)."
+        let gauges = [
+            (
+                "vmfork_live_clones",
+                "Clones currently alive (running or being torn down).",
+                self.live_clones.load(Ordering::Relaxed),
+            ),
+            (
+                "vmfork_pooled_vms",
+                "VM shells ready for clones (made ahead with --warm, or recycled).",
+                pooled_vms as i64,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            family(&mut out, name, "gauge", help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+        family(
+            &mut out,
+            "vmfork_recycled_vms_total",
+            "counter",
+            "Finished clones whose VM was reused for a later clone.",
         );
-        let _ = writeln!(out, "# TYPE vmfork_live_clones gauge");
-        let _ = writeln!(
-            out,
-            "vmfork_live_clones {}",
-            self.live_clones.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP vmfork_pooled_vms VM shells ready for clones (made ahead with --warm, or recycled)."
-        );
-        let _ = writeln!(out, "# TYPE vmfork_pooled_vms gauge");
-        let _ = writeln!(out, "vmfork_pooled_vms {pooled_vms}");
-        let _ = writeln!(
-            out,
-            "# HELP vmfork_recycled_vms_total Finished clones whose VM was reused for a later clone."
-        );
-        let _ = writeln!(out, "# TYPE vmfork_recycled_vms_total counter");
         for (reset, c) in [
             ("in_place", &self.recycled_in_place),
             ("remap", &self.recycled_remapped),
         ] {
-            let _ = writeln!(
-                out,
-                "vmfork_recycled_vms_total{{reset=\"{reset}\"}} {}",
-                c.load(Ordering::Relaxed)
+            sample(
+                &mut out,
+                "vmfork_recycled_vms_total",
+                ("reset", reset),
+                load(c),
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP vmfork_reset_pages_total Pages written by clones and refilled from the template by in-place resets."
+        family(
+            &mut out,
+            "vmfork_reset_pages_total",
+            "counter",
+            "Pages written by clones and refilled from the template by in-place resets.",
         );
-        let _ = writeln!(out, "# TYPE vmfork_reset_pages_total counter");
-        let _ = writeln!(
-            out,
-            "vmfork_reset_pages_total {}",
-            self.reset_pages.load(Ordering::Relaxed)
+        let _ = writeln!(out, "vmfork_reset_pages_total {}", load(&self.reset_pages));
+        family(
+            &mut out,
+            "vmfork_resident_memory_bytes",
+            "gauge",
+            "Resident memory of the vmfork process.",
         );
-        let _ = writeln!(
-            out,
-            "# HELP vmfork_resident_memory_bytes Resident memory of the vmfork process."
-        );
-        let _ = writeln!(out, "# TYPE vmfork_resident_memory_bytes gauge");
         let _ = writeln!(out, "vmfork_resident_memory_bytes {}", rss_kib * 1024);
         out
     }
+}
+
+/// A metric family's HELP and TYPE lines.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// One sample with one label.
+fn sample(out: &mut String, name: &str, (label, value): (&str, &str), count: u64) {
+    let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {count}");
 }
 
 #[cfg(test)]
