@@ -21,6 +21,7 @@ FUNC_CMDLINE = "quiet=1 timer_hz=0 touch_mib=1"
 FUNCTIONS = ("echo", "json-upper", "crash", "spin")
 MAX_BODY = 64 * 1024
 HANG = 120  # seconds after which any vmfork command counts as hung
+FDS_PER_POOLED_VM = 3  # a pooled VM holds its VM, vCPU and serial irqfd fds
 
 
 class Stats:
@@ -210,10 +211,23 @@ class Soak:
         finally:
             c.close()
 
-    def live_clones(self):
+    def metric(self, name):
         _, text = self.http("GET", "/metrics")
-        m = re.search(rb"^vmfork_live_clones (\d+)", text, re.M)
+        m = re.search(rb"^" + name.encode() + rb" (\d+)", text, re.M)
         return int(m.group(1)) if m else -1
+
+    def live_clones(self):
+        return self.metric("vmfork_live_clones")
+
+    def serve_fds(self):
+        """serve's open fds, less those the VMs pooled for reuse hold (the
+        VM, its vCPU, the serial irqfd): the pool grows up to 2x
+        --max-concurrency under load, and is bounded; a leak is not. The
+        /metrics connection asked for the pool size is given a moment to
+        close first."""
+        pooled = FDS_PER_POOLED_VM * max(0, self.metric("vmfork_pooled_vms"))
+        time.sleep(0.2)
+        return fd_count(self.serve.pid) - pooled
 
     def one_request(self):
         rng = self.rng
@@ -351,6 +365,13 @@ class Soak:
             h, self.holder = self.holder, None
         if h is None:
             return
+        if sig == signal.SIGTERM:
+            # A SIGTERM that lands before the holder has set up its signal
+            # handling kills it the default way (status -15): wait until it
+            # serves (its socket exists), as an operator's would.
+            deadline = time.monotonic() + 10
+            while not os.path.exists(self.sock) and h.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.01)
         h.send_signal(sig)
         try:
             _, err = h.communicate(timeout=30)
@@ -435,7 +456,7 @@ class Soak:
         self.ping_ref = {k: field(line, k) for k in ("boot_nonce", "checksum", "n")}
         self.start_serve()
         time.sleep(2)  # warm shells filled
-        fds_before = fd_count(self.serve.pid)
+        fds_before = self.serve_fds()
         threads = [threading.Thread(target=t, daemon=True) for t in
                    (self.traffic, self.traffic, self.sampler, self.churn, self.holder_killer, self.periodic)]
         for t in threads:
@@ -456,10 +477,10 @@ class Soak:
             except OSError as e:
                 self.stats.error("serve_metrics_unreachable", False, repr(e))
                 break
-            if live == 0 and fd_count(self.serve.pid) <= fds_before:
+            if live == 0 and self.serve_fds() <= fds_before:
                 break
             time.sleep(0.5)
-        fds_after = fd_count(self.serve.pid)
+        fds_after = self.serve_fds()
         rss_final = proc_status(self.serve.pid, "VmRSS:")
         rss_hwm = proc_status(self.serve.pid, "VmHWM:")
         self.serve.send_signal(signal.SIGTERM)
