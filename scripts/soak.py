@@ -98,6 +98,17 @@ def proc_status(pid, key):
     return 0
 
 
+def handles_sigterm(pid):
+    """Whether the process blocks or catches SIGTERM by now."""
+    bit = 1 << (signal.SIGTERM - 1)
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            masks = [int(l.split()[1], 16) for l in f if l.startswith(("SigBlk:", "SigCgt:"))]
+    except (OSError, ValueError, IndexError):
+        return False
+    return any(m & bit for m in masks)
+
+
 def fd_count(pid):
     try:
         return len(os.listdir(f"/proc/{pid}/fd"))
@@ -366,12 +377,12 @@ class Soak:
         if h is None:
             return
         if sig == signal.SIGTERM:
-            # A SIGTERM that lands before the holder has set up its signal
-            # handling kills it the default way (status -15): wait until it
-            # serves (its socket exists), as an operator's would.
+            # A SIGTERM that lands before the holder's first instructions
+            # have taken over the stop signals kills it the default way
+            # (status -15), as it would any program: wait until it has.
             deadline = time.monotonic() + 10
-            while not os.path.exists(self.sock) and h.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.01)
+            while not handles_sigterm(h.pid) and h.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.005)
         h.send_signal(sig)
         try:
             _, err = h.communicate(timeout=30)
