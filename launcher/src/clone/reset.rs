@@ -52,6 +52,8 @@ pub struct InPlaceReset {
     /// not in that mode and no reset is done in place.
     table_pages: Option<HashSet<u64>>,
     pagemap: File,
+    /// The memfd's (device, inode): what a shell reset in place has mapped.
+    memfd_id: (u64, u64),
 }
 
 /// The outcome of [`InPlaceReset::reset`].
@@ -68,9 +70,15 @@ impl InPlaceReset {
         let pagemap = File::open("/proc/self/pagemap")
             .map_err(|e| Error::GuestMemory(format!("opening /proc/self/pagemap: {e}")))?;
         Ok(InPlaceReset {
+            memfd_id: file_id(memfd)?,
             table_pages: table_pages(memfd, &state.memory, state.vcpus.iter().map(|v| &v.sregs)),
             pagemap,
         })
+    }
+
+    /// The identity of the memfd this reset refills from.
+    pub fn memfd_id(&self) -> (u64, u64) {
+        self.memfd_id
     }
 
     /// Finds the pages written in `addr..addr+size` (a clone's private
@@ -119,6 +127,15 @@ impl InPlaceReset {
         }
         Ok(written)
     }
+}
+
+/// A file's (device, inode), which tells whether a mapping is of it.
+pub fn file_id(file: &File) -> Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::GuestMemory(format!("fstat of template memory: {e}")))?;
+    Ok((meta.dev(), meta.ino()))
 }
 
 /// A page of a private file mapping that the file no longer backs: copied

@@ -75,9 +75,10 @@ pub struct VmShell {
     pub serial_irq: IrqTrigger,
     pub ram: ReservedRam,
     layout: MemoryState,
-    /// The template's memfd is still mapped over `ram` from a previous
-    /// clone, reset in place (clone/reset.rs), with KVM's mappings of it.
-    template_mapped: bool,
+    /// The (device, inode) of the template memfd still mapped over `ram`
+    /// from a previous clone, reset in place (clone/reset.rs), with KVM's
+    /// mappings of it; None when `ram` is a bare reservation.
+    template_mapped: Option<(u64, u64)>,
 }
 
 impl VmShell {
@@ -132,21 +133,20 @@ impl VmShell {
             serial_irq,
             ram,
             layout: layout.clone(),
-            template_mapped: false,
+            template_mapped: None,
         })
     }
 
     /// Turns a finished clone's VM back into a shell for the next clone,
     /// skipping KVM's VM teardown and creation (most of a clone's host CPU
-    /// cost on this host; docs/serve.md). Its memory goes back to a bare
-    /// reservation first: the clone's private pages are freed, and KVM's
-    /// MMU notifier drops every mapping it had of them, so nothing the
-    /// clone wrote is reachable by the next one. vCPU, irqchip, PIT, clock
-    /// and device state are all overwritten by the next restore.
-    ///
-    /// With `in_place` (the template's reset state and its memfd, which
-    /// the clone's memory must map), only the pages the clone wrote are
-    /// refilled when that is safe, and the mapping stays.
+    /// cost on this host; docs/serve.md). vCPU, irqchip, PIT, clock and
+    /// device state are all overwritten by the next restore; the memory is
+    /// reset here. With `in_place` (the template's reset state and its
+    /// memfd, which the clone's memory must map), the pages the clone wrote
+    /// are refilled and the mapping stays, when that is safe (reset.rs).
+    /// Otherwise the memory goes back to a bare reservation: the clone's
+    /// private pages are freed, and KVM's MMU notifier drops every mapping
+    /// it had of them.
     ///
     /// Only a machine restored into a shell (its one memory guard being the
     /// shell's reservation) can be recycled; any other is closed and an
@@ -191,7 +191,10 @@ impl VmShell {
             serial_irq: parts.serial_irq,
             ram: *ram,
             layout: layout.clone(),
-            template_mapped: reset != Reset::Remap,
+            template_mapped: match (&reset, in_place) {
+                (Reset::InPlace(_), Some((in_place, _))) => Some(in_place.memfd_id()),
+                _ => None,
+            },
         };
         Ok((shell, reset))
     }
@@ -199,13 +202,17 @@ impl VmShell {
     /// Maps `file` privately over the reservation (or, with None, fresh
     /// anonymous memory for a userfaultfd clone), region by region, and
     /// returns the guest memory view of it (which does not own the mapping).
-    /// A shell recycled in place already has the template mapped: `file`
-    /// must then be the memfd its previous clone mapped.
+    /// A shell recycled in place that already maps `file` keeps that
+    /// mapping.
     pub fn map_private(&self, file: Option<&std::fs::File>) -> Result<GuestMemoryMmap> {
+        let keep = match (self.template_mapped, file) {
+            (Some(mapped), Some(f)) => super::reset::file_id(f)? == mapped,
+            _ => false,
+        };
         let mut regions = Vec::with_capacity(self.layout.regions.len());
         for r in &self.layout.regions {
             let at = self.ram.addr as usize + r.file_offset as usize;
-            if !self.template_mapped {
+            if !keep {
                 self.map_region(at, r.size as usize, r.file_offset, file)?;
             }
             // SAFETY: `at..at+size` is the live mapping just created, owned
