@@ -1,7 +1,8 @@
 //! The threads vCPUs run on: a new thread per vCPU, or a runner kept
-//! between machines ([`Runners`], used by `vmfork serve`). Creating a
-//! thread and compiling its seccomp filter costs ~150 us on this host, a
-//! tenth of a whole request (docs/serve.md).
+//! between machines ([`Runners`]: `vmfork serve`'s functions, and `clone
+//! --shells`, which makes them with its shells). Creating a thread and
+//! compiling its seccomp filter cost ~150 us per VM on this host
+//! (docs/serve.md).
 
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Condvar, Mutex, Weak};
