@@ -78,7 +78,8 @@ impl ShellPool {
         self.shells.lock().map_or(0, |s| s.len())
     }
 
-    /// A shell made on a request's path, lent like a pooled one.
+    /// Counts `shell` as lent (when VMs come back at all): one taken from
+    /// the pool, or made on a request's path.
     pub fn lend_new(&self, shell: VmShell) -> VmShell {
         if self.recycles() {
             self.lent.fetch_add(1, Ordering::Relaxed);
@@ -88,15 +89,12 @@ impl ShellPool {
 
     pub fn take(&self) -> Option<VmShell> {
         let shell = self.shells.lock().ok()?.pop()?;
-        if self.recycle != Recycle::Off {
-            self.lent.fetch_add(1, Ordering::Relaxed);
-        }
-        Some(shell)
+        Some(self.lend_new(shell))
     }
 
     /// Shells ready or on their way back.
     pub fn owned(&self) -> usize {
-        self.shells.lock().map_or(0, |s| s.len()) + self.lent.load(Ordering::Relaxed)
+        self.ready() + self.lent.load(Ordering::Relaxed)
     }
 
     /// Keeps `shell` if there is room; otherwise it is closed.
