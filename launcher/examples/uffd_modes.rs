@@ -8,6 +8,8 @@
 //! than it writes; a handler thread answers each fault as `--backend uffd`
 //! does. Run by scripts/bench-uffd-modes.sh; the last line is JSON.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
