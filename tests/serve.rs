@@ -207,7 +207,7 @@ const FDS_PER_POOLED_VM: i64 = 3;
 /// 10,000 invocations, some failing on purpose: afterwards no clone is
 /// alive, the fd count is back where it was (within 8, for sockets the
 /// HTTP stack keeps around, once the VMs the pool gained or lost are
-/// counted: the pool holds up to --max-concurrency recycled VMs) and RSS
+/// counted: the pool holds up to 2 x --max-concurrency VMs) and RSS
 /// within RSS_MARGIN_KIB.
 #[test]
 fn ten_thousand_invocations_leave_nothing_behind() {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use super::args::{parse_count, parse_duration, parse_size};
 use super::signals;
@@ -41,11 +41,20 @@ pub struct ServeArgs {
     /// cloning it: the baseline clones are benchmarked against.
     #[arg(long, conflicts_with = "warm")]
     pub cold_boot: bool,
-    /// What becomes of a clone's VM after its request: `in-place` reuses
-    /// it for a later clone, refilling only the pages the clone wrote;
-    /// `remap` reuses it with all its memory dropped; `off` closes it.
-    #[arg(long, default_value = "in-place", value_name = "in-place|remap|off")]
-    pub recycle: String,
+    /// What becomes of a clone's VM after its request (docs/serve.md,
+    /// "Recycled VMs").
+    #[arg(long, value_enum, default_value = "in-place")]
+    pub recycle: RecycleArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RecycleArg {
+    /// Reuse it for a later clone, refilling only the pages it wrote.
+    InPlace,
+    /// Reuse it for a later clone with all its memory dropped.
+    Remap,
+    /// Close it; every clone gets a new VM.
+    Off,
 }
 
 pub fn run(args: &ServeArgs) -> Result<()> {
@@ -82,15 +91,10 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         max_body: parse_size("--max-body", &args.max_body)? as usize,
         warm: parse_count("--warm", &args.warm, 0, 10_000)? as usize,
         cold_boot: args.cold_boot,
-        recycle: match args.recycle.as_str() {
-            "in-place" => Recycle::InPlace,
-            "remap" => Recycle::Remap,
-            "off" => Recycle::Off,
-            other => {
-                return Err(Error::InvalidArgument(format!(
-                    "--recycle {other:?}: expected in-place, remap or off"
-                )))
-            }
+        recycle: match args.recycle {
+            RecycleArg::InPlace => Recycle::InPlace,
+            RecycleArg::Remap => Recycle::Remap,
+            RecycleArg::Off => Recycle::Off,
         },
     };
     let stop = Arc::new(Control::new(Instant::now(), false));
