@@ -265,7 +265,9 @@ impl GuestChannel {
         if port == READY_PORT {
             control.send_command(command);
             // A stopping VM completes the parked `in` with RESUMED.
-            let delivered = control.wait_command().unwrap_or(ready_port::CMD_RESUMED);
+            let delivered = control
+                .wait_command(false)
+                .unwrap_or(ready_port::CMD_RESUMED);
             ready_port::encode_command(delivered, &mut data);
             let word = delivered.to_le_bytes();
             let ok = data

@@ -100,6 +100,17 @@ impl Control {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Changes the state and wakes every waiter, after unlocking: a waiter
+    /// woken while the lock is still held blocks on it at once and needs a
+    /// second wake-up, two context switches per event on this path.
+    fn update<R>(&self, change: impl FnOnce(&mut State) -> R) -> R {
+        let mut s = self.lock();
+        let result = change(&mut s);
+        drop(s);
+        self.changed.notify_all();
+        result
+    }
+
     /// A restored VM was ready before it was saved, with `acks`
     /// acknowledgements already counted.
     /// With `exit_on_ack`, the VM stops at the guest's first
@@ -124,10 +135,10 @@ impl Control {
     }
 
     pub fn request_pause(&self) {
-        let mut s = self.lock();
-        s.pausing = true;
-        self.leaving.store(true, Ordering::Release);
-        self.changed.notify_all();
+        self.update(|s| {
+            s.pausing = true;
+            self.leaving.store(true, Ordering::Release);
+        });
     }
 
     /// Called when vCPU threads start (again).
@@ -140,9 +151,7 @@ impl Control {
 
     /// Queues a request for the owner and wakes it.
     pub fn submit(&self, request: OwnerRequest) {
-        let mut s = self.lock();
-        s.requests.push_back(request);
-        self.changed.notify_all();
+        self.update(|s| s.requests.push_back(request));
     }
 
     /// Blocks until the VM stops or a request arrives. Before the guest is
@@ -182,22 +191,21 @@ impl Control {
     /// Records the first stop reason; later ones (other vCPUs winding down)
     /// are ignored.
     pub fn stop(&self, reason: StopReason) {
-        let mut s = self.lock();
-        if s.stop.is_none() {
-            s.stop = Some(reason);
-        }
-        self.leaving.store(true, Ordering::Release);
-        self.changed.notify_all();
+        self.update(|s| {
+            if s.stop.is_none() {
+                s.stop = Some(reason);
+            }
+            self.leaving.store(true, Ordering::Release);
+        });
     }
 
     /// The guest wrote READY. Returns true when the VM should stop here.
     pub fn mark_ready(&self) -> bool {
-        let mut s = self.lock();
-        if s.ready_at.is_none() {
-            s.ready_at = Some(self.started.elapsed());
-        }
-        self.changed.notify_all();
-        drop(s);
+        self.update(|s| {
+            if s.ready_at.is_none() {
+                s.ready_at = Some(self.started.elapsed());
+            }
+        });
         if self.exit_on_ready {
             self.stop(StopReason::ReadyReached);
             return true;
@@ -210,18 +218,19 @@ impl Control {
     }
 
     pub fn mark_ack(&self) {
-        let mut s = self.lock();
+        self.update(|s| self.count_ack(s));
+    }
+
+    /// One acknowledgement. A restored VM is past its ready point; its
+    /// first acknowledgement is the ready point of the restore.
+    fn count_ack(&self, s: &mut State) {
         s.acks += 1;
-        let first = s.first_ack_at.is_none();
-        if first {
+        if s.first_ack_at.is_none() {
             s.first_ack_at = Some(self.started.elapsed());
-        }
-        self.changed.notify_all();
-        drop(s);
-        // A restored VM is past its ready point; its first acknowledgement
-        // is the ready point of the restore.
-        if first && self.exit_on_ready && self.lock().ready_at == Some(Duration::ZERO) {
-            self.stop(StopReason::ReadyReached);
+            if self.exit_on_ready && s.ready_at == Some(Duration::ZERO) && s.stop.is_none() {
+                s.stop = Some(StopReason::ReadyReached);
+                self.leaving.store(true, Ordering::Release);
+            }
         }
     }
 
@@ -234,18 +243,22 @@ impl Control {
     }
 
     pub fn send_command(&self, command: u32) {
-        let mut s = self.lock();
-        s.commands.push_back(command);
-        self.changed.notify_all();
+        self.update(|s| s.commands.push_back(command));
     }
 
     /// Called by the vCPU thread whose guest is parked in an `in` from the
     /// ready port. Blocks until there is a command, or returns None when
-    /// the VM is stopping or pausing.
-    pub fn wait_command(&self) -> Option<u32> {
+    /// the VM is stopping or pausing. With `ack`, the `in` also
+    /// acknowledged the previous command (ACK_WAIT_PORT): the owner learns
+    /// both in one wake-up.
+    pub fn wait_command(&self, ack: bool) -> Option<u32> {
+        self.update(|s| {
+            if ack {
+                self.count_ack(s);
+            }
+            s.parked = true;
+        });
         let mut s = self.lock();
-        s.parked = true;
-        self.changed.notify_all();
         loop {
             if s.stop.is_some() || s.pausing {
                 return None;
@@ -258,19 +271,42 @@ impl Control {
         }
     }
 
+    /// A guest parked whose commands come from a [`crate::vcpu::run::Commander`]
+    /// on its own thread: records the park (and `ack`) for anyone who looks
+    /// later, waking nobody. Returns the acknowledgements so far.
+    pub fn parked_with(&self, ack: bool) -> u64 {
+        let mut s = self.lock();
+        if ack {
+            self.count_ack(&mut s);
+        }
+        s.parked = true;
+        s.acks
+    }
+
+    /// The guest left its park with a command from its commander.
+    pub fn unpark(&self) {
+        self.lock().parked = false;
+    }
+
     /// Waits until `pred` holds or `deadline` passes. Returns whether it held.
     fn wait_until(&self, deadline: Option<Instant>, pred: impl Fn(&State) -> bool) -> bool {
+        self.wait_for(deadline, pred).is_some()
+    }
+
+    /// Waits until `pred` holds or `deadline` passes; then, whether the VM
+    /// is stopping, read under the same lock. None on timeout.
+    fn wait_for(&self, deadline: Option<Instant>, pred: impl Fn(&State) -> bool) -> Option<bool> {
         let mut s = self.lock();
         loop {
             if pred(&s) {
-                return true;
+                return Some(s.stop.is_some());
             }
             match deadline {
                 None => s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner()),
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
-                        return false;
+                        return None;
                     }
                     s = self
                         .changed
@@ -298,12 +334,19 @@ impl Control {
 
     /// Waits until the guest is parked waiting for a command (or stopped).
     pub fn wait_parked(&self, deadline: Option<Instant>) -> bool {
-        self.wait_until(deadline, |s| s.parked || s.stop.is_some()) && !self.is_stopping()
+        self.wait_for(deadline, |s| s.parked || s.stop.is_some()) == Some(false)
     }
 
     /// Waits until at least `n` acknowledgements arrived (or stopped).
     pub fn wait_acks(&self, n: u64, deadline: Option<Instant>) -> bool {
-        self.wait_until(deadline, |s| s.acks >= n || s.stop.is_some()) && !self.is_stopping()
+        self.wait_for(deadline, |s| s.acks >= n || s.stop.is_some()) == Some(false)
+    }
+
+    /// Waits until at least `n` acknowledgements arrived and the guest is
+    /// parked for its next command (or stopped): what an owner about to
+    /// send that command needs, in one wait.
+    pub fn wait_acks_parked(&self, n: u64, deadline: Option<Instant>) -> bool {
+        self.wait_for(deadline, |s| (s.acks >= n && s.parked) || s.stop.is_some()) == Some(false)
     }
 
     /// Whether a command sent to the guest is still waiting to be taken.
@@ -353,10 +396,10 @@ mod tests {
     fn parked_vcpu_gets_commands_and_wakes_on_stop() {
         let c = Arc::new(Control::new(Instant::now(), false));
         let c2 = c.clone();
-        let t = std::thread::spawn(move || (c2.wait_command(), c2.wait_command()));
+        let t = std::thread::spawn(move || (c2.wait_command(false), c2.wait_command(true)));
         assert!(c.wait_parked(None));
         c.send_command(7);
-        std::thread::sleep(Duration::from_millis(10));
+        assert!(c.wait_acks_parked(1, None));
         c.stop(StopReason::Requested);
         assert_eq!(t.join().ok(), Some((Some(7), None)));
     }

@@ -199,7 +199,7 @@ impl CloneFactory {
         let acks = control.acks();
         let running = machine.start_on(runners)?;
         let deadline = Some(Instant::now() + WARM_UP_TIMEOUT);
-        let up = control.wait_acks(acks + 1, deadline) && control.wait_parked(deadline);
+        let up = control.wait_acks_parked(acks + 1, deadline);
         let machine = running.stop(StopReason::Requested)?;
         if !up {
             return Err(Error::Timeout(format!(

@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::kvm_host::KvmHost;
 use crate::memory::PmemImage;
 use crate::template::manifest::KernelInfo;
-use crate::vcpu::run::{run_loop, VcpuContext};
+use crate::vcpu::run::{run_loop, Commander, VcpuContext};
 use crate::vcpu::threads::{Runners, VcpuThread, VcpuWork};
 use crate::vcpu::{kick, Vcpu};
 use crate::vm::Vm;
@@ -121,7 +121,26 @@ impl Machine {
 
     /// Starts the vCPUs on `runners`' kept threads when given, else on
     /// threads of their own.
-    pub fn start_on(mut self, runners: Option<&Arc<Runners>>) -> Result<RunningMachine> {
+    pub fn start_on(self, runners: Option<&Arc<Runners>>) -> Result<RunningMachine> {
+        self.start_with(runners, None)
+    }
+
+    /// [`Self::start_on`], with `commander` deciding each parked guest's
+    /// next command on its vCPU's thread instead of the owner (see
+    /// [`Commander`]). The vCPUs return once it answers None.
+    pub fn start_commanded(
+        self,
+        runners: Option<&Arc<Runners>>,
+        commander: Commander,
+    ) -> Result<RunningMachine> {
+        self.start_with(runners, Some(commander))
+    }
+
+    fn start_with(
+        mut self,
+        runners: Option<&Arc<Runners>>,
+        commander: Option<Commander>,
+    ) -> Result<RunningMachine> {
         kick::install_kick_handler()?;
         self.control.clear_pause();
         let mut threads = Vec::with_capacity(self.vcpus.len());
@@ -130,6 +149,7 @@ impl Machine {
             let control = self.control.clone();
             let bus = self.bus.clone();
             let host = self.host.virt;
+            let commander = commander.clone();
             // Filtered before this thread runs a guest instruction or
             // handles a single exit.
             let work: VcpuWork = Box::new(move |filter| {
@@ -143,6 +163,7 @@ impl Machine {
                     control: &control,
                     bus: &bus,
                     host,
+                    commander: commander.as_ref(),
                 };
                 run_loop(vcpu.index, &mut vcpu.fd, &ctx);
                 vcpu
@@ -303,6 +324,16 @@ impl RunningMachine {
 
     pub fn wait(&self, ready_timeout: Option<Duration>) -> StopReason {
         self.machine.control.wait_stopped(ready_timeout)
+    }
+
+    /// Waits until every vCPU thread has returned (a commanded machine's
+    /// do once their commander answers None), or until `deadline`.
+    /// Returns whether they have.
+    pub fn wait_vcpus_until(&self, deadline: std::time::Instant) -> bool {
+        self.threads.iter().all(|t| {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            t.wait_finished(left)
+        })
     }
 
     /// Kicks every vCPU thread out of KVM_RUN and takes its vCPU back. A

@@ -237,6 +237,8 @@ impl Group {
                         ],
                     )?,
                 );
+                // Finding a finished clone's written pages (clone/reset.rs).
+                l.when(SYS_ioctl, arg_is(1, &[crate::clone::reset::PAGEMAP_SCAN])?);
             }
             Group::FileWrite => {
                 // Templates and snapshots: written into a hidden directory,
@@ -386,7 +388,10 @@ impl Group {
                 // pending I/O (one KVM_RUN with immediate_exit set), reads
                 // /proc/self/pagemap and refills written pages from the
                 // template's memfd (fds opened before the filter).
-                l.when(SYS_ioctl, arg_is(1, &[KVM_RUN])?);
+                l.when(
+                    SYS_ioctl,
+                    arg_is(1, &[KVM_RUN, crate::clone::reset::PAGEMAP_SCAN])?,
+                );
                 l.always(&[SYS_pread64]);
             }
         }

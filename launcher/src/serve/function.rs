@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 use super::mailbox::{self, Response, CMD_INVOKE};
 use super::metrics::Metrics;
 use super::pool::{Finished, Recycle, ShellPool};
+use super::progress::{Ending, Progress};
 use crate::boot::loader::{BootProtocol, KernelSource, EMBEDDED_KERNEL};
 use crate::clone::{Backend, CloneFactory};
 use crate::control::StopReason;
 use crate::devices::console::Console;
 use crate::error::{Error, Result};
-use crate::machine::{Machine, MachineConfig};
+use crate::machine::{Machine, MachineConfig, RunningMachine};
 use crate::template::LoadedTemplate;
 use crate::vcpu::threads::Runners;
 
@@ -228,7 +229,13 @@ impl Function {
         }
         let control = machine.control().clone();
         let acks_at_start = control.acks();
-        let running = match machine.start_on(Some(&self.runners)) {
+        let progress = Progress::new(requested, acks_at_start);
+        let started = if cloned {
+            machine.start_commanded(Some(&self.runners), progress.commander())
+        } else {
+            machine.start_on(Some(&self.runners))
+        };
+        let running = match started {
             Ok(r) => r,
             Err(e) => {
                 self.abandon_shell();
@@ -236,41 +243,17 @@ impl Function {
             }
         };
         metrics.live_clones.fetch_add(1, Ordering::Relaxed);
-        let outcome = (|| {
-            let deadline = Some(requested + START_TIMEOUT);
-            // A fresh clone first acknowledges that it resumed. (Queueing
-            // INVOKE before it starts, to save this round trip, measured
-            // worse: p99 at 8 connections 21-23 ms against 8-9 ms.)
-            let up = if cloned {
-                control.wait_acks(acks_at_start + 1, deadline)
-            } else {
-                true
-            };
-            if !up || !control.wait_parked(deadline) {
-                return stopped(&control).unwrap_or(Outcome::Timeout);
-            }
-            let clone_us = requested.elapsed().as_micros() as u64;
-            if !cloned {
-                if let Err(e) = mailbox::write_request(running.machine().memory(), body) {
-                    return Outcome::Error(e.to_string());
+        let outcome = if cloned {
+            match progress.wait(&running, START_TIMEOUT, timeout) {
+                Ending::Answered { clone_us, run_us } => response(&running, clone_us, run_us),
+                Ending::TimedOut => stopped(&control).unwrap_or(Outcome::Timeout),
+                Ending::Returned(why) => {
+                    stopped(&control).unwrap_or_else(|| Outcome::Crash(why.into()))
                 }
             }
-            let before = control.acks();
-            let run_start = Instant::now();
-            control.send_command(CMD_INVOKE);
-            if !control.wait_acks(before + 1, Some(run_start + timeout)) {
-                return stopped(&control).unwrap_or(Outcome::Timeout);
-            }
-            let run_us = run_start.elapsed().as_micros() as u64;
-            match mailbox::read_response(running.machine().memory()) {
-                Ok(response) => Outcome::Done {
-                    response,
-                    clone_us,
-                    run_us,
-                },
-                Err(e) => Outcome::Crash(e.to_string()),
-            }
-        })();
+        } else {
+            cold_boot_invoke(&running, body, requested, timeout)
+        };
         if matches!(outcome, Outcome::Timeout) {
             // The caller only learns that time ran out; what the guest was
             // doing meanwhile, if the VMM saw it, goes to the log.
@@ -292,6 +275,43 @@ impl Function {
         }
         outcome
     }
+}
+
+/// The function's answer in the mailbox of a clone that acknowledged it.
+fn response(running: &RunningMachine, clone_us: u64, run_us: u64) -> Outcome {
+    match mailbox::read_response(running.machine().memory()) {
+        Ok(response) => Outcome::Done {
+            response,
+            clone_us,
+            run_us,
+        },
+        Err(e) => Outcome::Crash(e.to_string()),
+    }
+}
+
+/// A cold-booted guest initialises its heap first, so it gets its request
+/// once it is parked after READY, from this (the owner's) thread.
+fn cold_boot_invoke(
+    running: &RunningMachine,
+    body: &[u8],
+    requested: Instant,
+    timeout: Duration,
+) -> Outcome {
+    let control = running.control();
+    let acks = control.acks();
+    if !control.wait_acks_parked(acks, Some(requested + START_TIMEOUT)) {
+        return stopped(control).unwrap_or(Outcome::Timeout);
+    }
+    let clone_us = requested.elapsed().as_micros() as u64;
+    if let Err(e) = mailbox::write_request(running.machine().memory(), body) {
+        return Outcome::Error(e.to_string());
+    }
+    let run_start = Instant::now();
+    control.send_command(CMD_INVOKE);
+    if !control.wait_acks(acks + 1, Some(run_start + timeout)) {
+        return stopped(control).unwrap_or(Outcome::Timeout);
+    }
+    response(running, clone_us, run_start.elapsed().as_micros() as u64)
 }
 
 /// The guest's own reason for stopping, if it stopped.

@@ -7,6 +7,7 @@ pub mod http;
 pub mod mailbox;
 pub mod metrics;
 pub mod pool;
+pub mod progress;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
