@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use vmfork_tests::server::{function_template as template, header, Server};
-use vmfork_tests::Scratch;
+use vmfork_tests::{vmfork, Scratch};
 
 #[test]
 fn functions_limits_and_faults_over_http() {
@@ -138,6 +138,58 @@ fn recycled_vms_start_from_the_template() {
         assert_eq!((code, body.as_slice()), (200, &b"1"[..]));
     }
     assert_eq!(server.metric(in_place), Some(0));
+    server.stop();
+}
+
+/// A template whose guest this build cannot vouch for (here the embedded
+/// guest, but booted from a file) is served the two-step way: RESUMED,
+/// acknowledged, then INVOKE. Both ways give the same answers from the
+/// same fresh state.
+#[test]
+fn guests_not_known_to_take_resume_invoke_are_invoked_after_resuming() {
+    let scratch = Scratch::new("serve-two-step");
+    let elf = scratch.str("guest.elf");
+    let run = vmfork(&["export-guest", &elf]);
+    assert_eq!(run.status, 0, "{run}");
+    let from_file = scratch.str("from-file");
+    let run = vmfork(&[
+        "template",
+        "build",
+        "--kernel",
+        &elf,
+        "--mem",
+        "32M",
+        "--cmdline",
+        "quiet=1 timer_hz=0 touch_mib=1 function=counter",
+        "--out",
+        &from_file,
+    ]);
+    assert_eq!(run.status, 0, "{run}");
+    let fns = [
+        ("embedded", template(&scratch, "embedded", "counter")),
+        ("file", from_file),
+    ];
+    let server = Server::start(&fns, &[]);
+    let (code, _, list) = server.request("GET", "/v1/functions", b"");
+    assert_eq!(code, 200);
+    let list: serde_json::Value = serde_json::from_slice(&list).expect("function list");
+    let resumes = |name: &str| {
+        list["functions"]
+            .as_array()
+            .and_then(|fs| fs.iter().find(|f| f["name"] == name))
+            .map(|f| f["resumes_into_request"].clone())
+    };
+    assert_eq!(resumes("embedded"), Some(serde_json::Value::Bool(true)));
+    assert_eq!(resumes("file"), Some(serde_json::Value::Bool(false)));
+    for name in ["embedded", "file", "embedded", "file"] {
+        let (code, headers, body) = server.invoke(name, b"");
+        assert_eq!((code, body.as_slice()), (200, &b"1"[..]), "{name}");
+        assert_eq!(
+            header(&headers, "x-vmfork-invocations"),
+            Some("1"),
+            "{name}"
+        );
+    }
     server.stop();
 }
 

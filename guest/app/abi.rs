@@ -25,6 +25,9 @@ pub const CMD_DIRTY: u32 = 4;
 pub const CMD_RESUMED: u32 = 3;
 /// Run the configured function on the mailbox's request (docs/guest-abi.md).
 pub const CMD_INVOKE: u32 = 5;
+/// RESUMED, then INVOKE, acknowledged once: a clone resumed straight into
+/// its request (docs/guest-abi.md).
+pub const CMD_RESUME_INVOKE: u32 = 6;
 
 /// The clone-info page: the VMM writes it before resuming a restored or
 /// cloned VM, so every clone gets its own id, entropy and the host's time.

@@ -23,7 +23,8 @@ use core::hint::black_box;
 use core::ptr::{read_volatile, write_volatile};
 
 use abi::{
-    BootInfo, CMD_DIRTY, CMD_EXIT, CMD_INVOKE, CMD_NO_VMM, CMD_RESUMED, PANIC_GUEST_FATAL,
+    BootInfo, CMD_DIRTY, CMD_EXIT, CMD_INVOKE, CMD_NO_VMM, CMD_RESUMED, CMD_RESUME_INVOKE,
+    PANIC_GUEST_FATAL,
     ACK_WAIT_PORT, READY, READY_PORT, SVC_TIMER_START,
 };
 use config::{Config, Test};
@@ -245,6 +246,10 @@ fn serve(boot_nonce: u64, checksum: u64, cfg: &Config, heap: (u64, u64)) -> ! {
             CMD_INVOKE => {
                 ack_due = function::invoke(cfg.function);
             }
+            CMD_RESUME_INVOKE => {
+                resumed(&mut clone_id, &mut host_time_ms, &mut rng);
+                ack_due = function::invoke(cfg.function);
+            }
             CMD_NO_VMM => {
                 say!("vmfork-guest: no VMM on port 0xdf0; exiting through isa-debug-exit");
                 exit(0)
@@ -252,11 +257,7 @@ fn serve(boot_nonce: u64, checksum: u64, cfg: &Config, heap: (u64, u64)) -> ! {
             // PING, RESUMED, and (per the ABI) any other command word.
             c => {
                 if c == CMD_RESUMED {
-                    if let Some(info) = read_clone_info() {
-                        clone_id = Some(info.clone_id);
-                        host_time_ms = info.host_unix_ns / 1_000_000;
-                        rng = info.entropy.iter().fold(rng, |acc, e| splitmix(acc ^ e));
-                    }
+                    resumed(&mut clone_id, &mut host_time_ms, &mut rng);
                 }
                 pings += 1;
                 let random = splitmix(rng);
@@ -279,6 +280,16 @@ fn serve(boot_nonce: u64, checksum: u64, cfg: &Config, heap: (u64, u64)) -> ! {
                 ack_due = true;
             }
         }
+    }
+}
+
+/// A restored or cloned guest takes its identity, the host's time and
+/// fresh entropy from the clone-info page, when the VMM wrote one.
+fn resumed(clone_id: &mut Option<u64>, host_time_ms: &mut u64, rng: &mut u64) {
+    if let Some(info) = read_clone_info() {
+        *clone_id = Some(info.clone_id);
+        *host_time_ms = info.host_unix_ns / 1_000_000;
+        *rng = info.entropy.iter().fold(*rng, |acc, e| splitmix(acc ^ e));
     }
 }
 

@@ -260,6 +260,7 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
                     Console::Discard
                 },
                 requested,
+                None,
             )?;
             for (i, (name, us)) in machine.phases.iter().enumerate() {
                 if phase_sums.len() <= i {

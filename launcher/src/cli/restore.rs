@@ -61,6 +61,7 @@ pub fn run(args: &RestoreArgs, started: Instant) -> Result<()> {
             } else {
                 Console::Stdout(Vec::new())
             },
+            resume_command: None,
             clock: if args.clock_now {
                 ClockMode::HostNow
             } else {

@@ -236,7 +236,24 @@ impl CloneFactory {
         console: Console,
         requested: Instant,
     ) -> Result<Machine> {
-        Ok(self.clone_vm_linked(clone_id, shell, console, requested)?.0)
+        Ok(self
+            .clone_vm_linked(clone_id, shell, console, requested, None)?
+            .0)
+    }
+
+    /// [`Self::clone_vm`] for a guest parked in its `in` (see
+    /// [`LoadedTemplate::resumes_parked`]) that resumes with `command`
+    /// instead of RESUMED.
+    pub fn clone_vm_resuming(
+        &self,
+        clone_id: u64,
+        shell: Option<VmShell>,
+        requested: Instant,
+        command: u32,
+    ) -> Result<Machine> {
+        let machine =
+            self.clone_vm_linked(clone_id, shell, Console::Discard, requested, Some(command))?;
+        Ok(machine.0)
     }
 
     /// [`Self::clone_vm`], also returning a uffd clone's link to its page
@@ -248,6 +265,7 @@ impl CloneFactory {
         shell: Option<VmShell>,
         console: Console,
         requested: Instant,
+        resume_command: Option<u32>,
     ) -> Result<(Machine, Option<Arc<PageServerLink>>)> {
         let mut guards: Vec<MemoryGuard> = Vec::new();
         let mem = match (&self.source, &shell) {
@@ -287,6 +305,7 @@ impl CloneFactory {
                 started: requested,
                 exit_on_ack: false,
                 clone_id,
+                resume_command,
             },
         )?;
         // From here a dying page server stops this clone with a clear

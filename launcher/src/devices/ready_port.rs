@@ -31,8 +31,9 @@ pub fn command_name(command: u32) -> String {
         CMD_PING => "PING".into(),
         CMD_EXIT => "EXIT".into(),
         CMD_RESUMED => "RESUMED".into(),
-        // serve::mailbox::CMD_INVOKE
+        // serve::mailbox::CMD_INVOKE, CMD_RESUME_INVOKE
         5 => "INVOKE".into(),
+        6 => "RESUME_INVOKE".into(),
         c if c & 0xff == CMD_DIRTY => format!("DIRTY {}", c >> 8),
         c => format!("{c:#x}"),
     }

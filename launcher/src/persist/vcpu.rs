@@ -216,13 +216,18 @@ impl Persist for Vcpu {
 
     fn restore(mut vcpu: Vcpu, s: &VcpuState) -> Result<Vcpu> {
         let skip_identity = std::mem::take(&mut vcpu.identity_restored);
+        let resume_rax = vcpu.resume_rax.take();
         let fd = &vcpu.fd;
         if !skip_identity {
             restore_identity(fd, s)?;
         }
         fd.set_mp_state(s.mp_state)
             .map_err(Error::kvm("KVM_SET_MP_STATE"))?;
-        fd.set_regs(&s.regs).map_err(Error::kvm("KVM_SET_REGS"))?;
+        let regs = match resume_rax {
+            Some(rax) => kvm_bindings::kvm_regs { rax, ..s.regs },
+            None => s.regs,
+        };
+        fd.set_regs(&regs).map_err(Error::kvm("KVM_SET_REGS"))?;
         fd.set_sregs(&s.sregs)
             .map_err(Error::kvm("KVM_SET_SREGS"))?;
         restore_xsave(fd, &s.xsave)?;

@@ -7,7 +7,7 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::mailbox::{self, Response, CMD_INVOKE};
+use super::mailbox::{self, Response, CMD_INVOKE, CMD_RESUME_INVOKE};
 use super::metrics::Metrics;
 use super::pool::{Finished, Recycle, ShellPool};
 use super::progress::{Ending, Progress};
@@ -36,6 +36,9 @@ enum Source {
     /// A fresh clone of the template, in a warm VM shell when one is ready.
     Clones {
         factory: Box<CloneFactory>,
+        /// The template's guest resumes straight into its request
+        /// (RESUME_INVOKE): it is this build's embedded guest, parked.
+        resume_invoke: bool,
         pool: Arc<ShellPool>,
         warm_target: usize,
     },
@@ -85,6 +88,7 @@ impl Function {
                 vcpus: u8::try_from(manifest.vcpus).unwrap_or(u8::MAX),
             }
         } else {
+            let resume_invoke = takes_resume_invoke(&template)?;
             let factory = CloneFactory::new(template, Backend::Memfd, false)?;
             let in_place = factory.in_place_reset();
             let pool = Arc::new(ShellPool::new(
@@ -96,6 +100,7 @@ impl Function {
             ));
             Source::Clones {
                 factory: Box::new(factory),
+                resume_invoke,
                 pool,
                 warm_target: warm,
             }
@@ -116,6 +121,7 @@ impl Function {
             factory,
             pool,
             warm_target,
+            ..
         } = &self.source
         else {
             return;
@@ -156,6 +162,19 @@ impl Function {
         }
     }
 
+    /// Whether its clones resume straight into their request
+    /// (RESUME_INVOKE, docs/guest-abi.md) rather than acknowledging the
+    /// resume first.
+    pub fn resumes_into_request(&self) -> bool {
+        matches!(
+            self.source,
+            Source::Clones {
+                resume_invoke: true,
+                ..
+            }
+        )
+    }
+
     /// A clone that will never reach the reapers gives up its lent shell
     /// (with recycling on, every clone runs in one).
     fn abandon_shell(&self) {
@@ -169,7 +188,12 @@ impl Function {
     /// A new VM for one request, not yet started.
     fn new_vm(&self, requested: Instant) -> Result<Machine> {
         match &self.source {
-            Source::Clones { factory, pool, .. } => {
+            Source::Clones {
+                factory,
+                pool,
+                resume_invoke,
+                ..
+            } => {
                 // A VM that is to be recycled must be built as a shell.
                 let shell = match pool.take() {
                     Some(shell) => Some(shell),
@@ -178,7 +202,11 @@ impl Function {
                 };
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed);
                 let lent = shell.is_some() && pool.recycles();
-                let machine = factory.clone_vm(id, shell, Console::Discard, requested);
+                let machine = if *resume_invoke {
+                    factory.clone_vm_resuming(id, shell, requested, CMD_RESUME_INVOKE)
+                } else {
+                    factory.clone_vm(id, shell, Console::Discard, requested)
+                };
                 if machine.is_err() && lent {
                     pool.returned(None);
                 }
@@ -203,19 +231,51 @@ impl Function {
         }
     }
 
-    /// Runs `body` through the function in a fresh VM. The VM is handed
-    /// to `reaper` afterwards, whatever happened.
+    /// Runs `body` through the function in a fresh VM and gives `reply`
+    /// the outcome. Then the VM is recycled here, when it answered and its
+    /// pool takes it back (the caller is answered by then, and handing it
+    /// to a reaper would cost another cross-thread wake-up); otherwise it
+    /// goes to `reaper` to be stopped and closed.
     pub fn invoke(
         &self,
         body: &[u8],
         timeout: Duration,
         metrics: &Metrics,
         reaper: &Sender<Finished>,
-    ) -> Outcome {
+        reply: impl FnOnce(Outcome),
+    ) {
+        let (outcome, running) = self.run(body, timeout, metrics);
+        let Some(running) = running else {
+            return reply(outcome);
+        };
+        let reusable = matches!(outcome, Outcome::Done { .. });
+        reply(outcome);
+        // Only a clone that answered normally is recycled; one that
+        // crashed, hung or misbehaved is closed.
+        let pool = match &self.source {
+            Source::Clones { pool, .. } => Some(pool.clone()),
+            Source::ColdBoot { .. } => None,
+        };
+        let finished = Finished::new(running, pool, reusable);
+        if finished.recycles() {
+            return finished.reap(metrics);
+        }
+        if let Err(std::sync::mpsc::SendError(finished)) = reaper.send(finished) {
+            finished.reap(metrics);
+        }
+    }
+
+    /// One invocation: its outcome, and its VM if one was started.
+    fn run(
+        &self,
+        body: &[u8],
+        timeout: Duration,
+        metrics: &Metrics,
+    ) -> (Outcome, Option<RunningMachine>) {
         let requested = Instant::now();
         let machine = match self.new_vm(requested) {
             Ok(m) => m,
-            Err(e) => return Outcome::Error(format!("creating the VM: {e}")),
+            Err(e) => return (Outcome::Error(format!("creating the VM: {e}")), None),
         };
         // A clone's request is in place before its first instruction; a
         // cold-booted guest initialises its heap first, so it gets its
@@ -224,13 +284,16 @@ impl Function {
         if cloned {
             if let Err(e) = mailbox::write_request(machine.memory(), body) {
                 self.abandon_shell();
-                return Outcome::Error(e.to_string());
+                return (Outcome::Error(e.to_string()), None);
             }
         }
         let control = machine.control().clone();
         let acks_at_start = control.acks();
         let progress = Progress::new(requested, acks_at_start);
         let started = if cloned {
+            if self.resumes_into_request() {
+                progress.invoked_with_resume();
+            }
             machine.start_commanded(Some(&self.runners), progress.commander())
         } else {
             machine.start_on(Some(&self.runners))
@@ -239,7 +302,7 @@ impl Function {
             Ok(r) => r,
             Err(e) => {
                 self.abandon_shell();
-                return Outcome::Error(format!("starting the VM: {e}"));
+                return (Outcome::Error(format!("starting the VM: {e}")), None);
             }
         };
         metrics.live_clones.fetch_add(1, Ordering::Relaxed);
@@ -262,19 +325,27 @@ impl Function {
                 tracing::warn!("{}: a clone timed out after {unclaimed}", self.name);
             }
         }
-        // Teardown (stop, join, close or recycle the VM) is not the
-        // caller's latency. Only a clone that answered normally is
-        // recycled; one that crashed, hung or misbehaved is closed.
-        let pool = match &self.source {
-            Source::Clones { pool, .. } => Some(pool.clone()),
-            Source::ColdBoot { .. } => None,
-        };
-        let finished = Finished::new(running, pool, matches!(outcome, Outcome::Done { .. }));
-        if let Err(std::sync::mpsc::SendError(finished)) = reaper.send(finished) {
-            finished.reap(metrics);
-        }
-        outcome
+        (outcome, Some(running))
     }
+}
+
+/// Whether clones of `template` can resume with RESUME_INVOKE: its guest
+/// is the one embedded in this build (whose ABI is known to have it) and
+/// was saved parked in its `in`.
+fn takes_resume_invoke(template: &LoadedTemplate) -> Result<bool> {
+    let kernel = &template.manifest.kernel;
+    Ok(kernel.source == EMBEDDED_KERNEL
+        && kernel.sha256 == embedded_guest_sha256()?
+        && template.resumes_parked())
+}
+
+fn embedded_guest_sha256() -> Result<&'static str> {
+    static SHA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(sha) = SHA.get() {
+        return Ok(sha);
+    }
+    let sha = KernelSource::Embedded(crate::EMBEDDED_GUEST).sha256()?;
+    Ok(SHA.get_or_init(|| sha))
 }
 
 /// The function's answer in the mailbox of a clone that acknowledged it.

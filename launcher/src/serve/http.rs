@@ -61,7 +61,14 @@ async fn list(State(state): State<Arc<AppState>>) -> Response {
         .functions
         .iter()
         .zip(&state.templates)
-        .map(|(f, t)| json!({"name": f.name, "template": t, "warm": f.warm_len()}))
+        .map(|(f, t)| {
+            json!({
+                "name": f.name,
+                "template": t,
+                "warm": f.warm_len(),
+                "resumes_into_request": f.resumes_into_request(),
+            })
+        })
         .collect();
     axum::Json(json!({ "functions": list })).into_response()
 }
@@ -128,8 +135,13 @@ async fn invoke(
         Err(_) => return text(StatusCode::INTERNAL_SERVER_ERROR, "reaper unavailable"),
     };
     let (timeout, metrics, f) = (state.timeout, state.metrics.clone(), function.clone());
-    let outcome =
-        tokio::task::spawn_blocking(move || f.invoke(&body, timeout, &metrics, &reaper)).await;
+    let (reply, outcome) = tokio::sync::oneshot::channel();
+    tokio::task::spawn_blocking(move || {
+        f.invoke(&body, timeout, &metrics, &reaper, |outcome| {
+            let _ = reply.send(outcome);
+        })
+    });
+    let outcome = outcome.await;
     // Refill the warm pool for the next request, off this one's path (a
     // blocking task only when there is something to make).
     if function.needs_refill() {

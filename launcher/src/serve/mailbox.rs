@@ -9,6 +9,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use crate::error::{Error, Result};
 
 pub const CMD_INVOKE: u32 = 5;
+/// RESUMED and INVOKE in one command (docs/guest-abi.md).
+pub const CMD_RESUME_INVOKE: u32 = 6;
 /// The embedded guest's built-in functions (guest/app/function.rs); from
 /// `crash` on they misbehave on purpose, for tests (docs/guest-abi.md).
 pub const GUEST_FUNCTIONS: &[&str] = &[

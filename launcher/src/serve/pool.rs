@@ -137,6 +137,12 @@ impl Finished {
         }
     }
 
+    /// Whether [`Self::reap`] will recycle the VM rather than close it
+    /// (which takes ~10 ms, mostly waiting in KVM).
+    pub fn recycles(&self) -> bool {
+        self.reusable && self.recycle_into.is_some()
+    }
+
     /// Stops the clone, then recycles its VM or closes it.
     pub fn reap(self, metrics: &Metrics) {
         let stopped = self.running.stop(StopReason::Requested);

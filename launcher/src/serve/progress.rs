@@ -1,7 +1,8 @@
 //! One clone's invocation driven from its vCPU's own thread: the guest
 //! acknowledges its resume, gets INVOKE, acknowledges the answer, and the
 //! vCPU returns to its owner, which then waits for one wake-up instead of
-//! a round trip per command (see [`Commander`]).
+//! a round trip per command (see [`Commander`]). A guest resumed with
+//! RESUME_INVOKE (docs/guest-abi.md) acknowledges only the answer.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,11 +19,14 @@ pub struct Progress {
     requested: Instant,
     /// The acknowledgements the clone had before it resumed.
     acks_at_start: u64,
-    /// Microseconds from `requested` to the resume's acknowledgement, when
-    /// INVOKE was sent.
+    /// Microseconds from `requested` to INVOKE: sent at the resume's
+    /// acknowledgement, or with the resume itself (RESUME_INVOKE).
     invoked_us: AtomicU64,
     /// Microseconds from `requested` to the function's acknowledgement.
     answered_us: AtomicU64,
+    /// Which acknowledgement after the resume is the answer: 2, or 1 for
+    /// a clone resumed straight into its request.
+    answer_ack: AtomicU64,
 }
 
 /// Where an invocation ended up once its owner stopped waiting.
@@ -43,7 +47,16 @@ impl Progress {
             acks_at_start,
             invoked_us: AtomicU64::new(UNSET),
             answered_us: AtomicU64::new(UNSET),
+            answer_ack: AtomicU64::new(2),
         })
+    }
+
+    /// The clone is about to resume with RESUME_INVOKE: its request is
+    /// invoked from now, and its first acknowledgement is the answer.
+    pub fn invoked_with_resume(&self) {
+        self.answer_ack.store(1, Ordering::Release);
+        self.invoked_us
+            .store(self.since_request(), Ordering::Release);
     }
 
     fn since_request(&self) -> u64 {
@@ -64,18 +77,19 @@ impl Progress {
         let progress = self.clone();
         Arc::new(move |acks| {
             let invoked = progress.invoked_us.load(Ordering::Acquire) != UNSET;
+            let answer_ack = progress.answer_ack.load(Ordering::Acquire);
             match acks.checked_sub(progress.acks_at_start) {
+                Some(n) if invoked && n == answer_ack => {
+                    progress
+                        .answered_us
+                        .store(progress.since_request(), Ordering::Release);
+                    None
+                }
                 Some(1) if !invoked => {
                     progress
                         .invoked_us
                         .store(progress.since_request(), Ordering::Release);
                     Some(CMD_INVOKE)
-                }
-                Some(2) if invoked => {
-                    progress
-                        .answered_us
-                        .store(progress.since_request(), Ordering::Release);
-                    None
                 }
                 _ => None,
             }
@@ -138,6 +152,15 @@ mod tests {
         assert_eq!(commander(4), Some(CMD_INVOKE));
         assert!(progress.invoked_at().is_some());
         assert_eq!(commander(5), None);
+        assert_ne!(progress.answered_us.load(Ordering::Relaxed), UNSET);
+    }
+
+    #[test]
+    fn a_clone_resumed_into_its_request_is_answered_at_its_first_ack() {
+        let progress = Progress::new(Instant::now(), 3);
+        let commander = progress.commander();
+        progress.invoked_with_resume();
+        assert_eq!(commander(4), None);
         assert_ne!(progress.answered_us.load(Ordering::Relaxed), UNSET);
     }
 

@@ -38,6 +38,10 @@ pub struct RestoreOptions {
     /// Written to the clone-info page with fresh entropy (0 for a plain
     /// restore).
     pub clone_id: u64,
+    /// The command a parked guest resumes with instead of RESUMED; only
+    /// for templates [`LoadedTemplate::resumes_parked`] says can, and
+    /// guests the caller knows understand it.
+    pub resume_command: Option<u32>,
 }
 
 /// One template's files, checked.
@@ -177,6 +181,19 @@ fn apply_diff(mem: &GuestMemoryMmap, dir: &Path, layer: &MemoryState) -> Result<
     Ok(())
 }
 
+impl LoadedTemplate {
+    /// Whether the template's one vCPU was saved parked in a 32-bit `in`
+    /// from the ready port, completed with RESUMED: then RAX holds that
+    /// command word, and a restore may put another there for the guest
+    /// to resume with (docs/guest-abi.md, RESUME_INVOKE).
+    pub fn resumes_parked(&self) -> bool {
+        let state = &self.state;
+        state.devices.ready_port.parked
+            && matches!(state.vcpus.as_slice(),
+                [v] if v.regs.rax == u64::from(crate::devices::ready_port::CMD_RESUMED))
+    }
+}
+
 /// Restores a machine from the template at `dir`, ready to start.
 pub fn restore(dir: &Path, opts: RestoreOptions) -> Result<Machine> {
     let template = LoadedTemplate::load(dir)?;
@@ -231,14 +248,24 @@ pub fn restore_into(
         &state.vm,
     )?;
     pooled_vcpus.reverse();
+    let resume_rax = match opts.resume_command {
+        Some(command) if template.resumes_parked() => Some(u64::from(command)),
+        Some(_) => {
+            return Err(Error::Snapshot(
+                "this template's guest was not saved parked in its ready-port `in`".into(),
+            ))
+        }
+        None => None,
+    };
     let vcpus = state
         .vcpus
         .iter()
         .map(|s| {
-            let fresh = match pooled_vcpus.pop() {
+            let mut fresh = match pooled_vcpus.pop() {
                 Some(v) if v.index == s.index => v,
                 _ => Vcpu::new(&vm, s.index)?,
             };
+            fresh.resume_rax = resume_rax;
             Vcpu::restore(fresh, s)
         })
         .collect::<Result<Vec<_>>>()?;
