@@ -7,10 +7,18 @@ fn template(scratch: &Scratch, cmdline: &str) -> String {
     build_template(&scratch.str("t"), "64M", cmdline)
 }
 
+/// With the guest's timer on (its default, 100 Hz) and off: a template
+/// with no LAPIC timer armed gets its clones' vCPU state restored ahead,
+/// into the warm shell (clone/mod.rs, `prepare`).
 #[test]
 fn clones_are_unique_and_on_the_hosts_clock() {
+    clones_are_unique_and_on_the_hosts_clock_with("touch_mib=2", false);
+    clones_are_unique_and_on_the_hosts_clock_with("touch_mib=2 timer_hz=0", true);
+}
+
+fn clones_are_unique_and_on_the_hosts_clock_with(cmdline: &str, restored_ahead: bool) {
     let scratch = Scratch::new("unique");
-    let dir = template(&scratch, "touch_mib=2");
+    let dir = template(&scratch, cmdline);
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(scratch.path("t/template.json")).expect("manifest"))
             .expect("json");
@@ -34,6 +42,8 @@ fn clones_are_unique_and_on_the_hosts_clock() {
         assert_eq!(this.status, 0, "{this}");
         let lines = pongs(&this);
         assert_eq!(lines.len(), 2, "{this}");
+        let ahead = if shells && restored_ahead { 2 } else { 0 };
+        assert_eq!(this.json()["vcpus_restored_ahead"], ahead, "{this}");
         let (a, b) = (&lines[0], &lines[1]);
         assert_ne!(
             field(a, "clone"),

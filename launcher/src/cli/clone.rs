@@ -223,7 +223,7 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
         let vcpus = factory.template.state.vcpus.len();
         runners.reserve(count as usize * vcpus)?;
         for _ in 0..count {
-            shells.push(factory.warm_shell(Some(runners))?);
+            shells.push(factory.warm_shell(Some(runners), None)?);
         }
     }
     let shell_pool_ms = pool_start.elapsed().as_secs_f64() * 1e3;
@@ -247,13 +247,19 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
     };
     let mut pending: std::collections::VecDeque<(u64, Arc<Control>, u64, Instant)> =
         std::collections::VecDeque::new();
+    // Clones whose shell had its vCPU state restored ahead of them.
+    let mut restored_ahead = 0u64;
     let result = (|| -> Result<()> {
         for id in 1..=count {
             let requested = Instant::now();
             let console = Arc::new(Mutex::new(Vec::new()));
+            let shell = shells.pop();
+            if shell.as_ref().is_some_and(|s| s.vcpus_restored.is_some()) {
+                restored_ahead += 1;
+            }
             let (machine, page_server) = factory.clone_vm_linked(
                 id,
-                shells.pop(),
+                shell,
                 if args.console {
                     Console::Capture(console.clone())
                 } else {
@@ -406,6 +412,7 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
         "ratio_vs_floor": p50.as_secs_f64() / floor.as_secs_f64().max(1e-9),
         "template_load_ms": load_ms,
         "shells": args.shells,
+        "vcpus_restored_ahead": restored_ahead,
         "cgroup": cgroup.as_ref().map(|c| json!({
             "version": format!("{:?}", c.version).to_lowercase(),
             "setup_us": c.setup_us,

@@ -79,6 +79,11 @@ pub struct VmShell {
     /// from a previous clone, reset in place (clone/reset.rs), with KVM's
     /// mappings of it; None when `ram` is a bare reservation.
     template_mapped: Option<(u64, u64)>,
+    /// The vCPUs already hold the template's state, restored ahead of the
+    /// clone (with this resume command in RAX, if any): a clone then only
+    /// writes its clone-info page, restores the VM-wide state (irqchip,
+    /// PIT, clock: no vCPU ioctls) and runs.
+    pub vcpus_restored: Option<Option<u32>>,
 }
 
 impl VmShell {
@@ -134,6 +139,7 @@ impl VmShell {
             ram,
             layout: layout.clone(),
             template_mapped: None,
+            vcpus_restored: None,
         })
     }
 
@@ -195,6 +201,7 @@ impl VmShell {
                 (Reset::InPlace(_), Some((in_place, _))) => Some(in_place.memfd_id()),
                 _ => None,
             },
+            vcpus_restored: None,
         };
         Ok((shell, reset))
     }

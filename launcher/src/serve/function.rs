@@ -121,13 +121,14 @@ impl Function {
             factory,
             pool,
             warm_target,
-            ..
+            resume_invoke,
         } = &self.source
         else {
             return;
         };
         while pool.owned() < *warm_target {
-            match factory.warm_shell(Some(&self.runners)) {
+            let resume = resume_invoke.then_some(CMD_RESUME_INVOKE);
+            match factory.warm_shell(Some(&self.runners), resume) {
                 Ok(shell) => pool.put(shell),
                 Err(e) => {
                     tracing::warn!("{}: cannot create a warm VM shell: {e}", self.name);

@@ -8,7 +8,9 @@ pub mod files;
 pub mod manifest;
 mod restore;
 
-pub use restore::{restore, restore_into, restore_with_memory, LoadedTemplate, RestoreOptions};
+pub use restore::{
+    restore, restore_into, restore_vcpus, restore_with_memory, LoadedTemplate, RestoreOptions,
+};
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};

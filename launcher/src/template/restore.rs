@@ -181,7 +181,65 @@ fn apply_diff(mem: &GuestMemoryMmap, dir: &Path, layer: &MemoryState) -> Result<
     Ok(())
 }
 
+/// Restores the template's vCPU states into `pooled` (a shell's vCPUs,
+/// by index) or into vCPUs created now. `resume_command`: see
+/// [`RestoreOptions::resume_command`].
+pub fn restore_vcpus(
+    template: &LoadedTemplate,
+    vm: &Vm,
+    mut pooled: Vec<Vcpu>,
+    resume_command: Option<u32>,
+) -> Result<Vec<Vcpu>> {
+    let resume_rax = match resume_command {
+        Some(command) if template.resumes_parked() => Some(u64::from(command)),
+        Some(_) => {
+            return Err(Error::Snapshot(
+                "this template's guest was not saved parked in its ready-port `in`".into(),
+            ))
+        }
+        None => None,
+    };
+    pooled.reverse();
+    template
+        .state
+        .vcpus
+        .iter()
+        .map(|s| {
+            let mut fresh = match pooled.pop() {
+                Some(v) if v.index == s.index => v,
+                _ => Vcpu::new(vm, s.index)?,
+            };
+            fresh.resume_rax = resume_rax;
+            Vcpu::restore(fresh, s)
+        })
+        .collect()
+}
+
 impl LoadedTemplate {
+    /// Whether every vCPU's LAPIC timer is disarmed in the template. Only
+    /// then may its vCPU state be restored ahead of a clone: an armed
+    /// timer would start counting (and firing, in the host) while the
+    /// shell waits.
+    pub fn timers_disarmed(&self) -> bool {
+        self.state.vcpus.iter().all(|v| {
+            let reg = |offset: usize| {
+                let b = &v.lapic.regs[offset..offset + 4];
+                u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8])
+            };
+            let lvt_timer = reg(APIC_LVTT);
+            let deadline = v
+                .msrs
+                .iter()
+                .find(|m| m.index == MSR_IA32_TSC_DEADLINE)
+                .map_or(0, |m| m.data);
+            lvt_timer & APIC_LVT_MASKED != 0
+                || match (lvt_timer >> 17) & 3 {
+                    APIC_TIMER_TSC_DEADLINE => deadline == 0,
+                    _ => reg(APIC_TMICT) == 0,
+                }
+        })
+    }
+
     /// Whether the template's one vCPU was saved parked in a 32-bit `in`
     /// from the ready port, completed with RESUMED: then RAX holds that
     /// command word, and a restore may put another there for the guest
@@ -193,6 +251,14 @@ impl LoadedTemplate {
                 [v] if v.regs.rax == u64::from(crate::devices::ready_port::CMD_RESUMED))
     }
 }
+
+/// LAPIC register offsets and fields (Intel SDM vol. 3, 11.5.1), and the
+/// TSC-deadline MSR.
+const APIC_LVTT: usize = 0x320;
+const APIC_TMICT: usize = 0x380;
+const APIC_LVT_MASKED: u32 = 1 << 16;
+const APIC_TIMER_TSC_DEADLINE: u32 = 2;
+const MSR_IA32_TSC_DEADLINE: u32 = 0x6e0;
 
 /// Restores a machine from the template at `dir`, ready to start.
 pub fn restore(dir: &Path, opts: RestoreOptions) -> Result<Machine> {
@@ -226,16 +292,17 @@ pub fn restore_into(
     let host = KvmHost::get()?;
     super::clone_info::write_clone_info(&mem, opts.clone_id)?;
     mark("memory");
-    let (vm, mut pooled_vcpus, serial_irq) = match shell {
+    let (vm, pooled_vcpus, serial_irq, vcpus_restored) = match shell {
         Some(shell) => {
             memory_guards.push(Box::new(shell.ram));
-            (shell.vm, shell.vcpus, Some(shell.serial_irq))
+            let restored = shell.vcpus_restored == Some(opts.resume_command);
+            (shell.vm, shell.vcpus, Some(shell.serial_irq), restored)
         }
         None => {
             let mut vm = Vm::new(host)?;
             vm.register_ram(&mem)?;
             vm.create_platform()?;
-            (vm, Vec::new(), None)
+            (vm, Vec::new(), None, false)
         }
     };
     mark("create_vm");
@@ -247,28 +314,11 @@ pub fn restore_into(
         },
         &state.vm,
     )?;
-    pooled_vcpus.reverse();
-    let resume_rax = match opts.resume_command {
-        Some(command) if template.resumes_parked() => Some(u64::from(command)),
-        Some(_) => {
-            return Err(Error::Snapshot(
-                "this template's guest was not saved parked in its ready-port `in`".into(),
-            ))
-        }
-        None => None,
+    let vcpus = if vcpus_restored {
+        pooled_vcpus
+    } else {
+        restore_vcpus(template, &vm, pooled_vcpus, opts.resume_command)?
     };
-    let vcpus = state
-        .vcpus
-        .iter()
-        .map(|s| {
-            let mut fresh = match pooled_vcpus.pop() {
-                Some(v) if v.index == s.index => v,
-                _ => Vcpu::new(&vm, s.index)?,
-            };
-            fresh.resume_rax = resume_rax;
-            Vcpu::restore(fresh, s)
-        })
-        .collect::<Result<Vec<_>>>()?;
     mark("restore_vcpus");
     let serial = SerialPort::restore(
         SerialRestore {
