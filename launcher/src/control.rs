@@ -272,15 +272,21 @@ impl Control {
     }
 
     /// A guest parked whose commands come from a [`crate::vcpu::run::Commander`]
-    /// on its own thread: records the park (and `ack`) for anyone who looks
-    /// later, waking nobody. Returns the acknowledgements so far.
+    /// on its own thread: records the park (and `ack`) and wakes whoever
+    /// waits on this control block. Returns the acknowledgements so far.
     pub fn parked_with(&self, ack: bool) -> u64 {
-        let mut s = self.lock();
-        if ack {
-            self.count_ack(&mut s);
-        }
-        s.parked = true;
-        s.acks
+        self.update(|s| {
+            if ack {
+                self.count_ack(s);
+            }
+            s.parked = true;
+            s.acks
+        })
+    }
+
+    /// The next queued command, if any, without waiting.
+    pub fn take_command(&self) -> Option<u32> {
+        self.lock().commands.pop_front()
     }
 
     /// The guest left its park with a command from its commander.

@@ -75,6 +75,12 @@ pub struct CloneArgs {
     pub isolation: IsolationArgs,
 }
 
+/// How long an idle vCPU runner polls for the next clone before it sleeps:
+/// about one clone's restore and start into a prepared shell. (1000
+/// clones in shells, p50: 259 us without polling, 129 us with 100 us of
+/// it, 138 us with 300 us.)
+const RUNNER_SPIN: Duration = Duration::from_micros(100);
+
 /// How long one clone may take to acknowledge its resume.
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_CLONES: u64 = 100_000;
@@ -217,11 +223,15 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
     let load_ms = load_start.elapsed().as_secs_f64() * 1e3;
     let pool_start = Instant::now();
     let mut shells = Vec::new();
-    // With shells, each clone's vCPU threads are made ahead of time too.
-    let runners = args.shells.then(Runners::new);
+    // With shells, vCPU threads are made ahead of time too. A clone's
+    // vCPU is handed back once the guest acknowledged and parked (it needs
+    // no thread while parked), so a couple of runners serve every clone's
+    // start, plus one per other vCPU of every clone (those stay in
+    // KVM_RUN, waiting for their guest's IPIs).
+    let runners = args.shells.then(|| Runners::spinning(RUNNER_SPIN));
     if let Some(runners) = &runners {
         let vcpus = factory.template.state.vcpus.len();
-        runners.reserve(count as usize * vcpus)?;
+        runners.reserve(2 + count as usize * (vcpus - 1))?;
         for _ in 0..count {
             shells.push(factory.warm_shell(Some(runners), None)?);
         }
@@ -234,17 +244,15 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
     let mut latencies = Vec::with_capacity(count as usize);
     // Sum over clones of each restore phase's time since the request.
     let mut phase_sums: Vec<(&'static str, u64)> = Vec::new();
-    // In shells, clones are started while earlier ones are still resuming,
-    // up to one per host CPU unacknowledged at a time: restoring one clone
-    // overlaps with the previous one's guest running to its
-    // acknowledgement (1000 clones: 398 -> ~250 ms here). Without shells
-    // each clone creates a VM, which contends with the running clones'
-    // page faults on the process's address space (p50 2.2 -> 3.5 ms), so
-    // those start one at a time.
-    let window = match args.shells {
-        true => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        false => 1,
-    };
+    // Clones start one at a time: each is acknowledged before the next is
+    // requested. Without shells a clone creating its VM contended with the
+    // previous ones' page faults when overlapped (p50 2.2 -> 3.5 ms). In
+    // shells, overlapping two starts measured 1000 clones in ~250 ms
+    // against ~400 one at a time, but once runners poll for their next
+    // clone (RUNNER_SPIN), one at a time is as fast in total (~180 ms)
+    // and halves the latency: a polling runner and an overlapped start
+    // are three busy threads on two CPUs.
+    let window = 1;
     let mut pending: std::collections::VecDeque<(u64, Arc<Control>, u64, Instant)> =
         std::collections::VecDeque::new();
     // Clones whose shell had its vCPU state restored ahead of them.
@@ -276,7 +284,13 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
             }
             let control = machine.control().clone();
             let acks = control.acks();
-            let running = machine.start_on(runners.as_ref())?;
+            // Its first park ends the run on the vCPU thread: the clone
+            // is up, and the guest waits in its `in` for a command that
+            // `clone` never sends.
+            let running = match &runners {
+                Some(r) => machine.start_commanded(Some(r), Arc::new(|_| None))?,
+                None => machine.start()?,
+            };
             clones.push(Clone {
                 id,
                 running,

@@ -175,10 +175,12 @@ fn park(data: &mut [u8], ack: bool, ctx: &VcpuContext) -> Next {
     let command = match ctx.commander {
         Some(commander) => {
             let acks = ctx.control.parked_with(ack);
+            // A command queued by the restore (RESUMED, for a guest saved
+            // between commands) goes first.
             let next = if ctx.control.is_leaving() {
                 None
             } else {
-                commander(acks)
+                ctx.control.take_command().or_else(|| commander(acks))
             };
             if next.is_some() {
                 ctx.control.unpark();

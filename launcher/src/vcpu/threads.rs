@@ -4,9 +4,10 @@
 //! compiling its seccomp filter cost ~150 us per VM on this host
 //! (docs/serve.md).
 
-use std::sync::mpsc::{channel, Sender};
+use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::seccomp::ThreadKind;
 use crate::vcpu::Vcpu;
@@ -107,6 +108,22 @@ impl VcpuThread {
 
 type Job = Box<dyn FnOnce(&crate::error::Result<()>) + Send>;
 
+/// The next job: polled for up to `spin`, then waited for. None once the
+/// pool is gone.
+fn next_job(incoming: &Receiver<Job>, spin: Duration) -> Option<Job> {
+    if !spin.is_zero() {
+        let until = Instant::now() + spin;
+        while Instant::now() < until {
+            match incoming.try_recv() {
+                Ok(job) => return Some(job),
+                Err(TryRecvError::Disconnected) => return None,
+                Err(TryRecvError::Empty) => std::hint::spin_loop(),
+            }
+        }
+    }
+    incoming.recv().ok()
+}
+
 /// An idle runner: how to hand it work, and its thread.
 struct Runner {
     jobs: Sender<Job>,
@@ -120,11 +137,25 @@ struct Runner {
 #[derive(Default)]
 pub struct Runners {
     idle: Mutex<Vec<Runner>>,
+    /// How long an idle runner polls for its next job before it sleeps.
+    spin: Duration,
 }
 
 impl Runners {
     pub fn new() -> Arc<Runners> {
         Arc::new(Runners::default())
+    }
+
+    /// Runners that poll for `spin` after each job before sleeping: waking
+    /// a sleeping thread on another CPU takes ~45 us on this host (a
+    /// nested VM), longer than restoring a clone into a prepared shell.
+    /// For back-to-back clone starts (`vmfork clone`), not for a server's
+    /// steady load, where the polling would take CPU from the work.
+    pub fn spinning(spin: Duration) -> Arc<Runners> {
+        Arc::new(Runners {
+            spin,
+            ..Runners::default()
+        })
     }
 
     /// Starts runners until `count` are idle, ahead of the vCPUs that
@@ -156,17 +187,20 @@ impl Runners {
         let jobs = runner.jobs.clone();
         let job: Job = Box::new(move |filter| {
             let vcpu = work(filter);
-            if let Ok(mut v) = slot.vcpu.lock() {
-                *v = Some(vcpu);
-            }
-            slot.done.notify_all();
-            // Idle again; with the pool gone, dropping `runner` (the only
+            // Idle again before the owner learns the vCPU is back, so a
+            // next start finds this (warm) thread rather than a new or
+            // sleeping one; a job sent now waits in the channel until this
+            // one returns. With the pool gone, dropping `runner` (the only
             // sender) ends this thread.
             if let Some(pool) = pool.upgrade() {
                 if let Ok(mut idle) = pool.idle.lock() {
                     idle.push(runner);
                 }
             }
+            if let Ok(mut v) = slot.vcpu.lock() {
+                *v = Some(vcpu);
+            }
+            slot.done.notify_all();
         });
         jobs.send(job)
             .map_err(|_| std::io::Error::other("a vCPU runner thread ended unexpectedly"))?;
@@ -181,11 +215,12 @@ impl Runners {
 
     fn start_runner(&self) -> std::io::Result<Runner> {
         let (jobs, incoming) = channel::<Job>();
+        let spin = self.spin;
         let handle = std::thread::Builder::new()
             .name("vcpu".into())
             .spawn(move || {
                 let filter = crate::seccomp::install(ThreadKind::Vcpu);
-                while let Ok(job) = incoming.recv() {
+                while let Some(job) = next_job(&incoming, spin) {
                     job(&filter);
                 }
             })?;
