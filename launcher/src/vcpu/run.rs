@@ -35,9 +35,10 @@ pub struct VcpuContext<'a> {
 
 /// Decides a parked guest's next command on the vCPU's own thread, from
 /// the number of acknowledgements so far; None ends the run, with the
-/// guest still parked. One owner round trip between threads per command
-/// costs ~45 us each way on this host (a cross-CPU wake-up in a nested
-/// VM), which `vmfork serve` cannot afford per request.
+/// guest still parked and its vCPU handed back. A round trip to the owner
+/// thread per command costs ~45 us each way on this host (a cross-CPU
+/// wake-up in a nested VM): `vmfork serve` runs a request this way, and
+/// `vmfork clone` ends a clone's run at its first park.
 pub type Commander = Arc<dyn Fn(u64) -> Option<u32> + Send + Sync>;
 
 /// Runs until the VM stops. The guest's own stop reasons are recorded in
