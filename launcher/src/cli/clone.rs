@@ -223,17 +223,18 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
     let load_ms = load_start.elapsed().as_secs_f64() * 1e3;
     let pool_start = Instant::now();
     let mut shells = Vec::new();
-    // With shells, vCPU threads are made ahead of time too. A clone's
+    // vCPU threads are made ahead of time, shells or not (a thread is not
+    // a VM: without shells each clone still creates its VM). A clone's
     // vCPU is handed back once the guest acknowledged and parked (it needs
     // no thread while parked), so a couple of runners serve every clone's
     // start, plus one per other vCPU of every clone (those stay in
     // KVM_RUN, waiting for their guest's IPIs).
-    let runners = args.shells.then(|| Runners::spinning(RUNNER_SPIN));
-    if let Some(runners) = &runners {
-        let vcpus = factory.template.state.vcpus.len();
-        runners.reserve(2 + count as usize * (vcpus - 1))?;
+    let runners = Runners::spinning(RUNNER_SPIN);
+    let vcpus = factory.template.state.vcpus.len();
+    runners.reserve(2 + count as usize * (vcpus - 1))?;
+    if args.shells {
         for _ in 0..count {
-            shells.push(factory.warm_shell(Some(runners), None)?);
+            shells.push(factory.warm_shell(Some(&runners), None)?);
         }
     }
     let shell_pool_ms = pool_start.elapsed().as_secs_f64() * 1e3;
@@ -287,10 +288,7 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
             // Its first park ends the run on the vCPU thread: the clone
             // is up, and the guest waits in its `in` for a command that
             // `clone` never sends.
-            let running = match &runners {
-                Some(r) => machine.start_commanded(Some(r), Arc::new(|_| None))?,
-                None => machine.start()?,
-            };
+            let running = machine.start_commanded(Some(&runners), Arc::new(|_| None))?;
             clones.push(Clone {
                 id,
                 running,
