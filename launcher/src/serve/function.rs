@@ -289,15 +289,16 @@ impl Function {
             }
         }
         let control = machine.control().clone();
-        let acks_at_start = control.acks();
-        let progress = Progress::new(requested, acks_at_start);
-        let started = if cloned {
-            if self.resumes_into_request() {
-                progress.invoked_with_resume();
+        // A clone is driven from its vCPU thread; a cold boot, from here.
+        let progress = cloned.then(|| Progress::new(requested, control.acks()));
+        let started = match &progress {
+            Some(progress) => {
+                if self.resumes_into_request() {
+                    progress.invoked_with_resume();
+                }
+                machine.start_commanded(Some(&self.runners), progress.commander())
             }
-            machine.start_commanded(Some(&self.runners), progress.commander())
-        } else {
-            machine.start_on(Some(&self.runners))
+            None => machine.start_on(Some(&self.runners)),
         };
         let running = match started {
             Ok(r) => r,
@@ -307,7 +308,7 @@ impl Function {
             }
         };
         metrics.live_clones.fetch_add(1, Ordering::Relaxed);
-        let outcome = if cloned {
+        let outcome = if let Some(progress) = &progress {
             match progress.wait(&running, START_TIMEOUT, timeout) {
                 Ending::Answered { clone_us, run_us } => response(&running, clone_us, run_us),
                 Ending::TimedOut => stopped(&control).unwrap_or(Outcome::Timeout),
