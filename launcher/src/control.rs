@@ -252,12 +252,7 @@ impl Control {
     /// acknowledged the previous command (ACK_WAIT_PORT): the owner learns
     /// both in one wake-up.
     pub fn wait_command(&self, ack: bool) -> Option<u32> {
-        self.update(|s| {
-            if ack {
-                self.count_ack(s);
-            }
-            s.parked = true;
-        });
+        self.parked_with(ack);
         let mut s = self.lock();
         loop {
             if s.stop.is_some() || s.pausing {
@@ -271,9 +266,10 @@ impl Control {
         }
     }
 
-    /// A guest parked whose commands come from a [`crate::vcpu::run::Commander`]
-    /// on its own thread: records the park (and `ack`) and wakes whoever
-    /// waits on this control block. Returns the acknowledgements so far.
+    /// Records that the guest parked (and with `ack`, acknowledged) and
+    /// wakes whoever waits on this control block; the vCPU thread then
+    /// waits for a command here, or asks its [`crate::vcpu::run::Commander`].
+    /// Returns the acknowledgements so far.
     pub fn parked_with(&self, ack: bool) -> u64 {
         self.update(|s| {
             if ack {
