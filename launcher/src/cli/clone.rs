@@ -138,9 +138,7 @@ fn threads() -> u64 {
 /// Waits for a started clone's first acknowledgement and returns its
 /// latency from the request. The deadline also covers a clone whose vCPU
 /// waits on a stalled page server: teardown releases it from the fault.
-fn await_ack(
-    (id, control, acks, requested): (u64, Arc<Control>, u64, Instant),
-) -> Result<Duration> {
+fn await_ack(id: u64, control: &Control, acks: u64, requested: Instant) -> Result<Duration> {
     if !control.wait_acks(acks + 1, Some(requested + ACK_TIMEOUT)) {
         return Err(match control.stop_reason() {
             Some(reason) => clone_failed(id, &reason, "before acknowledging", ""),
@@ -231,7 +229,7 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
     // KVM_RUN, waiting for their guest's IPIs).
     let runners = Runners::spinning(RUNNER_SPIN);
     let vcpus = factory.template.state.vcpus.len();
-    runners.reserve(2 + count as usize * (vcpus - 1))?;
+    runners.reserve(2 + count as usize * vcpus.saturating_sub(1))?;
     if args.shells {
         for _ in 0..count {
             shells.push(factory.warm_shell(Some(&runners), None)?);
@@ -253,9 +251,7 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
     // clone (RUNNER_SPIN), one at a time is as fast in total (~180 ms)
     // and halves the latency: a polling runner and an overlapped start
     // are three busy threads on two CPUs.
-    let window = 1;
-    let mut pending: std::collections::VecDeque<(u64, Arc<Control>, u64, Instant)> =
-        std::collections::VecDeque::new();
+    //
     // Clones whose shell had its vCPU state restored ahead of them.
     let mut restored_ahead = 0u64;
     let result = (|| -> Result<()> {
@@ -295,22 +291,14 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
                 console,
                 page_server,
             });
-            pending.push_back((id, control, acks, requested));
-            // The first clone of a --prefetch run records the working set
-            // alone, so it is acknowledged before any other starts.
-            while pending.len() >= window || (id == 1 && !pending.is_empty()) {
-                if let Some(oldest) = pending.pop_front() {
-                    latencies.push(await_ack(oldest)?);
-                }
-            }
+            // (Also how the first clone of a --prefetch run records the
+            // working set alone, before any other starts.)
+            latencies.push(await_ack(id, &control, acks, requested)?);
             if id == 1 {
                 if let Some(pages) = factory.save_working_set()? {
                     tracing::info!("recorded a working set of {pages} pages");
                 }
             }
-        }
-        while let Some(oldest) = pending.pop_front() {
-            latencies.push(await_ack(oldest)?);
         }
         Ok(())
     })();
