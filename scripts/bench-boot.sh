@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds="${1:-20}"
 command -v qemu-system-x86_64 >/dev/null || bash scripts/setup-host.sh
-cargo build --release -q -p vmfork-launcher
+cargo build --release -q -p vmfork
 python3 scripts/bench_boot.py --vmfork target/release/vmfork --rounds "$rounds"

@@ -4,5 +4,5 @@
 # boot of the same guest, in one run. Usage: scripts/bench-clone.sh [N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -q -p vmfork-launcher
+cargo build --release -q -p vmfork
 python3 scripts/bench_clone.py --vmfork target/release/vmfork --clones "${1:-1000}"

@@ -6,5 +6,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || bash scripts/setup-host.sh
-cargo build --release -q -p vmfork-launcher
+cargo build --release -q -p vmfork
 python3 scripts/bench_faas.py --vmfork target/release/vmfork --seconds "${1:-5}"

@@ -4,5 +4,5 @@
 # Usage: scripts/bench-snapshot.sh [RESTORES]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -q -p vmfork-launcher
+cargo build --release -q -p vmfork
 python3 scripts/bench_snapshot.py --vmfork target/release/vmfork --restores "${1:-100}"

@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --release -q -p vmfork-template-builder
+cargo build --release -q -p vmfork-guest-artifacts
 bin="${CARGO_TARGET_DIR:-target}/release/vmfork-guest-artifacts"
 
 "$bin" linux "$@"

@@ -3,7 +3,7 @@
 # template at the ready point, and restore it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -q -p vmfork-launcher
+cargo build --release -q -p vmfork
 vmfork=target/release/vmfork
 demo_dir="$(mktemp -d)"
 trap 'rm -rf "$demo_dir"' EXIT

@@ -11,5 +11,5 @@
 # wrong template was accepted. Last line of output: JSON.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -q -p vmfork-launcher
+cargo build --release -q -p vmfork
 exec python3 scripts/soak.py --vmfork "${VMFORK_BIN:-target/release/vmfork}" "$@"

@@ -1,5 +1,5 @@
-//! Injected failures (VMFORK_FAULT_INJECT, a test hook: launcher/src/
-//! clone/fault_inject.rs): a uffd clone whose page server dies or stalls,
+//! Injected failures (VMFORK_FAULT_INJECT, a test hook: clone/src/
+//! fault_inject.rs): a uffd clone whose page server dies or stalls,
 //! and a template holder that is killed or serves a rebuilt template, must
 //! each end in a clear one-line error or success; never a hang, never a
 //! clone on zero-filled memory, never a wrong template.

@@ -22,7 +22,7 @@ pub fn vmfork_bin() -> PathBuf {
     let bin = profile_dir.join("vmfork");
     assert!(
         bin.exists(),
-        "{} is missing: build it first (`cargo build --release -p vmfork-launcher` or scripts/test.sh)",
+        "{} is missing: build it first (`cargo build --release -p vmfork` or scripts/test.sh)",
         bin.display()
     );
     bin

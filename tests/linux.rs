@@ -1,4 +1,4 @@
-//! The Linux guest path: our minimal 6.12 kernel (template-builder) booted
+//! The Linux guest path: our minimal 6.12 kernel (guest-artifacts) booted
 //! in vmfork. On this PVM host guest ring 0 is emulated and dies at the
 //! first XSAVE, so Linux gets as far as its early console; the test checks
 //! exactly that, and that vmfork then exits with a clear one-line error

@@ -1,7 +1,7 @@
 //! A small stable-Rust mutation fuzzer (libFuzzer needs nightly), shared by
 //! every fuzz harness in vmfork: the state decoder
 //! (snapshot/examples/fuzz_state.rs) and the launcher's template manifest,
-//! guest channel and HTTP front end (launcher/examples/fuzz_*.rs).
+//! guest channel and HTTP front end (serve/examples and template/examples).
 //!
 //! A harness implements [`Target`]: its seeds, one run with its own checks,
 //! and optionally mutations that know its format. This crate supplies the

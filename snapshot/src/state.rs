@@ -44,7 +44,7 @@ pub struct VmState {
 }
 
 /// One vCPU, in the fields KVM exposes. Restore order is documented in
-/// docs/snapshot-format.md and enforced in launcher/src/persist/vcpu.rs.
+/// docs/snapshot-format.md and enforced in machine/src/persist/vcpu.rs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VcpuState {
     pub index: u8,

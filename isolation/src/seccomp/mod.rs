@@ -1,0 +1,148 @@
+//! seccomp-BPF allow-lists, one per thread type (lists.rs), built once per
+//! process and installed by each thread when it starts, before it touches
+//! anything the guest controls. A thread inherits the filter of the thread
+//! that spawned it and adds its own; the kernel allows a call only if every
+//! filter on the thread does, so a thread's effective list is its own list
+//! within the main thread's. A call outside the list is trapped: one line
+//! on stderr and exit status 18 (report.rs). docs/seccomp.md has the lists,
+//! the reasons and the measured cost.
+
+mod lists;
+mod names;
+mod report;
+
+pub use lists::{Group, List, ThreadKind};
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+
+use crate::error::{Error, Result, EXIT_SECCOMP};
+
+/// Off until `init` turns it on. The binary always calls `init`; library
+/// users (unit tests, fuzzers) run unfiltered unless they do too.
+static ENABLED: AtomicBool = AtomicBool::new(false);
+/// The test hook: vCPU threads make a forbidden call once filtered.
+static TEST_VIOLATION: AtomicBool = AtomicBool::new(false);
+
+/// What `--no-seccomp` prints.
+pub const DISABLED_WARNING: &str = "vmfork: warning: seccomp filters disabled (debugging only)";
+
+pub struct Options {
+    /// False with `--no-seccomp`.
+    pub enabled: bool,
+    /// `--test-seccomp-violation` (hidden): see [`test_hook`].
+    pub test_violation: bool,
+}
+
+/// Process-wide preparation, on the main thread before any filter and any
+/// other thread exists. No thread is filtered yet: each installs its own.
+pub fn init(options: &Options) -> Result<()> {
+    TEST_VIOLATION.store(options.test_violation, Ordering::Relaxed);
+    if !options.enabled {
+        eprintln!("{DISABLED_WARNING}");
+        return Ok(());
+    }
+    pin_malloc_arena_limit();
+    // Signal handlers are set up here, while rt_sigaction is allowed: no
+    // list but the launcher's has it. (The vCPU kick handler is installed
+    // by the caller first, for the same reason.)
+    report::install_handler()?;
+    ENABLED.store(true, Ordering::Release);
+    Ok(())
+}
+
+/// Whether threads install filters (false with `--no-seccomp`).
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Acquire)
+}
+
+/// Installs `kind`'s filter on the calling thread (no TSYNC: other threads
+/// keep theirs).
+pub fn install(kind: ThreadKind) -> Result<()> {
+    if !enabled() {
+        return Ok(());
+    }
+    let program = program(kind)?;
+    report::set_label(kind);
+    seccompiler::apply_filter(program).map_err(|e| {
+        Error::Seccomp(format!(
+            "installing the {} filter: {e} (--no-seccomp runs without filters, for debugging only)",
+            kind.name()
+        ))
+    })
+}
+
+/// `install` for a thread that cannot hand an error back: a thread that
+/// could not be filtered must not go on unfiltered, so the process ends
+/// with the seccomp exit status. (It cannot happen once the main thread's
+/// filter went on: same kernel, same kind of program.)
+pub fn install_in_thread(kind: ThreadKind) {
+    if let Err(e) = install(kind) {
+        eprintln!("vmfork: error: {e}");
+        // SAFETY: _exit ends the process at once, without running
+        // destructors other threads may be using.
+        unsafe { libc::_exit(EXIT_SECCOMP) };
+    }
+}
+
+/// The test hook behind the hidden `--test-seccomp-violation`: called by
+/// each vCPU thread right after it installed its filter, it makes a call
+/// the vCPU list forbids (socket(2)), which must end the process with the
+/// seccomp report. Without filters the socket is simply closed again.
+pub fn test_hook() {
+    if !TEST_VIOLATION.load(Ordering::Relaxed) {
+        return;
+    }
+    // SAFETY: socket(2) with constant arguments; a descriptor it returns
+    // (only possible without filters) is closed at once.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        if fd >= 0 {
+            libc::close(fd);
+        }
+    }
+}
+
+/// glibc caps its malloc arenas the first time a thread needs a new one,
+/// and may read /sys/devices/system/cpu/online to do it: in a thread whose
+/// list has no openat. Setting the cap now, to glibc's own default of 8 per
+/// CPU, means it never has to look.
+fn pin_malloc_arena_limit() {
+    // SAFETY: sysconf and mallopt take plain integers.
+    unsafe {
+        let cpus = libc::sysconf(libc::_SC_NPROCESSORS_ONLN).clamp(1, 4096);
+        libc::mallopt(libc::M_ARENA_MAX, (cpus * 8) as libc::c_int);
+    }
+}
+
+/// Compiles `kind`'s list; calls outside it get `mismatch`.
+pub fn compile(kind: ThreadKind, mismatch: SeccompAction) -> Result<BpfProgram> {
+    let rules = List::for_kind(kind)?.into_rules();
+    let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, TargetArch::x86_64)
+        .and_then(BpfProgram::try_from)
+        .map_err(|e| Error::Seccomp(format!("compiling the {} list: {e}", kind.name())))?;
+    Ok(filter)
+}
+
+/// `kind`'s program, compiled the first time a thread of that kind starts
+/// and kept for the rest of the process (compiling all ten up front would
+/// cost every command about 0.3 ms; the unit tests compile them all).
+fn program(kind: ThreadKind) -> Result<&'static BpfProgram> {
+    static PROGRAMS: [OnceLock<std::result::Result<BpfProgram, String>>; ThreadKind::ALL.len()] =
+        [const { OnceLock::new() }; ThreadKind::ALL.len()];
+    let index = ThreadKind::ALL
+        .iter()
+        .position(|&k| k == kind)
+        .ok_or_else(|| Error::Seccomp(format!("no list for {}", kind.name())))?;
+    let slot = PROGRAMS
+        .get(index)
+        .ok_or_else(|| Error::Seccomp(format!("no program for {}", kind.name())))?;
+    slot.get_or_init(|| compile(kind, SeccompAction::Trap).map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| Error::Seccomp(e.clone()))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,6 +1,0 @@
-//! Every stateful component's `Persist` implementation. The snapshot code
-//! (`crate::template`) composes them; nothing else knows their fields.
-
-pub mod devices;
-pub mod vcpu;
-pub mod vm;

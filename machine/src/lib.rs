@@ -1,0 +1,25 @@
+//! The pc-lite KVM machine: the VM and its vCPUs, their run loop, boot
+//! (layout, e820, page tables, MP table, loaders), devices, guest memory,
+//! VM shells (VMs made ahead and reused) and each component's save and
+//! restore through `vmfork_snapshot::Persist`. Templates, clones and serve
+//! are built on top of it, in their own crates.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod boot;
+pub mod control;
+pub mod devices;
+pub mod error;
+pub mod floor;
+pub mod kvm_host;
+pub mod machine;
+pub mod memory;
+pub mod persist;
+pub mod reset;
+pub mod shell;
+pub mod vcpu;
+pub mod vm;
+
+pub use error::{Error, Result};
+
+/// The default guest, built from guest/ by build.rs.
+pub static EMBEDDED_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/vmfork-guest.elf"));

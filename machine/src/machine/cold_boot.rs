@@ -1,0 +1,205 @@
+//! Building a pc-lite machine for a cold boot, in the order of docs/boot.md.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::Machine;
+use crate::boot::e820::{memory_map, ram_end};
+use crate::boot::layout::{
+    BOOT_GDT_START, BOOT_IDT_START, CMDLINE_MAX_SIZE, CMDLINE_START, PMEM_ALIGN, PML4_START,
+};
+use crate::boot::loader::KernelInfo;
+use crate::boot::loader::{load_initrd, load_kernel, BootProtocol, Entry, KernelSource};
+use crate::boot::{gdt, mptable, paging, params};
+use crate::control::Control;
+use crate::devices::console::Console;
+use crate::devices::serial::SerialPort;
+use crate::devices::PortIoBus;
+use crate::error::{Error, Result};
+use crate::kvm_host::KvmHost;
+use crate::memory::{anonymous_ram, PmemImage};
+use crate::vcpu::setup::{configure_vcpu, vcpu_cpuid};
+use crate::vcpu::Vcpu;
+use crate::vm::Vm;
+
+/// The MP table addresses APIC IDs with one byte and 0xff is broadcast.
+pub const MAX_VCPUS: u8 = 254;
+/// Below 1 MiB not even the boot structures fit; whether a kernel fits
+/// above them is checked when it is loaded.
+pub const MIN_MEM_SIZE: u64 = 1 << 20;
+pub const MAX_MEM_SIZE: u64 = 1 << 40;
+
+pub struct MachineConfig {
+    pub kernel: KernelSource,
+    pub initrd: Option<PathBuf>,
+    pub rootfs: Option<PathBuf>,
+    pub mem_size: u64,
+    pub vcpus: u8,
+    pub cmdline: String,
+    pub protocol: BootProtocol,
+    pub console: Console,
+    pub exit_on_ready: bool,
+    /// Latencies (ready_us) are measured from here.
+    pub started: Instant,
+}
+
+fn validate(config: &MachineConfig, host: &KvmHost) -> Result<()> {
+    let max = host.max_vcpus().min(usize::from(MAX_VCPUS));
+    if config.vcpus == 0 || usize::from(config.vcpus) > max {
+        return Err(Error::InvalidArgument(format!(
+            "--vcpus {} is out of range 1..={max}",
+            config.vcpus
+        )));
+    }
+    if config.mem_size < MIN_MEM_SIZE || config.mem_size > MAX_MEM_SIZE {
+        return Err(Error::InvalidArgument(format!(
+            "--mem {} MiB is out of range {}..={} MiB",
+            config.mem_size >> 20,
+            MIN_MEM_SIZE >> 20,
+            MAX_MEM_SIZE >> 20
+        )));
+    }
+    if !config.mem_size.is_multiple_of(4096) {
+        return Err(Error::InvalidArgument(
+            "--mem must be a multiple of 4 KiB".into(),
+        ));
+    }
+    if config.cmdline.len() >= CMDLINE_MAX_SIZE || config.cmdline.contains('\0') {
+        return Err(Error::InvalidArgument(format!(
+            "--cmdline must be under {CMDLINE_MAX_SIZE} bytes with no NUL"
+        )));
+    }
+    Ok(())
+}
+
+fn write(mem: &GuestMemoryMmap, bytes: &[u8], addr: u64, what: &str) -> Result<()> {
+    mem.write_slice(bytes, GuestAddress(addr))
+        .map_err(|e| Error::MemoryTooSmall(format!("cannot write {what} at {addr:#x}: {e}")))
+}
+
+impl Machine {
+    /// Creates a VM ready to run the kernel from its first instruction.
+    pub fn cold_boot(config: MachineConfig) -> Result<Machine> {
+        let mut phases = Vec::new();
+        let mut mark = |name| phases.push((name, config.started.elapsed().as_micros() as u64));
+        mark("start");
+        let host = KvmHost::get()?;
+        validate(&config, host)?;
+        mark("open_kvm");
+        let mut vm = Vm::new(host)?;
+        mark("create_vm");
+        let mem = anonymous_ram(config.mem_size)?;
+        vm.register_ram(&mem)?;
+        mark("memory");
+
+        let kernel = load_kernel(&mem, &config.kernel, config.protocol)
+            .map_err(|e| too_small_hint(e, config.mem_size))?;
+        if kernel.kernel_end > ram_end(config.mem_size) {
+            return Err(Error::MemoryTooSmall(format!(
+                "the kernel ends at {:#x}, past the end of {} MiB of RAM",
+                kernel.kernel_end,
+                config.mem_size >> 20
+            )));
+        }
+
+        let pmem = match &config.rootfs {
+            Some(path) => {
+                if !host.has_readonly_mem() {
+                    return Err(Error::HostUnsupported(
+                        "KVM lacks KVM_CAP_READONLY_MEM, needed for a read-only rootfs".into(),
+                    ));
+                }
+                let image = PmemImage::open(path)?;
+                let addr = ram_end(config.mem_size).next_multiple_of(PMEM_ALIGN);
+                vm.register_readonly(addr, image.size, image.host_addr())?;
+                Some((image, addr))
+            }
+            None => None,
+        };
+        mark("load_kernel");
+        vm.create_platform()?;
+        mark("irqchip");
+        let map = memory_map(config.mem_size, pmem.as_ref().map(|(i, a)| (*a, i.size)));
+
+        let mut cmdline = config.cmdline.clone().into_bytes();
+        cmdline.push(0);
+        write(&mem, &cmdline, CMDLINE_START, "the command line")?;
+
+        let initrd = match &config.initrd {
+            Some(path) => Some(load_initrd(
+                &mem,
+                path,
+                config.mem_size,
+                kernel.kernel_end,
+                kernel.setup_header.map(|h| u64::from(h.initrd_addr_max)),
+            )?),
+            None => None,
+        };
+        match kernel.entry {
+            Entry::Linux64 { .. } => {
+                let zero_page =
+                    params::zero_page(kernel.setup_header, cmdline.len(), &map, initrd)?;
+                params::write_zero_page(&mem, &zero_page)?;
+                write(&mem, &paging::identity_tables(), PML4_START, "page tables")?;
+            }
+            Entry::Pvh { .. } => params::write_pvh_start_info(&mem, &map, initrd)?,
+        }
+        let gdt: Vec<u8> = gdt::boot_gdt()
+            .iter()
+            .flat_map(|d| d.to_le_bytes())
+            .collect();
+        write(&mem, &gdt, BOOT_GDT_START, "the boot GDT")?;
+        write(&mem, &0u64.to_le_bytes(), BOOT_IDT_START, "the boot IDT")?;
+        mptable::setup_mptable(&mem, config.vcpus)?;
+        mark("boot_structures");
+
+        let supported = host.supported_cpuid()?;
+        let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
+        for index in 0..config.vcpus {
+            let vcpu = Vcpu::new(&vm, index)?;
+            let cpuid = vcpu_cpuid(supported, index, config.vcpus)?;
+            configure_vcpu(&vcpu.fd, &cpuid, index, kernel.entry)?;
+            vcpus.push(vcpu);
+        }
+
+        mark("vcpus");
+        let serial = SerialPort::new(&vm.fd, config.console)?;
+        mark("devices");
+        let kernel_info = KernelInfo {
+            source: config.kernel.describe(),
+            sha256: config.kernel.sha256()?,
+            cmdline: config.cmdline.clone(),
+        };
+        Ok(Machine {
+            vcpus,
+            vm,
+            mem,
+            _memory_guards: Vec::new(),
+            pmem: pmem.map(|(image, _)| image),
+            bus: Arc::new(Mutex::new(PortIoBus::new(serial))),
+            control: Arc::new(Control::new(config.started, config.exit_on_ready)),
+            host,
+            mem_size: config.mem_size,
+            phases,
+            kernel: kernel_info,
+            restored_from: None,
+        })
+    }
+}
+
+/// linux-loader reports "cannot write guest memory" for a kernel larger
+/// than RAM; say what the user can do about it.
+fn too_small_hint(e: Error, mem_size: u64) -> Error {
+    match e {
+        Error::KernelLoad(msg) if msg.contains("guest memory") || msg.contains("Guest memory") => {
+            Error::MemoryTooSmall(format!(
+                "{msg}: the kernel does not fit in {} MiB of RAM; raise --mem",
+                mem_size >> 20
+            ))
+        }
+        other => other,
+    }
+}

@@ -1,0 +1,6 @@
+//! Every stateful component's `Persist` implementation. The snapshot code
+//! (`vmfork_template`) composes them; nothing else knows their fields.
+
+pub mod devices;
+pub mod vcpu;
+pub mod vm;

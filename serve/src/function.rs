@@ -1,0 +1,403 @@
+//! One deployed function: a template, its clone factory, its pool of VM
+//! shells (pool.rs), and the path of one invocation in a fresh clone.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::mailbox::{self, Response, CMD_INVOKE, CMD_RESUME_INVOKE};
+use super::metrics::Metrics;
+use super::pool::{Finished, Recycle, ShellPool};
+use super::progress::{Ending, Progress};
+use vmfork_clone::{Backend, CloneFactory};
+use vmfork_machine::boot::loader::{BootProtocol, KernelSource, EMBEDDED_KERNEL};
+use vmfork_machine::control::StopReason;
+use vmfork_machine::devices::console::Console;
+use vmfork_machine::error::{Error, Result};
+use vmfork_machine::machine::{Machine, MachineConfig, RunningMachine};
+use vmfork_machine::vcpu::threads::Runners;
+use vmfork_template::LoadedTemplate;
+
+/// How long a fresh VM may take to be ready for its request.
+const START_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct Function {
+    pub name: String,
+    source: Source,
+    next_id: AtomicU64,
+    /// vCPU threads kept between this function's clones.
+    runners: Arc<Runners>,
+}
+
+/// Where each invocation's VM comes from.
+enum Source {
+    /// A fresh clone of the template, in a warm VM shell when one is ready.
+    Clones {
+        factory: Box<CloneFactory>,
+        /// The template's guest resumes straight into its request
+        /// (RESUME_INVOKE): it is this build's embedded guest, parked.
+        resume_invoke: bool,
+        pool: Arc<ShellPool>,
+        warm_target: usize,
+    },
+    /// A cold boot of the template's guest and command line per request:
+    /// the baseline that clones are measured against (`--cold-boot`).
+    ColdBoot {
+        cmdline: String,
+        mem_size: u64,
+        vcpus: u8,
+    },
+}
+
+/// How one invocation ended.
+pub enum Outcome {
+    Done {
+        response: Response,
+        clone_us: u64,
+        run_us: u64,
+    },
+    Timeout,
+    Crash(String),
+    Error(String),
+}
+
+impl Function {
+    /// `max_concurrency`: how many recycled VMs are worth keeping.
+    pub fn load(
+        name: &str,
+        dir: &Path,
+        warm: usize,
+        recycle: Recycle,
+        max_concurrency: usize,
+        cold_boot: bool,
+    ) -> Result<Function> {
+        let template = LoadedTemplate::load(dir)?;
+        let source = if cold_boot {
+            let manifest = &template.manifest;
+            if manifest.kernel.source != EMBEDDED_KERNEL {
+                return Err(Error::InvalidArgument(format!(
+                    "--cold-boot: template {} was not built from the embedded guest",
+                    dir.display()
+                )));
+            }
+            Source::ColdBoot {
+                cmdline: manifest.kernel.cmdline.clone(),
+                mem_size: manifest.mem_size,
+                vcpus: u8::try_from(manifest.vcpus).unwrap_or(u8::MAX),
+            }
+        } else {
+            let resume_invoke = takes_resume_invoke(&template)?;
+            let factory = CloneFactory::new(template, Backend::Memfd, false)?;
+            let in_place = factory.in_place_reset();
+            let pool = Arc::new(ShellPool::new(
+                recycle,
+                warm,
+                max_concurrency,
+                factory.template.state.memory.clone(),
+                in_place,
+            ));
+            Source::Clones {
+                factory: Box::new(factory),
+                resume_invoke,
+                pool,
+                warm_target: warm,
+            }
+        };
+        let function = Function {
+            name: name.to_string(),
+            source,
+            next_id: AtomicU64::new(1),
+            runners: Runners::new(),
+        };
+        function.refill();
+        Ok(function)
+    }
+
+    /// Tops the warm pool up to its target; called off the request path.
+    pub fn refill(&self) {
+        let Source::Clones {
+            factory,
+            pool,
+            warm_target,
+            resume_invoke,
+        } = &self.source
+        else {
+            return;
+        };
+        while pool.owned() < *warm_target {
+            let resume = resume_invoke.then_some(CMD_RESUME_INVOKE);
+            match factory.warm_shell(Some(&self.runners), resume) {
+                Ok(shell) => pool.put(shell),
+                Err(e) => {
+                    tracing::warn!("{}: cannot create a warm VM shell: {e}", self.name);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Whether the warm pool is below its target.
+    pub fn needs_refill(&self) -> bool {
+        match &self.source {
+            Source::Clones {
+                pool, warm_target, ..
+            } => pool.owned() < *warm_target,
+            Source::ColdBoot { .. } => false,
+        }
+    }
+
+    pub fn warm_len(&self) -> usize {
+        match &self.source {
+            Source::Clones { pool, .. } => pool.owned(),
+            Source::ColdBoot { .. } => 0,
+        }
+    }
+
+    /// Shells in the pool now, not counting those lent to running clones.
+    pub fn pooled_vms(&self) -> usize {
+        match &self.source {
+            Source::Clones { pool, .. } => pool.ready(),
+            Source::ColdBoot { .. } => 0,
+        }
+    }
+
+    /// Whether its clones resume straight into their request
+    /// (RESUME_INVOKE, docs/guest-abi.md) rather than acknowledging the
+    /// resume first.
+    pub fn resumes_into_request(&self) -> bool {
+        matches!(
+            self.source,
+            Source::Clones {
+                resume_invoke: true,
+                ..
+            }
+        )
+    }
+
+    /// A clone that will never reach the reapers gives up its lent shell
+    /// (with recycling on, every clone runs in one).
+    fn abandon_shell(&self) {
+        if let Source::Clones { pool, .. } = &self.source {
+            if pool.recycles() {
+                pool.returned(None);
+            }
+        }
+    }
+
+    /// A new VM for one request, not yet started.
+    fn new_vm(&self, requested: Instant) -> Result<Machine> {
+        match &self.source {
+            Source::Clones {
+                factory,
+                pool,
+                resume_invoke,
+                ..
+            } => {
+                // A VM that is to be recycled must be built as a shell.
+                let shell = match pool.take() {
+                    Some(shell) => Some(shell),
+                    None if pool.recycles() => Some(pool.lend_new(factory.shell()?)),
+                    None => None,
+                };
+                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                let lent = shell.is_some() && pool.recycles();
+                let machine = if *resume_invoke {
+                    factory.clone_vm_resuming(id, shell, requested, CMD_RESUME_INVOKE)
+                } else {
+                    factory.clone_vm(id, shell, Console::Discard, requested)
+                };
+                if machine.is_err() && lent {
+                    pool.returned(None);
+                }
+                machine
+            }
+            Source::ColdBoot {
+                cmdline,
+                mem_size,
+                vcpus,
+            } => Machine::cold_boot(MachineConfig {
+                kernel: KernelSource::Embedded(vmfork_machine::EMBEDDED_GUEST),
+                initrd: None,
+                rootfs: None,
+                mem_size: *mem_size,
+                vcpus: *vcpus,
+                cmdline: cmdline.clone(),
+                protocol: BootProtocol::Linux64,
+                console: Console::Discard,
+                exit_on_ready: false,
+                started: requested,
+            }),
+        }
+    }
+
+    /// Runs `body` through the function in a fresh VM and gives `reply`
+    /// the outcome. Then the VM is recycled here, when it answered and its
+    /// pool takes it back (the caller is answered by then, and handing it
+    /// to a reaper would cost another cross-thread wake-up); otherwise it
+    /// goes to `reaper` to be stopped and closed.
+    pub fn invoke(
+        &self,
+        body: &[u8],
+        timeout: Duration,
+        metrics: &Metrics,
+        reaper: &Sender<Finished>,
+        reply: impl FnOnce(Outcome),
+    ) {
+        let (outcome, running) = self.run(body, timeout, metrics);
+        let Some(running) = running else {
+            return reply(outcome);
+        };
+        let reusable = matches!(outcome, Outcome::Done { .. });
+        reply(outcome);
+        // Only a clone that answered normally is recycled; one that
+        // crashed, hung or misbehaved is closed.
+        let pool = match &self.source {
+            Source::Clones { pool, .. } => Some(pool.clone()),
+            Source::ColdBoot { .. } => None,
+        };
+        let finished = Finished::new(running, pool, reusable);
+        if finished.recycles() {
+            return finished.reap(metrics);
+        }
+        if let Err(std::sync::mpsc::SendError(finished)) = reaper.send(finished) {
+            finished.reap(metrics);
+        }
+    }
+
+    /// One invocation: its outcome, and its VM if one was started.
+    fn run(
+        &self,
+        body: &[u8],
+        timeout: Duration,
+        metrics: &Metrics,
+    ) -> (Outcome, Option<RunningMachine>) {
+        let requested = Instant::now();
+        let machine = match self.new_vm(requested) {
+            Ok(m) => m,
+            Err(e) => return (Outcome::Error(format!("creating the VM: {e}")), None),
+        };
+        // A clone's request is in place before its first instruction; a
+        // cold-booted guest initialises its heap first, so it gets its
+        // request once it is parked after READY.
+        let cloned = matches!(self.source, Source::Clones { .. });
+        if cloned {
+            if let Err(e) = mailbox::write_request(machine.memory(), body) {
+                self.abandon_shell();
+                return (Outcome::Error(e.to_string()), None);
+            }
+        }
+        let control = machine.control().clone();
+        // A clone is driven from its vCPU thread; a cold boot, from here.
+        let progress = cloned.then(|| Progress::new(requested, control.acks()));
+        let started = match &progress {
+            Some(progress) => {
+                if self.resumes_into_request() {
+                    progress.invoked_with_resume();
+                }
+                machine.start_commanded(Some(&self.runners), progress.commander())
+            }
+            None => machine.start_on(Some(&self.runners)),
+        };
+        let running = match started {
+            Ok(r) => r,
+            Err(e) => {
+                self.abandon_shell();
+                return (Outcome::Error(format!("starting the VM: {e}")), None);
+            }
+        };
+        metrics.live_clones.fetch_add(1, Ordering::Relaxed);
+        let outcome = if let Some(progress) = &progress {
+            match progress.wait(&running, START_TIMEOUT, timeout) {
+                Ending::Answered { clone_us, run_us } => response(&running, clone_us, run_us),
+                Ending::TimedOut => stopped(&control).unwrap_or(Outcome::Timeout),
+                Ending::Returned(why) => {
+                    stopped(&control).unwrap_or_else(|| Outcome::Crash(why.into()))
+                }
+            }
+        } else {
+            cold_boot_invoke(&running, body, requested, timeout)
+        };
+        if matches!(outcome, Outcome::Timeout) {
+            // The caller only learns that time ran out; what the guest was
+            // doing meanwhile, if the VMM saw it, goes to the log.
+            let unclaimed = running.machine().unclaimed_accesses();
+            if unclaimed.total() > 0 {
+                tracing::warn!("{}: a clone timed out after {unclaimed}", self.name);
+            }
+        }
+        (outcome, Some(running))
+    }
+}
+
+/// Whether clones of `template` can resume with RESUME_INVOKE: its guest
+/// is the one embedded in this build (whose ABI is known to have it) and
+/// was saved parked in its `in`.
+fn takes_resume_invoke(template: &LoadedTemplate) -> Result<bool> {
+    let kernel = &template.manifest.kernel;
+    Ok(kernel.source == EMBEDDED_KERNEL
+        && kernel.sha256 == embedded_guest_sha256()?
+        && template.resumes_parked())
+}
+
+fn embedded_guest_sha256() -> Result<&'static str> {
+    static SHA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(sha) = SHA.get() {
+        return Ok(sha);
+    }
+    let sha = KernelSource::Embedded(vmfork_machine::EMBEDDED_GUEST).sha256()?;
+    Ok(SHA.get_or_init(|| sha))
+}
+
+/// The function's answer in the mailbox of a clone that acknowledged it.
+fn response(running: &RunningMachine, clone_us: u64, run_us: u64) -> Outcome {
+    match mailbox::read_response(running.machine().memory()) {
+        Ok(response) => Outcome::Done {
+            response,
+            clone_us,
+            run_us,
+        },
+        Err(e) => Outcome::Crash(e.to_string()),
+    }
+}
+
+/// A cold-booted guest initialises its heap first, so it gets its request
+/// once it is parked after READY, from this (the owner's) thread.
+fn cold_boot_invoke(
+    running: &RunningMachine,
+    body: &[u8],
+    requested: Instant,
+    timeout: Duration,
+) -> Outcome {
+    let control = running.control();
+    let acks = control.acks();
+    if !control.wait_acks_parked(acks, Some(requested + START_TIMEOUT)) {
+        return stopped(control).unwrap_or(Outcome::Timeout);
+    }
+    let clone_us = requested.elapsed().as_micros() as u64;
+    if let Err(e) = mailbox::write_request(running.machine().memory(), body) {
+        return Outcome::Error(e.to_string());
+    }
+    let run_start = Instant::now();
+    control.send_command(CMD_INVOKE);
+    if !control.wait_acks(acks + 1, Some(run_start + timeout)) {
+        return stopped(control).unwrap_or(Outcome::Timeout);
+    }
+    response(running, clone_us, run_start.elapsed().as_micros() as u64)
+}
+
+/// The guest's own reason for stopping, if it stopped.
+fn stopped(control: &vmfork_machine::control::Control) -> Option<Outcome> {
+    match control.stop_reason()? {
+        StopReason::GuestCrash { vector } => Some(Outcome::Crash(format!(
+            "guest crashed (exception vector {vector})"
+        ))),
+        StopReason::GuestShutdown { what, .. } => Some(Outcome::Crash(what)),
+        StopReason::GuestEmulation(what) => Some(Outcome::Crash(what)),
+        StopReason::GuestExit(code) => {
+            Some(Outcome::Crash(format!("guest exited with status {code}")))
+        }
+        other => Some(Outcome::Error(format!("clone stopped: {other:?}"))),
+    }
+}

@@ -1,0 +1,128 @@
+//! `vmfork serve`: function-as-a-service. Each HTTP invocation runs in a
+//! fresh clone of the function's template; the request and response cross
+//! the guest's mailbox (docs/guest-abi.md). docs/serve.md has the API.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod function;
+pub mod http;
+pub mod mailbox;
+pub mod metrics;
+pub mod pool;
+pub mod progress;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use function::Function;
+use http::AppState;
+use metrics::Metrics;
+pub use pool::Recycle;
+use vmfork_machine::control::Control;
+use vmfork_machine::error::{Error, Result};
+
+pub struct ServeConfig {
+    pub templates: Vec<(String, PathBuf)>,
+    pub listen: SocketAddr,
+    pub max_concurrency: usize,
+    pub queue: usize,
+    pub timeout: Duration,
+    pub max_body: usize,
+    pub warm: usize,
+    /// Boot a fresh VM per request instead of cloning (a benchmark baseline).
+    pub cold_boot: bool,
+    /// What becomes of a finished clone's VM (docs/serve.md).
+    pub recycle: Recycle,
+}
+
+/// Loads every function and starts the reapers: the state one server
+/// shares between requests. Join the reaper threads after the last clone
+/// of the state is dropped; they end once every clone is closed. Tests and
+/// the HTTP fuzzer (serve/examples/fuzz_http.rs) serve it themselves.
+pub fn new_state(
+    config: &ServeConfig,
+) -> Result<(Arc<AppState>, Vec<std::thread::JoinHandle<()>>)> {
+    let mut functions = Vec::new();
+    let mut templates = Vec::new();
+    for (name, dir) in &config.templates {
+        functions.push(Arc::new(Function::load(
+            name,
+            dir,
+            config.warm,
+            config.recycle,
+            config.max_concurrency,
+            config.cold_boot,
+        )?));
+        templates.push(dir.display().to_string());
+    }
+    let metrics = Arc::new(Metrics::default());
+    let (reaper, reapers) = pool::spawn_reapers(metrics.clone())?;
+    let state = Arc::new(AppState {
+        functions,
+        templates,
+        metrics,
+        slots: Semaphore::new(config.max_concurrency),
+        admitted: AtomicUsize::new(0),
+        admission_limit: config.max_concurrency + config.queue,
+        timeout: config.timeout,
+        reaper: Mutex::new(reaper),
+    });
+    Ok((state, reapers))
+}
+
+/// Serves until `stop` is stopped (SIGINT/SIGTERM in the CLI), then lets
+/// in-flight requests finish and stops every clone.
+pub fn run(config: ServeConfig, stop: Arc<Control>) -> Result<()> {
+    if config.max_body > mailbox::MAX_BODY {
+        return Err(Error::InvalidArgument(format!(
+            "--max-body {} is over the guest mailbox's {} bytes",
+            config.max_body,
+            mailbox::MAX_BODY
+        )));
+    }
+    let (state, reapers) = new_state(&config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        // Workers and blocking threads alike, before they run any task:
+        // invoke() runs on blocking threads and creates and starts clones,
+        // so one list serves both (docs/seccomp.md).
+        .on_thread_start(|| {
+            vmfork_isolation::seccomp::install_in_thread(
+                vmfork_isolation::seccomp::ThreadKind::Http,
+            )
+        })
+        .build()?;
+    let app = http::router(state.clone(), config.max_body);
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| Error::InvalidArgument(format!("--listen {}: {e}", config.listen)))?;
+        let local = listener.local_addr()?;
+        {
+            use std::io::Write;
+            let mut out = std::io::stdout();
+            let _ = writeln!(out, "vmfork serve: listening on http://{local}");
+            let _ = out.flush();
+        }
+        let shutdown = async move {
+            let _ = tokio::task::spawn_blocking(move || stop.wait_stopped(None)).await;
+        };
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(Error::Io)
+    })?;
+    // In-flight requests are done; drop the warm shells and let the
+    // reapers finish every clone still being torn down.
+    drop(state);
+    drop(runtime);
+    for r in reapers {
+        let _ = r.join();
+    }
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! The control socket of a running VM (`--api-sock PATH`). One request per
+//! connection, one JSON line each way:
+//!   -> {"op":"snapshot","out":"DIR","diff":false} | {"op":"ping"} |
+//!      {"op":"dirty_pages","pages":N} | {"op":"pause"} | {"op":"resume"} | {"op":"stop"}
+//!   <- {"ok":true,"result":...} | {"ok":false,"error":"..."}
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::json;
+
+use vmfork_machine::control::{Control, OwnerRequest, RequestKind, StopReason};
+use vmfork_machine::devices::ready_port;
+use vmfork_machine::error::{Error, Result};
+
+/// A request line longer than this is refused rather than buffered.
+const MAX_REQUEST_BYTES: u64 = 64 * 1024;
+const REPLY_TIMEOUT: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Snapshot {
+        out: PathBuf,
+        #[serde(default)]
+        diff: bool,
+    },
+    Ping,
+    DirtyPages {
+        pages: u32,
+    },
+    Pause,
+    Resume,
+    Stop,
+}
+
+/// Removes the socket file when the VM's owner is done.
+pub struct ApiSocket {
+    path: PathBuf,
+}
+
+impl Drop for ApiSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Listens on `path`, replacing a socket left over by a dead process but
+/// never anything else; `flag` names the option in errors.
+pub fn bind_socket(path: &Path, flag: &str) -> Result<UnixListener> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        // A socket nobody answers on is left over from a dead vmfork.
+        if meta.file_type().is_socket() && UnixStream::connect(path).is_err() {
+            let _ = std::fs::remove_file(path);
+        } else {
+            return Err(Error::InvalidArgument(format!(
+                "{flag} {}: already exists",
+                path.display()
+            )));
+        }
+    }
+    UnixListener::bind(path).map_err(|e| {
+        Error::InvalidArgument(format!("{flag} {}: cannot listen: {e}", path.display()))
+    })
+}
+
+pub fn serve(path: &Path, control: Arc<Control>) -> Result<ApiSocket> {
+    let listener = bind_socket(path, "--api-sock")?;
+    std::thread::Builder::new()
+        .name("api".into())
+        .spawn(move || {
+            // Filtered before it accepts a single request.
+            vmfork_isolation::seccomp::install_in_thread(
+                vmfork_isolation::seccomp::ThreadKind::Api,
+            );
+            for stream in listener.incoming().flatten() {
+                let control = control.clone();
+                // One connection at a time is enough for a control plane,
+                // and serialises snapshot requests naturally.
+                if let Err(e) = serve_one(stream, &control) {
+                    tracing::debug!("api connection: {e}");
+                }
+            }
+        })?;
+    Ok(ApiSocket {
+        path: path.to_path_buf(),
+    })
+}
+
+fn serve_one(stream: UnixStream, control: &Control) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut line = String::new();
+    BufReader::new((&stream).take(MAX_REQUEST_BYTES)).read_line(&mut line)?;
+    let answer = match serde_json::from_str::<Request>(&line) {
+        Err(e) => Err(format!("bad request: {e}")),
+        Ok(request) => dispatch(request, control),
+    };
+    let reply = match answer {
+        Ok(result) => {
+            let value = serde_json::from_str::<serde_json::Value>(&result).unwrap_or(json!(result));
+            json!({"ok": true, "result": value})
+        }
+        Err(error) => json!({"ok": false, "error": error}),
+    };
+    let mut stream = stream;
+    writeln!(stream, "{reply}")
+}
+
+fn dispatch(request: Request, control: &Control) -> std::result::Result<String, String> {
+    let kind = match request {
+        Request::Stop => {
+            control.stop(StopReason::Requested);
+            return Ok("stopping".into());
+        }
+        Request::Snapshot { out, diff } => RequestKind::Snapshot { out, diff },
+        Request::Ping => RequestKind::Command(ready_port::CMD_PING),
+        Request::DirtyPages { pages } => {
+            RequestKind::Command(ready_port::dirty_command(pages).ok_or("at most 16777215 pages")?)
+        }
+        Request::Pause => RequestKind::Pause,
+        Request::Resume => RequestKind::Resume,
+    };
+    let (reply, answer) = mpsc::channel();
+    control.submit(OwnerRequest { kind, reply });
+    answer
+        .recv_timeout(REPLY_TIMEOUT)
+        .map_err(|_| "the VM stopped before answering".to_string())?
+}
+
+/// Client side, for `vmfork ctl`.
+pub fn call(path: &Path, request: &serde_json::Value) -> Result<serde_json::Value> {
+    let fail = |reason: String| Error::Control(format!("{}: {reason}", path.display()));
+    let mut stream = UnixStream::connect(path).map_err(|e| fail(format!("cannot connect: {e}")))?;
+    writeln!(stream, "{request}").map_err(|e| fail(e.to_string()))?;
+    let mut line = String::new();
+    BufReader::new(stream.take(MAX_REQUEST_BYTES * 16))
+        .read_line(&mut line)
+        .map_err(|e| fail(e.to_string()))?;
+    let reply: serde_json::Value =
+        serde_json::from_str(&line).map_err(|e| fail(format!("malformed reply: {e}")))?;
+    if reply["ok"] == json!(true) {
+        Ok(reply["result"].clone())
+    } else {
+        Err(fail(
+            reply["error"]
+                .as_str()
+                .unwrap_or("request failed")
+                .to_string(),
+        ))
+    }
+}

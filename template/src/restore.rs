@@ -1,0 +1,355 @@
+//! Loading a template (with every check that keeps a bad one from being
+//! used) and restoring a machine from it.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vmfork_snapshot::state::{MachineState, MemoryState};
+use vmfork_snapshot::Persist;
+
+use super::manifest::{Manifest, TemplateKind, MEMORY_FILE, STATE_FILE};
+use vmfork_machine::control::Control;
+use vmfork_machine::devices::console::Console;
+use vmfork_machine::devices::serial::SerialPort;
+use vmfork_machine::devices::PortIoBus;
+use vmfork_machine::error::{Error, Result};
+use vmfork_machine::kvm_host::KvmHost;
+use vmfork_machine::machine::{Machine, RestoredParts};
+use vmfork_machine::persist::devices::SerialRestore;
+use vmfork_machine::persist::vm::{ClockMode, VmRestore};
+use vmfork_machine::shell::VmShell;
+use vmfork_machine::vcpu::Vcpu;
+use vmfork_machine::vm::Vm;
+
+/// Diff templates form a chain back to a full one; a longer chain is
+/// either a mistake or a loop.
+const MAX_DIFF_DEPTH: usize = 16;
+
+pub struct RestoreOptions {
+    pub console: Console,
+    pub clock: ClockMode,
+    /// Latencies are measured from here.
+    pub started: Instant,
+    /// Stop the VM at the guest's first acknowledgement after resuming.
+    pub exit_on_ack: bool,
+    /// Written to the clone-info page with fresh entropy (0 for a plain
+    /// restore).
+    pub clone_id: u64,
+    /// The command a parked guest resumes with instead of RESUMED; only
+    /// for templates [`LoadedTemplate::resumes_parked`] says can, and
+    /// guests the caller knows understand it.
+    pub resume_command: Option<u32>,
+}
+
+/// One template's files, checked.
+pub struct LoadedTemplate {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    pub state: MachineState,
+    /// The template whose memory file holds every page not in a diff,
+    /// followed by the diffs to apply on top, oldest first.
+    pub memory_layers: Vec<(PathBuf, MemoryState)>,
+}
+
+fn bad(dir: &Path, reason: String) -> Error {
+    Error::Template {
+        path: dir.to_path_buf(),
+        reason,
+    }
+}
+
+impl LoadedTemplate {
+    pub fn load(dir: &Path) -> Result<LoadedTemplate> {
+        Self::load_at_depth(dir, 0)
+    }
+
+    fn load_at_depth(dir: &Path, depth: usize) -> Result<LoadedTemplate> {
+        if depth > MAX_DIFF_DEPTH {
+            return Err(bad(dir, format!("diff chain deeper than {MAX_DIFF_DEPTH}")));
+        }
+        let dir = dir
+            .canonicalize()
+            .map_err(|e| bad(dir, format!("cannot open: {e}")))?;
+        let manifest = Manifest::read(&dir)?;
+        let mut state_file = File::open(dir.join(STATE_FILE))
+            .map_err(|e| bad(&dir, format!("cannot open {STATE_FILE}: {e}")))?;
+        let state: MachineState =
+            vmfork_snapshot::read_from(&mut state_file, vmfork_snapshot::MAX_STATE_LEN)
+                .map_err(|e| bad(&dir, format!("{STATE_FILE}: {e}")))?;
+        state
+            .validate()
+            .map_err(|e| bad(&dir, format!("{STATE_FILE}: {e}")))?;
+        let regions: Vec<(u64, u64)> = state
+            .memory
+            .regions
+            .iter()
+            .map(|r| (r.guest_addr, r.size))
+            .collect();
+        let recorded: Vec<(u64, u64)> = manifest
+            .memory_regions
+            .iter()
+            .map(|r| (r.guest_addr, r.size))
+            .collect();
+        let state_len = state_file.metadata().map(|m| m.len()).ok();
+        if manifest.vcpus as usize != state.vcpus.len()
+            || manifest.mem_size != state.memory.mem_size
+            || recorded != regions
+            || (manifest.kind == TemplateKind::Diff) != state.memory.diff
+            || state_len != Some(manifest.state_bytes)
+        {
+            return Err(bad(
+                &dir,
+                format!(
+                    "{} and {STATE_FILE} disagree on vCPUs, memory layout, kind or size",
+                    super::manifest::MANIFEST_FILE
+                ),
+            ));
+        }
+        let expected = state.memory.file_size();
+        let actual = std::fs::metadata(dir.join(MEMORY_FILE))
+            .map_err(|e| bad(&dir, format!("cannot open {MEMORY_FILE}: {e}")))?
+            .len();
+        if actual != expected {
+            return Err(bad(
+                &dir,
+                format!("{MEMORY_FILE} is {actual} bytes, the state says {expected} (truncated or wrong file)"),
+            ));
+        }
+        let memory_layers = match &manifest.base {
+            None => vec![(dir.clone(), state.memory.clone())],
+            Some(base) => {
+                let base = Self::load_at_depth(base, depth + 1)?;
+                let base_layout = &base.state.memory;
+                if base_layout.regions != state.memory.regions {
+                    return Err(bad(
+                        &dir,
+                        "its memory layout differs from its base's".into(),
+                    ));
+                }
+                let mut layers = base.memory_layers;
+                layers.push((dir.clone(), state.memory.clone()));
+                layers
+            }
+        };
+        Ok(LoadedTemplate {
+            dir,
+            manifest,
+            state,
+            memory_layers,
+        })
+    }
+
+    /// Guest RAM: the full template's memory file mapped private (pages are
+    /// read lazily and copied only when written), then each diff's pages
+    /// copied over it.
+    pub fn map_memory(&self) -> Result<GuestMemoryMmap> {
+        let (root_dir, root) = &self.memory_layers[0];
+        let file = File::open(root_dir.join(MEMORY_FILE))
+            .map_err(|e| bad(root_dir, format!("cannot open {MEMORY_FILE}: {e}")))?;
+        let mem =
+            vmfork_machine::memory::map_file_private(&std::sync::Arc::new(file), &root.regions)?;
+        for (dir, layer) in &self.memory_layers[1..] {
+            apply_diff(&mem, dir, layer)?;
+        }
+        Ok(mem)
+    }
+}
+
+fn apply_diff(mem: &GuestMemoryMmap, dir: &Path, layer: &MemoryState) -> Result<()> {
+    let file = File::open(dir.join(MEMORY_FILE))
+        .map_err(|e| bad(dir, format!("cannot open {MEMORY_FILE}: {e}")))?;
+    for &(offset, len) in &layer.dirty_ranges {
+        // Validation guarantees the range lies inside one region's file span.
+        let region = layer
+            .regions
+            .iter()
+            .find(|r| offset >= r.file_offset && offset + len <= r.file_offset + r.size)
+            .ok_or_else(|| bad(dir, format!("dirty range {offset:#x} spans regions")))?;
+        let guest = GuestAddress(region.guest_addr + (offset - region.file_offset));
+        let host = mem
+            .get_host_address(guest)
+            .map_err(|e| Error::GuestMemory(format!("diff target: {e}")))?;
+        // SAFETY: `host..host+len` lies inside one mapped region (checked
+        // above against the same layout the mapping was built from), and no
+        // vCPU runs yet.
+        let target = unsafe { std::slice::from_raw_parts_mut(host, len as usize) };
+        file.read_exact_at(target, offset)
+            .map_err(|e| bad(dir, format!("reading {MEMORY_FILE}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Restores the template's vCPU states into `pooled` (a shell's vCPUs,
+/// by index) or into vCPUs created now. `resume_command`: see
+/// [`RestoreOptions::resume_command`].
+pub fn restore_vcpus(
+    template: &LoadedTemplate,
+    vm: &Vm,
+    mut pooled: Vec<Vcpu>,
+    resume_command: Option<u32>,
+) -> Result<Vec<Vcpu>> {
+    let resume_rax = match resume_command {
+        Some(command) if template.resumes_parked() => Some(u64::from(command)),
+        Some(_) => {
+            return Err(Error::Snapshot(
+                "this template's guest was not saved parked in its ready-port `in`".into(),
+            ))
+        }
+        None => None,
+    };
+    pooled.reverse();
+    template
+        .state
+        .vcpus
+        .iter()
+        .map(|s| {
+            let mut fresh = match pooled.pop() {
+                Some(v) if v.index == s.index => v,
+                _ => Vcpu::new(vm, s.index)?,
+            };
+            fresh.resume_rax = resume_rax;
+            Vcpu::restore(fresh, s)
+        })
+        .collect()
+}
+
+impl LoadedTemplate {
+    /// Whether every vCPU's LAPIC timer is disarmed in the template. Only
+    /// then may its vCPU state be restored ahead of a clone: an armed
+    /// timer would start counting (and firing, in the host) while the
+    /// shell waits.
+    pub fn timers_disarmed(&self) -> bool {
+        self.state.vcpus.iter().all(|v| {
+            let reg = |offset: usize| {
+                let b = &v.lapic.regs[offset..offset + 4];
+                u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8])
+            };
+            let lvt_timer = reg(APIC_LVTT);
+            let deadline = v
+                .msrs
+                .iter()
+                .find(|m| m.index == MSR_IA32_TSC_DEADLINE)
+                .map_or(0, |m| m.data);
+            lvt_timer & APIC_LVT_MASKED != 0
+                || match (lvt_timer >> 17) & 3 {
+                    APIC_TIMER_TSC_DEADLINE => deadline == 0,
+                    _ => reg(APIC_TMICT) == 0,
+                }
+        })
+    }
+
+    /// Whether the template's one vCPU was saved parked in a 32-bit `in`
+    /// from the ready port, completed with RESUMED: then RAX holds that
+    /// command word, and a restore may put another there for the guest
+    /// to resume with (docs/guest-abi.md, RESUME_INVOKE).
+    pub fn resumes_parked(&self) -> bool {
+        let state = &self.state;
+        state.devices.ready_port.parked
+            && matches!(state.vcpus.as_slice(),
+                [v] if v.regs.rax == u64::from(vmfork_machine::devices::ready_port::CMD_RESUMED))
+    }
+}
+
+/// LAPIC register offsets and fields (Intel SDM vol. 3, 11.5.1), and the
+/// TSC-deadline MSR.
+const APIC_LVTT: usize = 0x320;
+const APIC_TMICT: usize = 0x380;
+const APIC_LVT_MASKED: u32 = 1 << 16;
+const APIC_TIMER_TSC_DEADLINE: u32 = 2;
+const MSR_IA32_TSC_DEADLINE: u32 = 0x6e0;
+
+/// Restores a machine from the template at `dir`, ready to start.
+pub fn restore(dir: &Path, opts: RestoreOptions) -> Result<Machine> {
+    let template = LoadedTemplate::load(dir)?;
+    let mem = template.map_memory()?;
+    restore_with_memory(&template, mem, opts)
+}
+
+/// Restores a machine from a loaded template into `mem`, guest RAM that
+/// already holds the template's memory (a private mapping of its file, or
+/// of a sealed memfd shared by clones).
+pub fn restore_with_memory(
+    template: &LoadedTemplate,
+    mem: GuestMemoryMmap,
+    opts: RestoreOptions,
+) -> Result<Machine> {
+    restore_into(template, mem, None, Vec::new(), opts)
+}
+
+/// Restores into `shell` when given (its slots must already cover `mem`),
+/// or into a VM created now.
+pub fn restore_into(
+    template: &LoadedTemplate,
+    mem: GuestMemoryMmap,
+    shell: Option<VmShell>,
+    mut memory_guards: Vec<vmfork_machine::machine::MemoryGuard>,
+    opts: RestoreOptions,
+) -> Result<Machine> {
+    let mut phases = Vec::new();
+    let mut mark = |name| phases.push((name, opts.started.elapsed().as_micros() as u64));
+    let host = KvmHost::get()?;
+    super::clone_info::write_clone_info(&mem, opts.clone_id)?;
+    mark("memory");
+    let (vm, pooled_vcpus, serial_irq, vcpus_restored) = match shell {
+        Some(shell) => {
+            memory_guards.push(Box::new(shell.ram));
+            let restored = shell.vcpus_restored == Some(opts.resume_command);
+            (shell.vm, shell.vcpus, Some(shell.serial_irq), restored)
+        }
+        None => {
+            let mut vm = Vm::new(host)?;
+            vm.register_ram(&mem)?;
+            vm.create_platform()?;
+            (vm, Vec::new(), None, false)
+        }
+    };
+    mark("create_vm");
+    let state = &template.state;
+    let vm = Vm::restore(
+        VmRestore {
+            vm,
+            clock: opts.clock,
+        },
+        &state.vm,
+    )?;
+    let vcpus = if vcpus_restored {
+        pooled_vcpus
+    } else {
+        restore_vcpus(template, &vm, pooled_vcpus, opts.resume_command)?
+    };
+    mark("restore_vcpus");
+    let serial = SerialPort::restore(
+        SerialRestore {
+            vm: &vm.fd,
+            irq: serial_irq,
+            console: opts.console,
+        },
+        &state.devices.serial,
+    )?;
+    mark("devices");
+    let control = Control::new_restored(
+        opts.started,
+        state.devices.ready_port.acks,
+        opts.exit_on_ack,
+    );
+    if !state.devices.ready_port.parked {
+        // Saved between commands: the guest will park again shortly, and
+        // must learn it was resumed then.
+        control.send_command(vmfork_machine::devices::ready_port::CMD_RESUMED);
+    }
+    Machine::from_restored(RestoredParts {
+        vcpus,
+        vm,
+        mem,
+        bus: PortIoBus::new(serial),
+        control,
+        mem_size: state.memory.mem_size,
+        phases,
+        kernel: template.manifest.kernel.clone(),
+        restored_from: template.dir.clone(),
+        memory_guards,
+    })
+}

@@ -1,0 +1,84 @@
+//! `--jail`, `--uid`, `--gid` and the `--cgroup` limits shared by `boot`,
+//! `restore` and `clone`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::args::{parse_count, parse_size};
+use vmfork_isolation::cgroup::{self, CgroupSpec, Joined};
+use vmfork_isolation::jail::{self, JailSpec};
+use vmfork_machine::error::{Error, Result};
+
+#[derive(Debug, Args, Default)]
+pub struct IsolationArgs {
+    /// Run jailed (needs root): new mount, PID and network namespaces with
+    /// DIR as the root, as --uid:--gid with no capabilities. Paths given
+    /// to the command (templates, kernels) are then inside DIR.
+    #[arg(long, value_name = "DIR", requires_all = ["uid", "gid"])]
+    pub jail: Option<PathBuf>,
+    /// The user the jailed VMM runs as.
+    #[arg(long, value_name = "UID", requires = "jail")]
+    pub uid: Option<u32>,
+    /// The group the jailed VMM runs as.
+    #[arg(long, value_name = "GID", requires = "jail")]
+    pub gid: Option<u32>,
+    /// Join (creating it if needed) the cgroup NAME, a path below the
+    /// hierarchy root (v2, or v1 where the controllers are still bound to
+    /// v1), before any VM exists.
+    #[arg(long, value_name = "NAME")]
+    pub cgroup: Option<String>,
+    /// memory.max of the cgroup, e.g. 512M.
+    #[arg(long, value_name = "SIZE", requires = "cgroup")]
+    pub memory_max: Option<String>,
+    /// cpu.max of the cgroup as a share of one CPU, e.g. 50% or 200%.
+    #[arg(long, value_name = "PCT", requires = "cgroup")]
+    pub cpu_max: Option<String>,
+    /// pids.max of the cgroup (threads count: one per vCPU).
+    #[arg(long, value_name = "N", requires = "cgroup")]
+    pub pids_max: Option<String>,
+}
+
+impl IsolationArgs {
+    /// Joins the cgroup (from the host's view, so before the jail hides
+    /// it), then enters the jail. Returns in the process that goes on to
+    /// run VMs; with --jail the original process waits and exits with its
+    /// status.
+    pub fn apply(&self) -> Result<Option<Joined>> {
+        let joined = match &self.cgroup {
+            Some(name) => Some(cgroup::join(&CgroupSpec {
+                name: name.clone(),
+                memory_max: self
+                    .memory_max
+                    .as_deref()
+                    .map(|m| parse_size("--memory-max", m))
+                    .transpose()?,
+                cpu_quota_us: match self.cpu_max.as_deref() {
+                    Some(c) => cgroup::parse_cpu_max(c)?,
+                    None => None,
+                },
+                pids_max: self
+                    .pids_max
+                    .as_deref()
+                    .map(|p| parse_count("--pids-max", p, 1, 1 << 22))
+                    .transpose()?,
+            })?),
+            None => None,
+        };
+        if let Some(root) = &self.jail {
+            let (Some(uid), Some(gid)) = (self.uid, self.gid) else {
+                return Err(Error::InvalidArgument(
+                    "--jail needs --uid and --gid".into(),
+                ));
+            };
+            // /sys and /proc/cpuinfo are out of sight once inside.
+            vmfork_machine::kvm_host::HostVirt::detect();
+            jail::enter(&JailSpec {
+                root: root.clone(),
+                uid,
+                gid,
+            })?;
+        }
+        Ok(joined)
+    }
+}

@@ -1,0 +1,106 @@
+//! The `vmfork` command line.
+
+/// `println!` that does not panic when stdout is closed (`vmfork ... | head`):
+/// a reader going away is not a VMM failure.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+pub mod args;
+pub mod boot;
+pub mod clone;
+pub mod clone_procs;
+pub mod ctl;
+pub mod export;
+pub mod floor;
+pub mod isolation;
+pub mod restore;
+pub mod serve;
+pub mod signals;
+pub mod template;
+
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+
+use vmfork_isolation::seccomp::{self, ThreadKind};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vmfork",
+    version,
+    about = "Boot, snapshot and instantly clone minimal KVM virtual machines",
+    long_about = "vmfork is a minimal KVM virtual machine monitor. It cold-boots a pc-lite \
+machine (no BIOS, in-kernel irqchip and PIT, one UART, a DAX rootfs on persistent memory) \
+straight into a kernel, runs it to the ready point the guest signals, and can snapshot it there.\n\n\
+With no --kernel it boots its embedded unikernel guest.",
+    after_help = "Exit status: 0 ok; 2 bad command line; 3 invalid argument value; 4 /dev/kvm \
+unavailable; 5 host lacks a needed KVM feature; 6 kernel unreadable; 7 kernel format; \
+8 guest memory too small; 9 bad rootfs/initrd; 10 guest shutdown/triple fault; 11 KVM internal \
+error; 12 guest crash; 13 guest exited non-zero; 14 timeout; 15 snapshot; 16 bad template; 17 control socket; \
+18 seccomp (a thread made a forbidden system call); 19 jail or cgroup setup failed; 20 a uffd clone's page server died; 1 other."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Run without the seccomp filters every thread installs (debugging
+    /// only; prints a warning). See docs/seccomp.md.
+    #[arg(long, global = true)]
+    pub no_seccomp: bool,
+    /// Test hook: every vCPU thread makes a forbidden system call
+    /// (socket(2)) right after installing its filter.
+    #[arg(long, global = true, hide = true)]
+    pub test_seccomp_violation: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Cold-boot a VM and stream its console to stdout.
+    Boot(boot::BootArgs),
+    /// Work with templates (VMs saved at their ready point).
+    #[command(subcommand)]
+    Template(template::TemplateCommand),
+    /// Restore a VM from a template and resume it.
+    Restore(restore::RestoreArgs),
+    /// Start N clones of a template, each in well under a millisecond.
+    Clone(clone::CloneArgs),
+    /// Send a request to a running VM's control socket.
+    Ctl(ctl::CtlArgs),
+    /// Serve functions over HTTP, each invocation in a fresh clone.
+    Serve(serve::ServeArgs),
+    /// Measure the KVM floor: create a VM and vCPU and run to the first HLT.
+    Floor(floor::FloorArgs),
+    /// Write the embedded guest ELF to a file.
+    ExportGuest(export::ExportArgs),
+}
+
+pub fn dispatch(cli: Cli, started: Instant) -> vmfork_machine::Result<()> {
+    // Before any filter: no list but the launcher's allows rt_sigaction.
+    vmfork_machine::vcpu::kick::install_kick_handler()?;
+    seccomp::init(&seccomp::Options {
+        enabled: !cli.no_seccomp,
+        test_violation: cli.test_seccomp_violation,
+    })?;
+    // boot, restore and clone may enter a jail first, which takes system
+    // calls no list allows: they install the main thread's filter
+    // themselves, right after. Every other command does it here.
+    if !matches!(
+        cli.command,
+        Command::Boot(_) | Command::Restore(_) | Command::Clone(_)
+    ) {
+        seccomp::install(ThreadKind::Vmm)?;
+    }
+    match cli.command {
+        Command::Boot(args) => boot::run(&args, started),
+        Command::Template(command) => template::run(&command, started),
+        Command::Restore(args) => restore::run(&args, started),
+        Command::Clone(args) => clone::run(&args, started),
+        Command::Ctl(args) => ctl::run(&args),
+        Command::Serve(args) => serve::run(&args),
+        Command::Floor(args) => floor::run(&args),
+        Command::ExportGuest(args) => export::run(&args),
+    }
+}

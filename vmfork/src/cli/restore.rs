@@ -1,0 +1,119 @@
+//! `vmfork restore`: bring a template back to life and resume it.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+use serde_json::json;
+
+use super::args::parse_duration;
+use super::boot::{phases_json, stop_name, stop_result};
+use super::isolation::IsolationArgs;
+use super::signals;
+use vmfork_machine::devices::console::Console;
+use vmfork_machine::error::Result;
+use vmfork_machine::machine::vmm_rss_kib;
+use vmfork_machine::persist::vm::ClockMode;
+use vmfork_template::RestoreOptions;
+use vmfork_template::{api, owner};
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The template directory.
+    pub template: PathBuf,
+    /// Stop once the guest has acknowledged its resume.
+    #[arg(long)]
+    pub exit_on_ready: bool,
+    /// Fail if the guest does not acknowledge within this time.
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// Listen for control requests (snapshot [--diff], ping, pause, resume,
+    /// stop) on this Unix socket; see `vmfork ctl`.
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: Option<PathBuf>,
+    /// Set the guest clock to the host's present instead of the snapshot's.
+    #[arg(long)]
+    pub clock_now: bool,
+    /// Discard the guest console.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Print one JSON object with `restore_us` on the last line of stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub isolation: IsolationArgs,
+}
+
+pub fn run(args: &RestoreArgs, started: Instant) -> Result<()> {
+    args.isolation.apply()?;
+    // The jail needs system calls no list allows: the main thread's filter
+    // goes on right after it, before any VM exists.
+    vmfork_isolation::seccomp::install(vmfork_isolation::seccomp::ThreadKind::Vmm)?;
+    let timeout = args
+        .timeout
+        .as_deref()
+        .map(|t| parse_duration("--timeout", t))
+        .transpose()?;
+    let machine = vmfork_template::restore(
+        &args.template,
+        RestoreOptions {
+            console: if args.quiet {
+                Console::Discard
+            } else {
+                Console::Stdout(Vec::new())
+            },
+            resume_command: None,
+            clock: if args.clock_now {
+                ClockMode::HostNow
+            } else {
+                ClockMode::AsSaved
+            },
+            started,
+            exit_on_ack: args.exit_on_ready,
+            clone_id: 0,
+        },
+    )?;
+    let dirty_logging = machine.vm().dirty_logging();
+    let phases = phases_json(&machine.phases);
+    let control = machine.control().clone();
+    signals::forward_to(control.clone());
+    let _api = args
+        .api_sock
+        .as_deref()
+        .map(|p| api::serve(p, control.clone()))
+        .transpose()?;
+    let deadline = timeout.map(|t| (t, Instant::now() + t));
+    let watchdog_control = control.clone();
+    if let Some((t, at)) = deadline {
+        // Before the first acknowledgement the guest is not "ready" for the
+        // purposes of a timeout.
+        std::thread::Builder::new()
+            .name("watchdog".into())
+            .spawn(move || {
+                vmfork_isolation::seccomp::install_in_thread(
+                    vmfork_isolation::seccomp::ThreadKind::Watchdog,
+                );
+                if !watchdog_control.wait_acks(watchdog_control.acks() + 1, Some(at))
+                    && watchdog_control.first_ack_at().is_none()
+                {
+                    watchdog_control.stop(vmfork_machine::control::StopReason::Timeout(t));
+                }
+            })?;
+    }
+    let (reason, machine) = owner::run(machine, None)?;
+    let rss = vmm_rss_kib();
+    drop(machine);
+    if args.json {
+        outln!(
+            "{}",
+            json!({
+                "restore_us": control.first_ack_at().map(|d| d.as_micros() as u64),
+                "vmm_rss_kib": rss,
+                "stop": stop_name(&reason),
+                "dirty_logging": dirty_logging,
+                "phases_us": phases,
+            })
+        );
+    }
+    stop_result(&reason)
+}

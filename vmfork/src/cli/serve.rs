@@ -1,0 +1,103 @@
+//! `vmfork serve`: the function-as-a-service HTTP front end.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::{Args, ValueEnum};
+
+use super::args::{parse_count, parse_duration, parse_size};
+use super::signals;
+use vmfork_machine::control::Control;
+use vmfork_machine::error::{Error, Result};
+use vmfork_serve::{run as serve, Recycle, ServeConfig};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// A function: NAME=TEMPLATE_DIR (repeatable). Build templates with
+    /// `vmfork template build --function sha256 --cmdline quiet=1 ...`.
+    #[arg(long = "template", value_name = "NAME=DIR", required = true)]
+    pub templates: Vec<String>,
+    /// Address to listen on (port 0 picks a free one; the address is
+    /// printed on the first line of stdout).
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    pub listen: String,
+    /// Invocations running at once; more wait in a bounded queue.
+    #[arg(long, default_value = "8", value_name = "N")]
+    pub max_concurrency: String,
+    /// Invocations that may wait for a slot before new ones get 503.
+    #[arg(long, default_value = "64", value_name = "N")]
+    pub queue: String,
+    /// Per-invocation time limit; the clone is stopped and the caller gets 504.
+    #[arg(long, default_value = "5s", value_name = "DURATION")]
+    pub timeout: String,
+    /// Largest request body; larger ones get 413.
+    #[arg(long, default_value = "1MiB", value_name = "SIZE")]
+    pub max_body: String,
+    /// VM shells to keep ready per function ahead of demand.
+    #[arg(long, default_value = "0", value_name = "N")]
+    pub warm: String,
+    /// Cold-boot the template's guest for every request instead of
+    /// cloning it: the baseline clones are benchmarked against.
+    #[arg(long, conflicts_with = "warm")]
+    pub cold_boot: bool,
+    /// What becomes of a clone's VM after its request (docs/serve.md,
+    /// "Recycled VMs").
+    #[arg(long, value_enum, default_value = "in-place")]
+    pub recycle: RecycleArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RecycleArg {
+    /// Reuse it for a later clone, refilling only the pages it wrote.
+    InPlace,
+    /// Reuse it for a later clone with all its memory dropped.
+    Remap,
+    /// Close it; every clone gets a new VM.
+    Off,
+}
+
+pub fn run(args: &ServeArgs) -> Result<()> {
+    let mut templates = Vec::new();
+    for t in &args.templates {
+        let (name, dir) = t.split_once('=').ok_or_else(|| {
+            Error::InvalidArgument(format!("--template {t:?}: expected NAME=DIR"))
+        })?;
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(Error::InvalidArgument(format!(
+                "--template {t:?}: a name is letters, digits, '-' and '_'"
+            )));
+        }
+        if templates.iter().any(|(n, _)| n == name) {
+            return Err(Error::InvalidArgument(format!(
+                "--template {t:?}: the name {name:?} is given twice"
+            )));
+        }
+        templates.push((name.to_string(), PathBuf::from(dir)));
+    }
+    let config = ServeConfig {
+        templates,
+        listen: args
+            .listen
+            .parse()
+            .map_err(|e| Error::InvalidArgument(format!("--listen {:?}: {e}", args.listen)))?,
+        max_concurrency: parse_count("--max-concurrency", &args.max_concurrency, 1, 4096)? as usize,
+        queue: parse_count("--queue", &args.queue, 0, 1 << 20)? as usize,
+        timeout: parse_duration("--timeout", &args.timeout)?,
+        max_body: parse_size("--max-body", &args.max_body)? as usize,
+        warm: parse_count("--warm", &args.warm, 0, 10_000)? as usize,
+        cold_boot: args.cold_boot,
+        recycle: match args.recycle {
+            RecycleArg::InPlace => Recycle::InPlace,
+            RecycleArg::Remap => Recycle::Remap,
+            RecycleArg::Off => Recycle::Off,
+        },
+    };
+    let stop = Arc::new(Control::new(Instant::now(), false));
+    signals::forward_to(stop.clone());
+    serve(config, stop)
+}

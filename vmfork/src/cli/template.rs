@@ -1,0 +1,178 @@
+//! `vmfork template build`: cold-boot to the ready point and save the VM.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use super::args::parse_duration;
+use super::boot::{stop_result, VmArgs};
+use super::signals;
+use vmfork_machine::control::StopReason;
+use vmfork_machine::error::{Error, Result};
+use vmfork_machine::machine::Machine;
+
+#[derive(Debug, Subcommand)]
+pub enum TemplateCommand {
+    /// Cold-boot a VM to its ready point and save it as a template directory.
+    Build(BuildArgs),
+    /// Hold a template's memory in a sealed memfd and hand it to clone
+    /// processes (`vmfork clone --holder SOCK`) until stopped.
+    Serve {
+        /// The template directory.
+        dir: PathBuf,
+        /// The Unix socket to listen on.
+        #[arg(long, value_name = "PATH")]
+        sock: PathBuf,
+    },
+    /// Write a template's guest RAM (a diff applied over its base) as one
+    /// flat file, for inspection and comparison.
+    Flatten {
+        /// The template directory.
+        dir: PathBuf,
+        /// The file to write.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    #[command(flatten)]
+    pub vm: VmArgs,
+    /// The template directory to create (must not exist).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Fail if the guest is not ready within this time.
+    #[arg(long, default_value = "60", value_name = "DURATION")]
+    pub timeout: String,
+    /// Print the build time and sizes as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(command: &TemplateCommand, started: Instant) -> Result<()> {
+    match command {
+        TemplateCommand::Build(args) => build(args, started),
+        TemplateCommand::Flatten { dir, out } => flatten(dir, out),
+        TemplateCommand::Serve { dir, sock } => serve(dir, sock),
+    }
+}
+
+fn progress(message: &str) {
+    if std::io::stderr().is_terminal() {
+        eprintln!("vmfork: {message}");
+    }
+}
+
+fn build(args: &BuildArgs, started: Instant) -> Result<()> {
+    let timeout = parse_duration("--timeout", &args.timeout)?;
+    if args.out.exists() {
+        return Err(Error::Template {
+            path: args.out.clone(),
+            reason: "already exists; refusing to overwrite it".into(),
+        });
+    }
+    progress("booting the guest");
+    let machine = Machine::cold_boot(args.vm.machine_config(started, false)?)?;
+    signals::forward_to(machine.control().clone());
+    let control = machine.control().clone();
+    let running = machine.start()?;
+    // The snapshot point is the guest parked in its first wait for work,
+    // right after READY.
+    let deadline = Instant::now() + timeout;
+    let parked = control.wait_parked(Some(deadline)) && control.ready_at().is_some();
+    if !parked {
+        let reason = control
+            .stop_reason()
+            .unwrap_or(StopReason::Timeout(timeout));
+        let _ = running.stop(reason.clone());
+        stop_result(&reason)?;
+        return Err(Error::Timeout(format!(
+            "the guest did not reach its ready point within {:.1} s",
+            timeout.as_secs_f64()
+        )));
+    }
+    let ready_at = control.ready_at().unwrap_or(Duration::ZERO);
+    progress(&format!(
+        "guest ready after {:.1} ms; writing {}",
+        ready_at.as_secs_f64() * 1e3,
+        args.out.display()
+    ));
+    let mut machine = running.pause()?;
+    let report = vmfork_template::snapshot(&mut machine, &args.out, false)?;
+    drop(machine);
+    let build_ms = started.elapsed().as_secs_f64() * 1e3;
+    let on_disk = disk_usage(&args.out.join(vmfork_template::manifest::MEMORY_FILE));
+    progress(&format!(
+        "template written in {build_ms:.1} ms: state {} B, memory {} MiB apparent, {} KiB on disk",
+        report.state_bytes,
+        report.memory_bytes >> 20,
+        on_disk >> 10
+    ));
+    if args.json {
+        outln!(
+            "{}",
+            json!({
+                "out": args.out,
+                "build_ms": build_ms,
+                "ready_us": ready_at.as_micros() as u64,
+                "state_bytes": report.state_bytes,
+                "memory_bytes": report.memory_bytes,
+                "memory_on_disk_bytes": on_disk,
+                "memory_written_bytes": report.memory_written,
+            })
+        );
+    }
+    Ok(())
+}
+
+/// Bytes a file really occupies (st_blocks), which for a sparse memory
+/// file is far below its length.
+pub fn disk_usage(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map_or(0, |m| m.blocks() * 512)
+}
+
+fn flatten(dir: &std::path::Path, out: &std::path::Path) -> Result<()> {
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    let template = vmfork_template::LoadedTemplate::load(dir)?;
+    let mem = template.map_memory()?;
+    let file = std::fs::File::create(out)?;
+    for region in mem.iter() {
+        let host = mem
+            .get_host_address(region.start_addr())
+            .map_err(|e| Error::GuestMemory(e.to_string()))?;
+        // SAFETY: a live mapping of region.len() bytes owned by `mem`, which
+        // no vCPU uses.
+        let bytes = unsafe { std::slice::from_raw_parts(host, region.len() as usize) };
+        use std::io::Write;
+        (&file).write_all(bytes)?;
+    }
+    Ok(())
+}
+
+fn serve(dir: &std::path::Path, sock: &std::path::Path) -> Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let stop = Arc::new(AtomicBool::new(false));
+    // Ctrl-C / SIGTERM end the holder cleanly (socket removed).
+    let control = Arc::new(vmfork_machine::control::Control::new(Instant::now(), false));
+    signals::forward_to(control.clone());
+    let flag = stop.clone();
+    std::thread::Builder::new()
+        .name("stop-flag".into())
+        .spawn(move || {
+            vmfork_isolation::seccomp::install_in_thread(
+                vmfork_isolation::seccomp::ThreadKind::Watchdog,
+            );
+            control.wait_stopped(None);
+            flag.store(true, Ordering::Release);
+        })?;
+    progress(&format!("holding {} on {}", dir.display(), sock.display()));
+    let served = vmfork_clone::holder::serve(dir, sock, stop)?;
+    progress(&format!("served {served} clone processes"));
+    Ok(())
+}
