@@ -32,16 +32,44 @@ pub struct Injection {
     pub after: u64,
 }
 
+/// The parsed `VMFORK_FAULT_INJECT`: one optional fault, and the one
+/// clone it is for (all clones when None).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Plan {
+    injection: Option<Injection>,
+    only: Option<u64>,
+}
+
+/// Read and parsed once per process, on first use, so that no clone pays
+/// for the environment lookup: the hook costs a load of this cell.
+static PLAN: std::sync::OnceLock<std::result::Result<Plan, String>> = std::sync::OnceLock::new();
+
 /// The injection for `clone_id` from `VMFORK_FAULT_INJECT`, if any. A
 /// malformed value is an error, so a typo never silently disables a test.
 pub fn for_clone(clone_id: u64) -> Result<Option<Injection>> {
-    match std::env::var(ENV) {
-        Ok(spec) => parse(&spec, clone_id),
-        Err(_) => Ok(None),
+    let plan = PLAN.get_or_init(|| match std::env::var(ENV) {
+        Ok(spec) => parse(&spec).map_err(|e| e.to_string()),
+        Err(_) => Ok(Plan {
+            injection: None,
+            only: None,
+        }),
+    });
+    match plan {
+        Ok(plan) => Ok(plan.for_clone(clone_id)),
+        Err(e) => Err(Error::InvalidArgument(
+            e.trim_start_matches("invalid argument: ").to_string(),
+        )),
     }
 }
 
-fn parse(spec: &str, clone_id: u64) -> Result<Option<Injection>> {
+impl Plan {
+    fn for_clone(&self, clone_id: u64) -> Option<Injection> {
+        self.injection
+            .filter(|_| self.only.is_none_or(|id| id == clone_id))
+    }
+}
+
+fn parse(spec: &str) -> Result<Plan> {
     let bad = |why: &str| Error::InvalidArgument(format!("{ENV}={spec:?}: {why}"));
     let mut injection = None;
     let mut only = None;
@@ -60,7 +88,7 @@ fn parse(spec: &str, clone_id: u64) -> Result<Option<Injection>> {
         };
         injection = Some(Injection { fault, after: n });
     }
-    Ok(injection.filter(|_| only.is_none_or(|id| id == clone_id)))
+    Ok(Plan { injection, only })
 }
 
 #[cfg(test)]
@@ -73,6 +101,7 @@ mod tests {
             fault: HandlerFault::Exit,
             after: 3,
         });
+        let parse = |spec: &str, id: u64| parse(spec).map(|p| p.for_clone(id));
         assert_eq!(parse("uffd-handler-exit-after=3", 7).ok(), Some(exit));
         assert_eq!(
             parse("uffd-handler-exit-after=3,clone=2", 2).ok(),

@@ -32,7 +32,7 @@ pub const DISABLED_WARNING: &str = "vmfork: warning: seccomp filters disabled (d
 pub struct Options {
     /// False with `--no-seccomp`.
     pub enabled: bool,
-    /// `--test-seccomp-violation` (hidden): see [`test_hook`].
+    /// `--test-seccomp-violation` (hidden): see `violate`.
     pub test_violation: bool,
 }
 
@@ -71,7 +71,11 @@ pub fn install(kind: ThreadKind) -> Result<()> {
             "installing the {} filter: {e} (--no-seccomp runs without filters, for debugging only)",
             kind.name()
         ))
-    })
+    })?;
+    if kind == ThreadKind::Vcpu && TEST_VIOLATION.load(Ordering::Relaxed) {
+        violate();
+    }
+    Ok(())
 }
 
 /// `install` for a thread that cannot hand an error back: a thread that
@@ -87,14 +91,12 @@ pub fn install_in_thread(kind: ThreadKind) {
     }
 }
 
-/// The test hook behind the hidden `--test-seccomp-violation`: called by
-/// each vCPU thread right after it installed its filter, it makes a call
-/// the vCPU list forbids (socket(2)), which must end the process with the
-/// seccomp report. Without filters the socket is simply closed again.
-pub fn test_hook() {
-    if !TEST_VIOLATION.load(Ordering::Relaxed) {
-        return;
-    }
+/// The test hook behind the hidden `--test-seccomp-violation`: a vCPU
+/// thread that has just installed its filter makes a call the vCPU list
+/// forbids (socket(2)), which must end the process with the seccomp report.
+/// It runs where filters are installed, once per vCPU thread (runner
+/// threads are made ahead and reused), never on the path of a clone.
+fn violate() {
     // SAFETY: socket(2) with constant arguments; a descriptor it returns
     // (only possible without filters) is closed at once.
     unsafe {

@@ -158,7 +158,6 @@ impl Machine {
                     control.stop(StopReason::VcpuFailed(why));
                     return vcpu;
                 }
-                vmfork_isolation::seccomp::test_hook();
                 let ctx = VcpuContext {
                     control: &control,
                     bus: &bus,
