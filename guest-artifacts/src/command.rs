@@ -3,7 +3,7 @@
 //! at a file with everything in it.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::io::{ErrorKind, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -96,24 +96,6 @@ pub fn reset_log(log: &Path) -> Result<()> {
         .map_err(Error::io(format!("truncate {}", log.display())))
 }
 
-/// The last `lines` lines of a log, for showing next to an error. Reads only
-/// the end of the file: a kernel build log runs to megabytes.
-pub fn tail(log: &Path, lines: usize) -> String {
-    const MAX: u64 = 64 * 1024;
-    let Ok(mut f) = File::open(log) else {
-        return String::new();
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(MAX)));
-    let mut buf = Vec::new();
-    if f.read_to_end(&mut buf).is_err() {
-        return String::new();
-    }
-    let text = String::from_utf8_lossy(&buf);
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,7 +123,7 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.starts_with("die failed"), "{msg}");
         assert!(!msg.contains('\n'), "errors are one line: {msg}");
-        assert_eq!(tail(&log, 1), "dying");
+        assert_eq!(crate::error::tail(&log, 1), "dying");
     }
 
     #[test]

@@ -77,6 +77,25 @@ impl Error {
 
     /// The last `lines` lines of that log, to print before the error line.
     pub fn log_tail(&self, lines: usize) -> Option<String> {
-        self.log_path().map(|log| crate::command::tail(log, lines))
+        self.log_path().map(|log| tail(log, lines))
     }
+}
+
+/// The last `lines` lines of a log, for showing next to an error. Reads only
+/// the end of the file: a kernel build log runs to megabytes.
+pub(crate) fn tail(log: &std::path::Path, lines: usize) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    const MAX: u64 = 64 * 1024;
+    let Ok(mut f) = std::fs::File::open(log) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(MAX)));
+    let mut buf = Vec::new();
+    if f.read_to_end(&mut buf).is_err() {
+        return String::new();
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }

@@ -1,21 +1,19 @@
 //! Building a pc-lite machine for a cold boot, in the order of docs/boot.md.
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::config::{MachineConfig, MAX_MEM_SIZE, MAX_VCPUS, MIN_MEM_SIZE};
 use super::Machine;
 use crate::boot::e820::{memory_map, ram_end};
 use crate::boot::layout::{
     BOOT_GDT_START, BOOT_IDT_START, CMDLINE_MAX_SIZE, CMDLINE_START, PMEM_ALIGN, PML4_START,
 };
 use crate::boot::loader::KernelInfo;
-use crate::boot::loader::{load_initrd, load_kernel, BootProtocol, Entry, KernelSource};
+use crate::boot::loader::{load_initrd, load_kernel, Entry};
 use crate::boot::{gdt, mptable, paging, params};
 use crate::control::Control;
-use crate::devices::console::Console;
 use crate::devices::serial::SerialPort;
 use crate::devices::PortIoBus;
 use crate::error::{Error, Result};
@@ -24,27 +22,6 @@ use crate::memory::{anonymous_ram, PmemImage};
 use crate::vcpu::setup::{configure_vcpu, vcpu_cpuid};
 use crate::vcpu::Vcpu;
 use crate::vm::Vm;
-
-/// The MP table addresses APIC IDs with one byte and 0xff is broadcast.
-pub const MAX_VCPUS: u8 = 254;
-/// Below 1 MiB not even the boot structures fit; whether a kernel fits
-/// above them is checked when it is loaded.
-pub const MIN_MEM_SIZE: u64 = 1 << 20;
-pub const MAX_MEM_SIZE: u64 = 1 << 40;
-
-pub struct MachineConfig {
-    pub kernel: KernelSource,
-    pub initrd: Option<PathBuf>,
-    pub rootfs: Option<PathBuf>,
-    pub mem_size: u64,
-    pub vcpus: u8,
-    pub cmdline: String,
-    pub protocol: BootProtocol,
-    pub console: Console,
-    pub exit_on_ready: bool,
-    /// Latencies (ready_us) are measured from here.
-    pub started: Instant,
-}
 
 fn validate(config: &MachineConfig, host: &KvmHost) -> Result<()> {
     let max = host.max_vcpus().min(usize::from(MAX_VCPUS));

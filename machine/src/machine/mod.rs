@@ -2,8 +2,9 @@
 //! thread per vCPU; pausing, stopping and capturing its state.
 
 mod cold_boot;
+mod config;
 
-pub use cold_boot::{MachineConfig, MAX_MEM_SIZE, MAX_VCPUS, MIN_MEM_SIZE};
+pub use config::{MachineConfig, MAX_MEM_SIZE, MAX_VCPUS, MIN_MEM_SIZE};
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
