@@ -3,8 +3,8 @@
 
 use std::time::Instant;
 
-use clap::Parser;
-use launcher::cli::{dispatch, signals, Cli};
+use clap::FromArgMatches;
+use launcher::cli::{command, dispatch, signals, Cli};
 
 /// Many clones need many fds (VM, vCPU, irqfd each); use the hard limit.
 fn raise_fd_limit() {
@@ -109,7 +109,10 @@ fn main() {
     std::panic::set_hook(Box::new(|info| {
         eprintln!("vmfork: internal error (a bug, please report it): {info}");
     }));
-    let cli = match Cli::try_parse() {
+    let cli = match command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m))
+    {
         Ok(cli) => cli,
         Err(e) => refuse(&e),
     };

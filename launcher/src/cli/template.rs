@@ -18,6 +18,9 @@ use crate::template;
 #[derive(Debug, Subcommand)]
 pub enum TemplateCommand {
     /// Cold-boot a VM to its ready point and save it as a template directory.
+    #[command(after_help = "Examples:
+  vmfork template build --out /tmp/tpl --json
+  vmfork template build --cmdline \"quiet=1 touch_mib=8\" --out /tmp/tpl")]
     Build(BuildArgs),
     /// Hold a template's memory in a sealed memfd and hand it to clone
     /// processes (`vmfork clone --holder SOCK`) until stopped.
