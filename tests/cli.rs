@@ -106,11 +106,17 @@ fn bad_values_are_invalid_arguments_naming_the_flag() {
             vec!["serve", "--template", "a=/tmp", "--max-body", "1Q"],
             "--max-body",
         ),
-        (vec!["template", "build", "--out", "/tmp/x", "--timeout", "0"], "--timeout"),
+        (
+            vec!["template", "build", "--out", "/tmp/x", "--timeout", "0"],
+            "--timeout",
+        ),
     ] {
         let run = vmfork(&args);
         assert_clean_error(&run, exit::INVALID_ARGUMENT, flag);
-        assert!(run.stderr.starts_with("vmfork: invalid argument: "), "{run}");
+        assert!(
+            run.stderr.starts_with("vmfork: invalid argument: "),
+            "{run}"
+        );
     }
     // A missing value is a usage error, not a bad value.
     let run = vmfork(&["boot", "--mem"]);
