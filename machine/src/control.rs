@@ -50,8 +50,58 @@ pub enum RequestKind {
 
 pub struct OwnerRequest {
     pub kind: RequestKind,
-    /// Where the owner sends its one-line answer.
-    pub reply: std::sync::mpsc::Sender<std::result::Result<String, String>>,
+    /// Where the owner sends its answer.
+    pub reply: std::sync::mpsc::Sender<Answer>,
+}
+
+/// The owner's answer to a request: what was done, or why not.
+pub type Answer = std::result::Result<Reply, Refusal>;
+
+/// What the owner did for a request (cli/api.rs puts it on the wire).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Paused,
+    Resumed,
+    /// The guest acknowledged the command this long after the request.
+    Acknowledged {
+        ack_us: u64,
+    },
+    Snapshot(SnapshotDone),
+}
+
+/// A template written on request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotDone {
+    pub out: std::path::PathBuf,
+    pub snapshot_us: u64,
+    pub state_bytes: u64,
+    pub memory_bytes: u64,
+    pub memory_written_bytes: u64,
+    pub dirty_pages: Option<u64>,
+    pub dirty_scan_us: Option<u64>,
+}
+
+/// Why the owner did not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("the VM is paused")]
+    Paused,
+    #[error("the VM is already paused")]
+    AlreadyPaused,
+    #[error("the VM is not paused")]
+    NotPaused,
+    #[error("the guest did not wait for a command within {:.1} s", .0.as_secs_f64())]
+    NotWaiting(Duration),
+    #[error("the VM stopped before the guest acknowledged")]
+    StoppedBeforeAck,
+    #[error("the guest did not take the command")]
+    NotTaken,
+    /// The guest took a command and stayed silent, so it was stopped
+    /// (`StopReason::Unresponsive` with the same words).
+    #[error("{0}; the VM is stopped")]
+    Unresponsive(String),
+    #[error("{0}")]
+    Snapshot(crate::error::Error),
 }
 
 /// What woke the owner up.

@@ -16,7 +16,7 @@ use tokio::sync::Semaphore;
 
 use super::function::{Function, Outcome};
 use super::mailbox::Status;
-use super::metrics::Metrics;
+use super::metrics::{Counted, Metrics};
 use super::pool::Finished;
 use vmfork_machine::machine::vmm_rss_kib;
 
@@ -112,14 +112,14 @@ async fn invoke(
         Err(rejection) => {
             let status = rejection.status();
             if status == StatusCode::PAYLOAD_TOO_LARGE {
-                state.metrics.count("too_large");
+                state.metrics.count(Counted::TooLarge);
             }
             return text(status, rejection.body_text());
         }
     };
     // Running plus queued invocations are bounded; past that, shed load.
     let Some(_admitted) = Admission::enter(&state) else {
-        state.metrics.count("overloaded");
+        state.metrics.count(Counted::Overloaded);
         let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "overloaded, retry later");
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -145,14 +145,14 @@ async fn invoke(
     }
     let response = match outcome {
         Err(e) => {
-            state.metrics.count("error");
+            state.metrics.count(Counted::Error);
             text(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("invocation task failed: {e}"),
             )
         }
         Ok(Outcome::Timeout) => {
-            state.metrics.count("timeout");
+            state.metrics.count(Counted::Timeout);
             text(
                 StatusCode::GATEWAY_TIMEOUT,
                 format!(
@@ -162,14 +162,14 @@ async fn invoke(
             )
         }
         Ok(Outcome::Crash(reason)) => {
-            state.metrics.count("crash");
+            state.metrics.count(Counted::Crash);
             text(
                 StatusCode::BAD_GATEWAY,
                 format!("the function's VM crashed: {reason}"),
             )
         }
         Ok(Outcome::Error(reason)) => {
-            state.metrics.count("error");
+            state.metrics.count(Counted::Error);
             text(StatusCode::INTERNAL_SERVER_ERROR, reason)
         }
         Ok(Outcome::Done {
@@ -199,10 +199,10 @@ async fn invoke(
 
 /// The HTTP status and metrics outcome for each status a guest may answer
 /// with (docs/serve.md); a response the mailbox refuses is a crash (502).
-pub fn answer_for(status: &Status) -> (StatusCode, &'static str) {
+pub fn answer_for(status: &Status) -> (StatusCode, Counted) {
     match status {
-        Status::Ok => (StatusCode::OK, "ok"),
-        Status::Rejected => (StatusCode::UNPROCESSABLE_ENTITY, "rejected"),
-        Status::BadRequest => (StatusCode::BAD_REQUEST, "bad_request"),
+        Status::Ok => (StatusCode::OK, Counted::Ok),
+        Status::Rejected => (StatusCode::UNPROCESSABLE_ENTITY, Counted::Rejected),
+        Status::BadRequest => (StatusCode::BAD_REQUEST, Counted::BadRequest),
     }
 }

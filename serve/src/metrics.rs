@@ -7,16 +7,44 @@ use std::time::Duration;
 use vmfork_machine::reset::Reset;
 
 /// Outcomes an invocation can have, one counter each.
-pub const OUTCOMES: [&str; 8] = [
-    "ok",
-    "rejected",
-    "bad_request",
-    "timeout",
-    "crash",
-    "overloaded",
-    "too_large",
-    "error",
-];
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    Ok,
+    Rejected,
+    BadRequest,
+    Timeout,
+    Crash,
+    Overloaded,
+    TooLarge,
+    Error,
+}
+
+impl Counted {
+    pub const ALL: [Counted; 8] = [
+        Counted::Ok,
+        Counted::Rejected,
+        Counted::BadRequest,
+        Counted::Timeout,
+        Counted::Crash,
+        Counted::Overloaded,
+        Counted::TooLarge,
+        Counted::Error,
+    ];
+
+    /// The `outcome` label of `vmfork_invocations_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Counted::Ok => "ok",
+            Counted::Rejected => "rejected",
+            Counted::BadRequest => "bad_request",
+            Counted::Timeout => "timeout",
+            Counted::Crash => "crash",
+            Counted::Overloaded => "overloaded",
+            Counted::TooLarge => "too_large",
+            Counted::Error => "error",
+        }
+    }
+}
 
 /// Histogram bucket upper bounds, seconds.
 const BUCKETS: [f64; 11] = [
@@ -25,7 +53,7 @@ const BUCKETS: [f64; 11] = [
 
 #[derive(Default)]
 pub struct Metrics {
-    outcomes: [AtomicU64; OUTCOMES.len()],
+    outcomes: [AtomicU64; Counted::ALL.len()],
     buckets: [AtomicU64; BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
@@ -39,10 +67,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn count(&self, outcome: &str) {
-        if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
-            self.outcomes[i].fetch_add(1, Ordering::Relaxed);
-        }
+    pub fn count(&self, outcome: Counted) {
+        // ALL lists the variants in declaration order.
+        self.outcomes[outcome as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn recycled(&self, reset: &Reset) {
@@ -79,11 +106,11 @@ impl Metrics {
             "counter",
             "Function invocations by outcome.",
         );
-        for (name, c) in OUTCOMES.iter().zip(&self.outcomes) {
+        for (outcome, c) in Counted::ALL.iter().zip(&self.outcomes) {
             sample(
                 &mut out,
                 "vmfork_invocations_total",
-                ("outcome", name),
+                ("outcome", outcome.label()),
                 load(c),
             );
         }
@@ -179,15 +206,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn outcomes_index_their_own_counter() {
+        for (i, outcome) in Counted::ALL.iter().enumerate() {
+            assert_eq!(*outcome as usize, i, "{outcome:?}");
+        }
+    }
+
+    #[test]
     fn renders_counters_and_cumulative_buckets() {
         let m = Metrics::default();
-        m.count("ok");
-        m.count("ok");
-        m.count("timeout");
+        m.count(Counted::Ok);
+        m.count(Counted::Ok);
+        m.count(Counted::Timeout);
         m.observe(Duration::from_micros(800));
         let text = m.render(10, 2);
         assert!(text.contains("vmfork_invocations_total{outcome=\"ok\"} 2"));
         assert!(text.contains("vmfork_invocations_total{outcome=\"timeout\"} 1"));
+        assert!(text.contains("vmfork_invocations_total{outcome=\"too_large\"} 0"));
         assert!(text.contains("vmfork_invocation_seconds_bucket{le=\"0.0005\"} 0"));
         assert!(text.contains("vmfork_invocation_seconds_bucket{le=\"0.001\"} 1"));
         assert!(text.contains("vmfork_invocation_seconds_bucket{le=\"+Inf\"} 1"));

@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::json;
 
-use vmfork_machine::control::{Control, OwnerRequest, RequestKind, StopReason};
+use vmfork_machine::control::{Control, OwnerRequest, Refusal, Reply, RequestKind, StopReason};
 use vmfork_machine::devices::ready_port;
 use vmfork_machine::error::{Error, Result};
 
@@ -38,6 +38,48 @@ pub enum Request {
     Pause,
     Resume,
     Stop,
+}
+
+/// What a request came to: the owner's reply, or `stop`'s, which needs no
+/// owner.
+#[derive(Debug)]
+enum Done {
+    Stopping,
+    Owner(Reply),
+}
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error("bad request: {0}")]
+    BadRequest(serde_json::Error),
+    #[error("at most 16777215 pages")]
+    TooManyPages,
+    #[error("the VM stopped before answering")]
+    NoAnswer,
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+}
+
+impl Done {
+    /// The `result` of an `{"ok":true}` reply.
+    fn to_json(&self) -> serde_json::Value {
+        match self {
+            Done::Stopping => json!("stopping"),
+            Done::Owner(Reply::Paused) => json!("paused"),
+            Done::Owner(Reply::Resumed) => json!("resumed"),
+            Done::Owner(Reply::Acknowledged { ack_us }) => json!({ "ack_us": ack_us }),
+            Done::Owner(Reply::Snapshot(s)) => json!({
+                "out": s.out,
+                "snapshot_us": s.snapshot_us,
+                "state_bytes": s.state_bytes,
+                "memory_bytes": s.memory_bytes,
+                "memory_written_bytes": s.memory_written_bytes,
+                "dirty_pages": s.dirty_pages,
+                "dirty_scan_us": s.dirty_scan_us,
+            }),
+        }
+    }
 }
 
 /// Removes the socket file when the VM's owner is done.
@@ -97,40 +139,37 @@ fn serve_one(stream: UnixStream, control: &Control) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut line = String::new();
     BufReader::new((&stream).take(MAX_REQUEST_BYTES)).read_line(&mut line)?;
-    let answer = match serde_json::from_str::<Request>(&line) {
-        Err(e) => Err(format!("bad request: {e}")),
-        Ok(request) => dispatch(request, control),
-    };
+    let answer = serde_json::from_str::<Request>(&line)
+        .map_err(Failure::BadRequest)
+        .and_then(|request| dispatch(request, control));
     let reply = match answer {
-        Ok(result) => {
-            let value = serde_json::from_str::<serde_json::Value>(&result).unwrap_or(json!(result));
-            json!({"ok": true, "result": value})
-        }
-        Err(error) => json!({"ok": false, "error": error}),
+        Ok(done) => json!({"ok": true, "result": done.to_json()}),
+        Err(failure) => json!({"ok": false, "error": failure.to_string()}),
     };
     let mut stream = stream;
     writeln!(stream, "{reply}")
 }
 
-fn dispatch(request: Request, control: &Control) -> std::result::Result<String, String> {
+fn dispatch(request: Request, control: &Control) -> std::result::Result<Done, Failure> {
     let kind = match request {
         Request::Stop => {
             control.stop(StopReason::Requested);
-            return Ok("stopping".into());
+            return Ok(Done::Stopping);
         }
         Request::Snapshot { out, diff } => RequestKind::Snapshot { out, diff },
         Request::Ping => RequestKind::Command(ready_port::CMD_PING),
         Request::DirtyPages { pages } => {
-            RequestKind::Command(ready_port::dirty_command(pages).ok_or("at most 16777215 pages")?)
+            RequestKind::Command(ready_port::dirty_command(pages).ok_or(Failure::TooManyPages)?)
         }
         Request::Pause => RequestKind::Pause,
         Request::Resume => RequestKind::Resume,
     };
     let (reply, answer) = mpsc::channel();
     control.submit(OwnerRequest { kind, reply });
-    answer
+    let reply = answer
         .recv_timeout(REPLY_TIMEOUT)
-        .map_err(|_| "the VM stopped before answering".to_string())?
+        .map_err(|_| Failure::NoAnswer)??;
+    Ok(Done::Owner(reply))
 }
 
 /// Client side, for `vmfork ctl`.
@@ -153,5 +192,26 @@ pub fn call(path: &Path, request: &serde_json::Value) -> Result<serde_json::Valu
                 .unwrap_or("request failed")
                 .to_string(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_keep_their_wire_form() {
+        assert_eq!(Done::Stopping.to_json(), json!("stopping"));
+        assert_eq!(Done::Owner(Reply::Paused).to_json(), json!("paused"));
+        assert_eq!(Done::Owner(Reply::Resumed).to_json(), json!("resumed"));
+        assert_eq!(
+            Done::Owner(Reply::Acknowledged { ack_us: 7 }).to_json(),
+            json!({"ack_us": 7})
+        );
+        let failure = Failure::from(Refusal::NotWaiting(Duration::from_secs(5)));
+        assert_eq!(
+            failure.to_string(),
+            "the guest did not wait for a command within 5.0 s"
+        );
     }
 }

@@ -4,9 +4,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-
-use vmfork_machine::control::{Control, OwnerEvent, RequestKind, StopReason};
+use vmfork_machine::control::{
+    Answer, Control, OwnerEvent, Refusal, Reply, RequestKind, SnapshotDone, StopReason,
+};
 use vmfork_machine::devices::ready_port;
 use vmfork_machine::error::Result;
 use vmfork_machine::machine::{Machine, RunningMachine};
@@ -42,7 +42,7 @@ pub fn run(machine: Machine, ready_timeout: Option<Duration>) -> Result<(StopRea
     Ok((reason, machine))
 }
 
-fn handle(vm: Vm, kind: &RequestKind) -> Result<(Vm, std::result::Result<String, String>)> {
+fn handle(vm: Vm, kind: &RequestKind) -> Result<(Vm, Answer)> {
     Ok(match (vm, kind) {
         (Vm::Running(running), RequestKind::Snapshot { out, diff }) => {
             let mut machine = running.pause()?;
@@ -58,14 +58,14 @@ fn handle(vm: Vm, kind: &RequestKind) -> Result<(Vm, std::result::Result<String,
             (Vm::Running(running), answer)
         }
         (Vm::Running(running), RequestKind::Pause) => {
-            (Vm::Paused(running.pause()?), Ok("paused".into()))
+            (Vm::Paused(running.pause()?), Ok(Reply::Paused))
         }
         (Vm::Paused(machine), RequestKind::Resume) => {
-            (Vm::Running(machine.start()?), Ok("resumed".into()))
+            (Vm::Running(machine.start()?), Ok(Reply::Resumed))
         }
-        (vm @ Vm::Paused(_), RequestKind::Command(_)) => (vm, Err("the VM is paused".into())),
-        (vm @ Vm::Paused(_), RequestKind::Pause) => (vm, Err("the VM is already paused".into())),
-        (vm @ Vm::Running(_), RequestKind::Resume) => (vm, Err("the VM is not paused".into())),
+        (vm @ Vm::Paused(_), RequestKind::Command(_)) => (vm, Err(Refusal::Paused)),
+        (vm @ Vm::Paused(_), RequestKind::Pause) => (vm, Err(Refusal::AlreadyPaused)),
+        (vm @ Vm::Running(_), RequestKind::Resume) => (vm, Err(Refusal::NotPaused)),
     })
 }
 
@@ -75,28 +75,27 @@ fn handle(vm: Vm, kind: &RequestKind) -> Result<(Vm, std::result::Result<String,
 /// (every command but EXIT is acknowledged) and may never answer again, so
 /// it is stopped with a reason saying so, as `vmfork serve` stops a clone
 /// that does not answer INVOKE.
-fn command_answer(control: &Control, command: u32) -> std::result::Result<String, String> {
+fn command_answer(control: &Control, command: u32) -> Answer {
     let start = Instant::now();
     // Only a guest parked in its `in` is between commands: until then an
     // acknowledgement may still belong to the previous one (for instance
     // RESUMED right after a restore).
     if !control.wait_parked(Some(start + PING_TIMEOUT)) {
-        return Err(format!(
-            "the guest did not wait for a command within {:.1} s",
-            PING_TIMEOUT.as_secs_f64()
-        ));
+        return Err(Refusal::NotWaiting(PING_TIMEOUT));
     }
     let before = control.acks();
     let sent = Instant::now();
     control.send_command(command);
     if control.wait_acks(before + 1, Some(sent + PING_TIMEOUT)) {
-        return Ok(json!({"ack_us": start.elapsed().as_micros() as u64}).to_string());
+        return Ok(Reply::Acknowledged {
+            ack_us: start.elapsed().as_micros() as u64,
+        });
     }
     if control.is_stopping() {
-        return Err("the VM stopped before the guest acknowledged".into());
+        return Err(Refusal::StoppedBeforeAck);
     }
     if control.command_pending() {
-        return Err("the guest did not take the command".into());
+        return Err(Refusal::NotTaken);
     }
     let why = format!(
         "the guest took command {} but did not acknowledge it within {:.1} s",
@@ -104,27 +103,22 @@ fn command_answer(control: &Control, command: u32) -> std::result::Result<String
         PING_TIMEOUT.as_secs_f64()
     );
     control.stop(StopReason::Unresponsive(why.clone()));
-    Err(format!("{why}; the VM is stopped"))
+    Err(Refusal::Unresponsive(why))
 }
 
-fn snapshot_answer(
-    machine: &mut Machine,
-    out: &Path,
-    diff: bool,
-) -> std::result::Result<String, String> {
+fn snapshot_answer(machine: &mut Machine, out: &Path, diff: bool) -> Answer {
     let start = Instant::now();
     crate::snapshot(machine, out, diff)
         .map(|report| {
-            json!({
-                "out": report.dir,
-                "snapshot_us": start.elapsed().as_micros() as u64,
-                "state_bytes": report.state_bytes,
-                "memory_bytes": report.memory_bytes,
-                "memory_written_bytes": report.memory_written,
-                "dirty_pages": report.dirty_pages,
-                "dirty_scan_us": report.dirty_scan_us,
+            Reply::Snapshot(SnapshotDone {
+                out: report.dir,
+                snapshot_us: start.elapsed().as_micros() as u64,
+                state_bytes: report.state_bytes,
+                memory_bytes: report.memory_bytes,
+                memory_written_bytes: report.memory_written,
+                dirty_pages: report.dirty_pages,
+                dirty_scan_us: report.dirty_scan_us,
             })
-            .to_string()
         })
-        .map_err(|e| e.to_string())
+        .map_err(Refusal::Snapshot)
 }

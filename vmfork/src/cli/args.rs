@@ -1,52 +1,65 @@
-//! Parsing of sizes, counts and durations given on the command line. Kept
-//! out of clap's value parsers so that a bad value is an `InvalidArgument`
-//! (its own exit status) rather than a generic usage error.
+//! Value parsers for sizes, counts and durations given on the command line.
+//! A bad value is a clap `ValueValidation` error whose message names the
+//! flag and the value; `main` gives it the invalid-argument exit status (3)
+//! rather than the usage status (2).
 
+use std::ffi::OsStr;
+use std::marker::PhantomData;
 use std::time::Duration;
 
-use vmfork_machine::error::{Error, Result};
+use clap::builder::TypedValueParser;
+use clap::error::ErrorKind;
+use clap::{Arg, Command};
 
 /// "128M", "1G", "64MiB", "4096K", "2097152" (bytes).
-pub fn parse_size(flag: &str, text: &str) -> Result<u64> {
-    let bad = |why: &str| Error::InvalidArgument(format!("{flag} {text:?}: {why}"));
+pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     if digits_end == 0 {
-        return Err(bad("expected a size such as 128M or 1G"));
+        return Err("expected a size such as 128M or 1G".into());
     }
     let number: u64 = t[..digits_end]
         .parse()
-        .map_err(|_| bad("number too large"))?;
+        .map_err(|_| "number too large".to_string())?;
     let shift = match t[digits_end..].to_ascii_uppercase().as_str() {
         "" | "B" => 0,
         "K" | "KB" | "KIB" => 10,
         "M" | "MB" | "MIB" => 20,
         "G" | "GB" | "GIB" => 30,
         "T" | "TB" | "TIB" => 40,
-        _ => return Err(bad("unknown unit (use K, M, G or T)")),
+        _ => return Err("unknown unit (use K, M, G or T)".into()),
     };
     number
         .checked_mul(1u64 << shift)
-        .ok_or_else(|| bad("size too large"))
+        .ok_or_else(|| "size too large".into())
 }
 
-pub fn parse_count(flag: &str, text: &str, min: u64, max: u64) -> Result<u64> {
+/// A size as `parse_size` reads it, in the largest unit that is exact:
+/// "128M", "1G", "4097".
+pub fn format_size(bytes: u64) -> String {
+    for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
+        if bytes != 0 && bytes.trailing_zeros() >= shift {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
+}
+
+/// A whole number in `min..=max`.
+pub fn parse_count(text: &str, min: u64, max: u64) -> Result<u64, String> {
     let n: u64 = text
         .trim()
         .parse()
-        .map_err(|_| Error::InvalidArgument(format!("{flag} {text:?}: expected a whole number")))?;
+        .map_err(|_| "expected a whole number".to_string())?;
     if n < min || n > max {
-        return Err(Error::InvalidArgument(format!(
-            "{flag} {n} is out of range {min}..={max}"
-        )));
+        return Err(format!("out of range {min}..={max}"));
     }
     Ok(n)
 }
 
 /// "30" (seconds), "1.5s", "500ms".
-pub fn parse_duration(flag: &str, text: &str) -> Result<Duration> {
-    let bad =
-        || Error::InvalidArgument(format!("{flag} {text:?}: expected e.g. 30, 2.5s or 500ms"));
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || "expected e.g. 30, 2.5s or 500ms".to_string();
     let t = text.trim();
     let (number, scale) = if let Some(ms) = t.strip_suffix("ms") {
         (ms, 1e-3)
@@ -62,16 +75,108 @@ pub fn parse_duration(flag: &str, text: &str) -> Result<Duration> {
     Ok(Duration::from_secs_f64(value * scale))
 }
 
+/// A duration, or "0" for none (`Duration::ZERO`), as `clone --hold` takes.
+pub fn parse_hold(text: &str) -> Result<Duration, String> {
+    match text.trim() {
+        "0" => Ok(Duration::ZERO),
+        t => parse_duration(t),
+    }
+}
+
+/// How errors name a flag: "--mem", or "-n/--count" when it has both.
+fn flag_name(arg: Option<&Arg>) -> String {
+    match arg.map(|a| (a.get_short(), a.get_long(), a)) {
+        Some((Some(s), Some(l), _)) => format!("-{s}/--{l}"),
+        Some((None, Some(l), _)) => format!("--{l}"),
+        Some((Some(s), None, _)) => format!("-{s}"),
+        Some((None, None, a)) => format!("<{}>", a.get_id()),
+        None => "value".into(),
+    }
+}
+
+/// The error for a bad value: one message that names flag and value.
+fn invalid(arg: Option<&Arg>, text: &str, why: &str) -> clap::Error {
+    clap::Error::raw(
+        ErrorKind::ValueValidation,
+        format!("{} {text:?}: {why}", flag_name(arg)),
+    )
+}
+
+/// A value parser from a plain function: `value_parser = Parsed(parse_size)`.
+#[derive(Clone, Copy)]
+pub struct Parsed<T>(pub fn(&str) -> Result<T, String>);
+
+impl<T: Clone + Send + Sync + 'static> TypedValueParser for Parsed<T> {
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        _cmd: &Command,
+        arg: Option<&Arg>,
+        value: &OsStr,
+    ) -> Result<T, clap::Error> {
+        let text = value.to_string_lossy();
+        (self.0)(&text).map_err(|why| invalid(arg, &text, &why))
+    }
+}
+
+/// A whole number in `min..=max` as a `T`: `value_parser = count::<u8>(1, 254)`.
+pub struct Count<T> {
+    min: u64,
+    max: u64,
+    value: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for Count<T> {
+    fn clone(&self) -> Self {
+        Count { ..*self }
+    }
+}
+
+/// `max` must fit in `T`.
+pub const fn count<T>(min: u64, max: u64) -> Count<T> {
+    Count {
+        min,
+        max,
+        value: PhantomData,
+    }
+}
+
+impl<T: TryFrom<u64> + Clone + Send + Sync + 'static> TypedValueParser for Count<T> {
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        _cmd: &Command,
+        arg: Option<&Arg>,
+        value: &OsStr,
+    ) -> Result<T, clap::Error> {
+        let text = value.to_string_lossy();
+        parse_count(&text, self.min, self.max)
+            .and_then(|n| T::try_from(n).map_err(|_| "too large".to_string()))
+            .map_err(|why| invalid(arg, &text, &why))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn sizes() {
-        assert_eq!(parse_size("--mem", "128M").ok(), Some(128 << 20));
-        assert_eq!(parse_size("--mem", "1g").ok(), Some(1 << 30));
-        assert_eq!(parse_size("--mem", "64MiB").ok(), Some(64 << 20));
-        assert_eq!(parse_size("--mem", "4096").ok(), Some(4096));
+        assert_eq!(parse_size("128M").ok(), Some(128 << 20));
+        assert_eq!(parse_size("1g").ok(), Some(1 << 30));
+        assert_eq!(parse_size("64MiB").ok(), Some(64 << 20));
+        assert_eq!(parse_size("4096").ok(), Some(4096));
+        for (bytes, text) in [
+            (128 << 20, "128M"),
+            (1 << 30, "1G"),
+            (4097, "4097"),
+            (0, "0"),
+        ] {
+            assert_eq!(format_size(bytes), text);
+            assert_eq!(parse_size(text).ok(), Some(bytes));
+        }
         for bad in [
             "",
             "M",
@@ -81,34 +186,59 @@ mod tests {
             "99999999999999999999",
             "20000000T",
         ] {
-            assert!(parse_size("--mem", bad).is_err(), "{bad}");
+            assert!(parse_size(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn counts() {
-        assert_eq!(parse_count("--vcpus", "2", 1, 254).ok(), Some(2));
-        assert!(parse_count("--vcpus", "0", 1, 254).is_err());
-        assert!(parse_count("--vcpus", "255", 1, 254).is_err());
-        assert!(parse_count("--vcpus", "two", 1, 254).is_err());
+        assert_eq!(parse_count("2", 1, 254).ok(), Some(2));
+        assert!(parse_count("0", 1, 254).is_err());
+        assert!(parse_count("255", 1, 254).is_err());
+        assert!(parse_count("two", 1, 254).is_err());
     }
 
     #[test]
     fn durations() {
+        assert_eq!(parse_duration("30").ok(), Some(Duration::from_secs(30)));
         assert_eq!(
-            parse_duration("--timeout", "30").ok(),
-            Some(Duration::from_secs(30))
-        );
-        assert_eq!(
-            parse_duration("--timeout", "500ms").ok(),
+            parse_duration("500ms").ok(),
             Some(Duration::from_millis(500))
         );
         assert_eq!(
-            parse_duration("--timeout", "1.5s").ok(),
+            parse_duration("1.5s").ok(),
             Some(Duration::from_millis(1500))
         );
         for bad in ["", "0", "-1", "abc", "inf", "NaN"] {
-            assert!(parse_duration("--timeout", bad).is_err(), "{bad}");
+            assert!(parse_duration(bad).is_err(), "{bad}");
         }
+        assert_eq!(parse_hold("0").ok(), Some(Duration::ZERO));
+        assert_eq!(parse_hold("2s").ok(), Some(Duration::from_secs(2)));
+        assert!(parse_hold("0s").is_err());
+    }
+
+    #[test]
+    fn errors_name_the_flag_and_the_value() {
+        let cmd = Command::new("t");
+        let mem = Arg::new("mem").long("mem");
+        let err = Parsed(parse_size)
+            .parse_ref(&cmd, Some(&mem), OsStr::new("12X"))
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("error: --mem \"12X\": unknown unit (use K, M, G or T)")
+        );
+        let n = Arg::new("count").short('n').long("count");
+        let err = count::<u8>(1, 254)
+            .parse_ref(&cmd, Some(&n), OsStr::new("0"))
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("error: -n/--count \"0\": out of range 1..=254")
+        );
+        let ok = count::<u8>(1, 254).parse_ref(&cmd, Some(&n), OsStr::new("254"));
+        assert_eq!(ok.ok(), Some(254));
     }
 }

@@ -1,12 +1,12 @@
 //! `vmfork boot`: cold-boot a pc-lite VM.
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
-use super::args::{parse_count, parse_duration, parse_size};
+use super::args::{count, format_size, parse_duration, parse_size, Parsed};
 use super::isolation::IsolationArgs;
 use super::signals;
 use vmfork_machine::boot::loader::{BootProtocol, KernelSource};
@@ -41,11 +41,11 @@ pub struct VmArgs {
     #[arg(long, value_name = "IMG")]
     pub rootfs: Option<PathBuf>,
     /// Guest RAM, e.g. 128M or 1G.
-    #[arg(long, default_value = "128M", value_name = "SIZE")]
-    pub mem: String,
+    #[arg(long, default_value = "128M", value_name = "SIZE", value_parser = Parsed(parse_size))]
+    pub mem: u64,
     /// Number of vCPUs (one thread each).
-    #[arg(long, default_value = "1", value_name = "N")]
-    pub vcpus: String,
+    #[arg(long, default_value = "1", value_name = "N", value_parser = count::<u8>(1, MAX_VCPUS as u64))]
+    pub vcpus: u8,
     /// Kernel command line. Default: none for the embedded guest;
     /// "console=ttyS0 earlyprintk=serial,ttyS0 reboot=t panic=-1" (plus a DAX root
     /// with --rootfs) otherwise.
@@ -73,8 +73,8 @@ pub struct BootArgs {
     #[arg(long)]
     pub exit_on_ready: bool,
     /// Fail if the guest is not ready within this time (e.g. 30, 500ms).
-    #[arg(long, value_name = "DURATION")]
-    pub timeout: Option<String>,
+    #[arg(long, value_name = "DURATION", value_parser = Parsed(parse_duration))]
+    pub timeout: Option<Duration>,
     /// Print one JSON object with timings on the last line of stdout.
     #[arg(long)]
     pub json: bool,
@@ -137,8 +137,8 @@ impl VmArgs {
             kernel: self.kernel_source(),
             initrd: self.initrd.clone(),
             rootfs: self.rootfs.clone(),
-            mem_size: parse_size("--mem", &self.mem)?,
-            vcpus: parse_count("--vcpus", &self.vcpus, 1, u64::from(MAX_VCPUS))? as u8,
+            mem_size: self.mem,
+            vcpus: self.vcpus,
             cmdline: self.cmdline(),
             protocol: match self.boot_protocol {
                 ProtocolArg::Linux64 => BootProtocol::Linux64,
@@ -200,11 +200,7 @@ pub fn run(args: &BootArgs, started: Instant) -> Result<()> {
     // The jail needs system calls no list allows: the main thread's filter
     // goes on right after it, before any VM exists.
     vmfork_isolation::seccomp::install(vmfork_isolation::seccomp::ThreadKind::Vmm)?;
-    let timeout = args
-        .timeout
-        .as_deref()
-        .map(|t| parse_duration("--timeout", t))
-        .transpose()?;
+    let timeout = args.timeout;
     let config = args.vm.machine_config(started, args.exit_on_ready)?;
     let machine = Machine::cold_boot(config)?;
     let dirty_logging = machine.vm().dirty_logging();
@@ -228,8 +224,8 @@ pub fn run(args: &BootArgs, started: Instant) -> Result<()> {
                 "vmm_rss_kib": rss,
                 "stop": stop_name(&reason),
                 "kernel": args.vm.kernel_source().describe(),
-                "vcpus": args.vm.vcpus,
-                "mem": args.vm.mem,
+                "vcpus": args.vm.vcpus.to_string(),
+                "mem": format_size(args.vm.mem),
                 "host_virt": KvmHost::get()?.virt.name(),
                 "dirty_logging": dirty_logging,
                 "unclaimed_io": unclaimed,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
-use super::args::{parse_count, parse_duration};
+use super::args::{count, parse_hold, Parsed};
 use super::isolation::IsolationArgs;
 use super::signals;
 use vmfork_clone::uffd::PageServerLink;
@@ -31,6 +31,17 @@ pub enum BackendArg {
     Uffd,
 }
 
+impl BackendArg {
+    /// The name on the command line and in JSON summaries.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendArg::Memfd => "memfd",
+            BackendArg::File => "file",
+            BackendArg::Uffd => "uffd",
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct CloneArgs {
     /// The template directory (or use --holder).
@@ -41,14 +52,14 @@ pub struct CloneArgs {
     #[arg(long, value_name = "SOCK", conflicts_with = "template")]
     pub holder: Option<PathBuf>,
     /// How many clones to start.
-    #[arg(short = 'n', long = "count", default_value = "1", value_name = "N")]
-    pub count: String,
+    #[arg(short = 'n', long = "count", default_value = "1", value_name = "N", value_parser = count::<u64>(1, MAX_CLONES))]
+    pub count: u64,
     /// Where clone memory comes from.
     #[arg(long, value_enum, default_value = "memfd")]
     pub backend: BackendArg,
     /// Keep the clones running this long (or until Ctrl-C), then stop them.
-    #[arg(long, default_value = "0", value_name = "SECONDS")]
-    pub hold: String,
+    #[arg(long, default_value = "0", value_name = "SECONDS", value_parser = Parsed(parse_hold))]
+    pub hold: Duration,
     /// With --backend uffd: install the pages the first clone touched (saved
     /// beside the template as `working-set`) before each clone resumes.
     #[arg(long)]
@@ -59,8 +70,8 @@ pub struct CloneArgs {
     pub shells: bool,
     /// Spread the clones over P processes (sharing one sealed memfd through
     /// a template holder) instead of threads in this one.
-    #[arg(long, default_value = "1", value_name = "P")]
-    pub processes: String,
+    #[arg(long, default_value = "1", value_name = "P", value_parser = count::<u64>(1, 256))]
+    pub processes: u64,
     /// Internal: run as a worker of `--processes`: print `clones-up` once
     /// every clone acknowledged, hold until stdin closes, report latencies.
     #[arg(long, hide = true)]
@@ -170,8 +181,7 @@ fn clone_failed(id: u64, reason: &StopReason, when: &str, also: &str) -> Error {
 }
 
 pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
-    let count = parse_count("-n", &args.count, 1, MAX_CLONES)?;
-    let processes = parse_count("--processes", &args.processes, 1, 256)?;
+    let (count, processes) = (args.count, args.processes);
     if processes > 1 && args.isolation.jail.is_some() {
         return Err(Error::InvalidArgument(
             "--jail runs one process; it cannot be combined with --processes".into(),
@@ -194,10 +204,7 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
     if processes > 1 {
         return super::clone_procs::run(args, count, processes, started);
     }
-    let hold = match args.hold.trim() {
-        "0" => None,
-        text => Some(parse_duration("--hold", text)?),
-    };
+    let hold = (!args.hold.is_zero()).then_some(args.hold);
     let backend = match args.backend {
         BackendArg::Memfd => Backend::Memfd,
         BackendArg::File => Backend::File,
@@ -401,7 +408,7 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
     let p99 = floor::percentile(&latencies, 99.0);
     let summary = json!({
         "clones": count,
-        "backend": format!("{:?}", backend).to_lowercase(),
+        "backend": args.backend.name(),
         "clone_p50_us": p50.as_micros() as u64,
         "clone_p99_us": p99.as_micros() as u64,
         "total_ms": total.as_secs_f64() * 1e3,

@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::args::parse_duration;
-use super::clone::CloneArgs;
+use super::clone::{BackendArg, CloneArgs};
 use vmfork_machine::error::{Error, Result};
 use vmfork_machine::floor;
 
@@ -32,8 +31,8 @@ pub fn run(args: &CloneArgs, count: u64, processes: u64, started: Instant) -> Re
         .template
         .clone()
         .ok_or_else(|| Error::InvalidArgument("--processes needs a TEMPLATE directory".into()))?;
-    let backend = format!("{:?}", args.backend).to_lowercase();
-    if backend == "file" {
+    let backend = args.backend.name();
+    if let BackendArg::File = args.backend {
         return Err(Error::InvalidArgument(
             "--processes shares a memfd: use --backend memfd or uffd".into(),
         ));
@@ -72,7 +71,7 @@ pub fn run(args: &CloneArgs, count: u64, processes: u64, started: Instant) -> Re
             "-n",
             &share.to_string(),
             "--backend",
-            &backend,
+            backend,
             "--json",
             "--worker",
         ]);
@@ -114,15 +113,7 @@ pub fn run(args: &CloneArgs, count: u64, processes: u64, started: Instant) -> Re
     let total = first_request.elapsed();
     let host_kib = available_before.saturating_sub(mem_available_kib());
     if failure.is_none() {
-        if let Some(hold) = args
-            .hold
-            .trim()
-            .ne("0")
-            .then(|| parse_duration("--hold", &args.hold))
-            .transpose()?
-        {
-            std::thread::sleep(hold);
-        }
+        std::thread::sleep(args.hold);
     }
     // Closing each worker's stdin ends its hold; it tears down and reports.
     let mut latencies = Vec::new();

@@ -3,22 +3,22 @@
 use clap::Args;
 use serde_json::json;
 
-use super::args::parse_count;
+use super::args::count;
 use vmfork_machine::error::Result;
 use vmfork_machine::floor::{measure, median, percentile};
 
 #[derive(Debug, Args)]
 pub struct FloorArgs {
     /// How many fresh VMs to create and run.
-    #[arg(long, default_value = "100", value_name = "N")]
-    pub rounds: String,
+    #[arg(long, default_value = "100", value_name = "N", value_parser = count::<usize>(1, 100_000))]
+    pub rounds: usize,
     /// Print one JSON object instead of a text line.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(args: &FloorArgs) -> Result<()> {
-    let rounds = parse_count("--rounds", &args.rounds, 1, 100_000)? as usize;
+    let rounds = args.rounds;
     let samples = measure(rounds)?;
     let (p50, p99, min) = (
         median(&samples),

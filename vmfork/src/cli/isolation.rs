@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::args::{parse_count, parse_size};
+use super::args::{count, parse_size, Parsed};
 use vmfork_isolation::cgroup::{self, CgroupSpec, Joined};
 use vmfork_isolation::jail::{self, JailSpec};
 use vmfork_machine::error::{Error, Result};
@@ -29,14 +29,14 @@ pub struct IsolationArgs {
     #[arg(long, value_name = "NAME")]
     pub cgroup: Option<String>,
     /// memory.max of the cgroup, e.g. 512M.
-    #[arg(long, value_name = "SIZE", requires = "cgroup")]
-    pub memory_max: Option<String>,
+    #[arg(long, value_name = "SIZE", requires = "cgroup", value_parser = Parsed(parse_size))]
+    pub memory_max: Option<u64>,
     /// cpu.max of the cgroup as a share of one CPU, e.g. 50% or 200%.
     #[arg(long, value_name = "PCT", requires = "cgroup")]
     pub cpu_max: Option<String>,
     /// pids.max of the cgroup (threads count: one per vCPU).
-    #[arg(long, value_name = "N", requires = "cgroup")]
-    pub pids_max: Option<String>,
+    #[arg(long, value_name = "N", requires = "cgroup", value_parser = count::<u64>(1, 1 << 22))]
+    pub pids_max: Option<u64>,
 }
 
 impl IsolationArgs {
@@ -48,20 +48,12 @@ impl IsolationArgs {
         let joined = match &self.cgroup {
             Some(name) => Some(cgroup::join(&CgroupSpec {
                 name: name.clone(),
-                memory_max: self
-                    .memory_max
-                    .as_deref()
-                    .map(|m| parse_size("--memory-max", m))
-                    .transpose()?,
+                memory_max: self.memory_max,
                 cpu_quota_us: match self.cpu_max.as_deref() {
                     Some(c) => cgroup::parse_cpu_max(c)?,
                     None => None,
                 },
-                pids_max: self
-                    .pids_max
-                    .as_deref()
-                    .map(|p| parse_count("--pids-max", p, 1, 1 << 22))
-                    .transpose()?,
+                pids_max: self.pids_max,
             })?),
             None => None,
         };

@@ -1,12 +1,12 @@
 //! `vmfork restore`: bring a template back to life and resume it.
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use serde_json::json;
 
-use super::args::parse_duration;
+use super::args::{parse_duration, Parsed};
 use super::boot::{phases_json, stop_name, stop_result};
 use super::isolation::IsolationArgs;
 use super::signals;
@@ -25,8 +25,8 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub exit_on_ready: bool,
     /// Fail if the guest does not acknowledge within this time.
-    #[arg(long, value_name = "DURATION")]
-    pub timeout: Option<String>,
+    #[arg(long, value_name = "DURATION", value_parser = Parsed(parse_duration))]
+    pub timeout: Option<Duration>,
     /// Listen for control requests (snapshot [--diff], ping, pause, resume,
     /// stop) on this Unix socket; see `vmfork ctl`.
     #[arg(long, value_name = "PATH")]
@@ -49,11 +49,7 @@ pub fn run(args: &RestoreArgs, started: Instant) -> Result<()> {
     // The jail needs system calls no list allows: the main thread's filter
     // goes on right after it, before any VM exists.
     vmfork_isolation::seccomp::install(vmfork_isolation::seccomp::ThreadKind::Vmm)?;
-    let timeout = args
-        .timeout
-        .as_deref()
-        .map(|t| parse_duration("--timeout", t))
-        .transpose()?;
+    let timeout = args.timeout;
     let machine = vmfork_template::restore(
         &args.template,
         RestoreOptions {

@@ -1,12 +1,13 @@
 //! `vmfork serve`: the function-as-a-service HTTP front end.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 
-use super::args::{parse_count, parse_duration, parse_size};
+use super::args::{count, parse_duration, parse_size, Parsed};
 use super::signals;
 use vmfork_machine::control::Control;
 use vmfork_machine::error::{Error, Result};
@@ -21,22 +22,22 @@ pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free one; the address is
     /// printed on the first line of stdout).
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
-    pub listen: String,
+    pub listen: SocketAddr,
     /// Invocations running at once; more wait in a bounded queue.
-    #[arg(long, default_value = "8", value_name = "N")]
-    pub max_concurrency: String,
+    #[arg(long, default_value = "8", value_name = "N", value_parser = count::<usize>(1, 4096))]
+    pub max_concurrency: usize,
     /// Invocations that may wait for a slot before new ones get 503.
-    #[arg(long, default_value = "64", value_name = "N")]
-    pub queue: String,
+    #[arg(long, default_value = "64", value_name = "N", value_parser = count::<usize>(0, 1 << 20))]
+    pub queue: usize,
     /// Per-invocation time limit; the clone is stopped and the caller gets 504.
-    #[arg(long, default_value = "5s", value_name = "DURATION")]
-    pub timeout: String,
+    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = Parsed(parse_duration))]
+    pub timeout: Duration,
     /// Largest request body; larger ones get 413.
-    #[arg(long, default_value = "1MiB", value_name = "SIZE")]
-    pub max_body: String,
+    #[arg(long, default_value = "1MiB", value_name = "SIZE", value_parser = Parsed(parse_size))]
+    pub max_body: u64,
     /// VM shells to keep ready per function ahead of demand.
-    #[arg(long, default_value = "0", value_name = "N")]
-    pub warm: String,
+    #[arg(long, default_value = "0", value_name = "N", value_parser = count::<usize>(0, 10_000))]
+    pub warm: usize,
     /// Cold-boot the template's guest for every request instead of
     /// cloning it: the baseline clones are benchmarked against.
     #[arg(long, conflicts_with = "warm")]
@@ -81,15 +82,14 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     }
     let config = ServeConfig {
         templates,
-        listen: args
-            .listen
-            .parse()
-            .map_err(|e| Error::InvalidArgument(format!("--listen {:?}: {e}", args.listen)))?,
-        max_concurrency: parse_count("--max-concurrency", &args.max_concurrency, 1, 4096)? as usize,
-        queue: parse_count("--queue", &args.queue, 0, 1 << 20)? as usize,
-        timeout: parse_duration("--timeout", &args.timeout)?,
-        max_body: parse_size("--max-body", &args.max_body)? as usize,
-        warm: parse_count("--warm", &args.warm, 0, 10_000)? as usize,
+        listen: args.listen,
+        max_concurrency: args.max_concurrency,
+        queue: args.queue,
+        timeout: args.timeout,
+        max_body: usize::try_from(args.max_body).map_err(|_| {
+            Error::InvalidArgument(format!("--max-body {}: too large", args.max_body))
+        })?,
+        warm: args.warm,
         cold_boot: args.cold_boot,
         recycle: match args.recycle {
             RecycleArg::InPlace => Recycle::InPlace,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use super::args::parse_duration;
+use super::args::{parse_duration, Parsed};
 use super::boot::{stop_result, VmArgs};
 use super::signals;
 use vmfork_machine::control::StopReason;
@@ -17,6 +17,9 @@ use vmfork_machine::machine::Machine;
 #[derive(Debug, Subcommand)]
 pub enum TemplateCommand {
     /// Cold-boot a VM to its ready point and save it as a template directory.
+    #[command(after_help = "Examples:
+  vmfork template build --out /tmp/tpl --json
+  vmfork template build --cmdline \"quiet=1 touch_mib=8\" --out /tmp/tpl")]
     Build(BuildArgs),
     /// Hold a template's memory in a sealed memfd and hand it to clone
     /// processes (`vmfork clone --holder SOCK`) until stopped.
@@ -46,8 +49,8 @@ pub struct BuildArgs {
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// Fail if the guest is not ready within this time.
-    #[arg(long, default_value = "60", value_name = "DURATION")]
-    pub timeout: String,
+    #[arg(long, default_value = "60", value_name = "DURATION", value_parser = Parsed(parse_duration))]
+    pub timeout: Duration,
     /// Print the build time and sizes as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -68,7 +71,7 @@ fn progress(message: &str) {
 }
 
 fn build(args: &BuildArgs, started: Instant) -> Result<()> {
-    let timeout = parse_duration("--timeout", &args.timeout)?;
+    let timeout = args.timeout;
     if args.out.exists() {
         return Err(Error::Template {
             path: args.out.clone(),
