@@ -33,5 +33,5 @@ const _: () = {
     assert!(offset_of!(CloneInfo, host_unix_ns) == 16);
     assert!(offset_of!(CloneInfo, entropy) == 24);
     assert!(CLONE_INFO_SIZE == 56);
-    assert!(CLONE_INFO_ADDR % 4096 == 0);
+    assert!(CLONE_INFO_ADDR & 0xfff == 0, "page aligned");
 };
