@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use crate::engine::{capture_panics, check};
+use crate::run::{capture_panics, check};
 use crate::{Rng, Target};
 
 pub fn fnv1a(bytes: &[u8]) -> u64 {

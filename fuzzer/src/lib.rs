@@ -19,14 +19,16 @@ mod alloc;
 mod corpus;
 mod engine;
 mod mutate;
+mod run;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub use alloc::PeakAlloc;
 pub use corpus::{assert_seeds_current, expected_class, fnv1a, replay};
-pub use engine::{check, main};
+pub use engine::main;
 pub use mutate::{mutate_bytes, Rng, INTERESTING_NUMBERS};
+pub use run::check;
 
 /// What one run of an input gave.
 #[derive(Debug, Clone, PartialEq, Eq)]
