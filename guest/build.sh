@@ -9,6 +9,7 @@ if [ $# -ne 1 ]; then
 fi
 out=$1
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+abi=$(cd "$here/../guest-abi" && pwd)
 # Cargo passes RUSTC to build scripts; use the same compiler it uses.
 rustc=${RUSTC:-rustc}
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/vmfork-guest.XXXXXX")
@@ -24,13 +25,23 @@ done
 
 # target-cpu=x86-64: SSE2 at most, never AVX, whatever the build host is.
 # Ring 3 may use SSE (it runs natively); the ring-0 code is all assembly.
-"$rustc" --edition 2021 --target x86_64-unknown-linux-gnu \
+# Both crates get the same flags: the ABI crate is an rlib the app's
+# staticlib (with fat LTO) takes in whole.
+rustflags=(--edition 2021 --target x86_64-unknown-linux-gnu
+    -C panic=abort -C opt-level=3 -C relocation-model=static -C code-model=small
+    -C target-cpu=x86-64 -C codegen-units=1 -C debuginfo=0
+    -C force-unwind-tables=no -C embed-bitcode=yes
+    --remap-path-prefix "$here=guest" --remap-path-prefix "$abi=guest-abi"
+    -D warnings)
+
+# The guest ABI, defined once for host, app and (via ring0/guest_abi.h)
+# assembly: docs/guest-abi.md.
+"$rustc" "${rustflags[@]}" --crate-type rlib --crate-name vmfork_guest_abi \
+    -o "$tmp/libvmfork_guest_abi.rlib" "$abi/src/lib.rs"
+
+"$rustc" "${rustflags[@]}" -C lto=fat \
     --crate-type staticlib --crate-name vmfork_guest_app \
-    -C panic=abort -C opt-level=3 -C relocation-model=static -C code-model=small \
-    -C target-cpu=x86-64 -C codegen-units=1 -C lto=fat -C debuginfo=0 \
-    -C force-unwind-tables=no -C embed-bitcode=yes \
-    --remap-path-prefix "$here=guest" \
-    -D warnings \
+    --extern vmfork_guest_abi="$tmp/libvmfork_guest_abi.rlib" -L "$tmp" \
     -o "$tmp/libapp.a" "$here/app/main.rs"
 
 ld -T "$here/guest.ld" -nostdlib -static --gc-sections --build-id=none --strip-debug \

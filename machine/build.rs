@@ -16,6 +16,11 @@ fn main() {
     for sub in ["ring0", "app", "guest.ld", "build.sh"] {
         println!("cargo:rerun-if-changed={}", guest_dir.join(sub).display());
     }
+    // guest/build.sh compiles the ABI crate into the app.
+    println!(
+        "cargo:rerun-if-changed={}",
+        manifest_dir.join("../guest-abi/src").display()
+    );
 
     // A prebuilt guest can be injected (e.g. to test a guest change
     // without rebuilding it here).

@@ -4,8 +4,9 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use crate::engine::{capture_panics, check};
-use crate::{Rng, Target};
+use crate::mutate::Rng;
+use crate::run::{capture_panics, check};
+use crate::target::Target;
 
 pub fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {

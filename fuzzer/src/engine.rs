@@ -1,15 +1,15 @@
-//! The run loop: pick an input from the pool, mutate it, run it under
-//! `catch_unwind` with the allocation and time checks, keep inputs that
-//! show something new, save findings into the corpus.
+//! The run loop: pick an input from the pool, mutate it, run it (run.rs),
+//! keep inputs that show something new, save findings into the corpus.
 
 use std::collections::{BTreeMap, HashSet};
-use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::alloc;
 use crate::corpus::{load_pool, save_finding, write_seeds};
-use crate::{alloc, mutate_bytes, Finding, Limits, Outcome, Rng, Target};
+use crate::mutate::{mutate_bytes, Rng};
+use crate::run::{capture_panics, check};
+use crate::target::{Limits, Target};
 
 const MAX_POOL: usize = 4096;
 /// How often (in runs) [`Target::check_health`] runs during fuzzing.
@@ -90,57 +90,6 @@ pub fn main<T: Target>(make: impl FnOnce() -> Result<T, String>) {
     };
     let found = fuzz(target, &args, &corpus);
     std::process::exit(i32::from(found > 0));
-}
-
-static PANIC_MESSAGE: Mutex<Option<String>> = Mutex::new(None);
-
-/// Records the first panic message from any thread (a server's worker
-/// panics on its own thread, not inside our `catch_unwind`).
-pub(crate) fn capture_panics(forward: bool) {
-    let previous = panic::take_hook();
-    panic::set_hook(Box::new(move |info| {
-        if let Ok(mut m) = PANIC_MESSAGE.lock() {
-            m.get_or_insert_with(|| info.to_string());
-        }
-        if forward {
-            previous(info);
-        }
-    }));
-}
-
-fn take_panic_message() -> Option<String> {
-    PANIC_MESSAGE.lock().ok().and_then(|mut m| m.take())
-}
-
-/// Runs one input with every generic check around the target's own:
-/// a panic on any thread, the largest allocation, the time taken.
-pub fn check<T: Target>(target: &mut T, input: &[u8], rng: &mut Rng) -> Outcome {
-    let limits = target.limits();
-    take_panic_message();
-    alloc::reset();
-    let started = Instant::now();
-    let result = panic::catch_unwind(AssertUnwindSafe(|| target.run(input, rng)));
-    let elapsed = started.elapsed();
-    let peak = alloc::peak();
-    let mut outcome = result.unwrap_or_else(|_| Outcome::new("PANIC", "panic"));
-    if let Some(message) = take_panic_message() {
-        // A panic elsewhere outranks whatever the run concluded from it.
-        outcome.finding = Some(Finding {
-            kind: "panic",
-            detail: message,
-        });
-    }
-    let allowed = input.len().saturating_mul(2) + limits.alloc_slack;
-    outcome.check(peak <= allowed, "alloc", || {
-        format!(
-            "one allocation of {peak} bytes for a {}-byte input",
-            input.len()
-        )
-    });
-    outcome.check(elapsed <= limits.slow, "slow", || {
-        format!("took {elapsed:?} (limit {:?})", limits.slow)
-    });
-    outcome
 }
 
 fn fuzz<T: Target>(mut target: T, args: &Args, corpus: &std::path::Path) -> usize {

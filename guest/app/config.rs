@@ -3,24 +3,7 @@
 use core::fmt;
 
 use crate::function::Function;
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Test {
-    None,
-    Panic,
-    TripleFault,
-    Exit(u8),
-    Hang,
-    EmulationError,
-    /// Endless writes and reads of ports no device claims.
-    PortFlood,
-    /// Endless writes and reads of unbacked guest-physical addresses.
-    MmioFlood,
-    /// Endless bursts of self-IPIs from ring 0.
-    InterruptStorm,
-    /// Becomes ready, then takes commands and never acknowledges them.
-    NoAck,
-}
+use crate::misbehave::Test;
 
 pub struct Config {
     pub touch_mib: u64,
@@ -60,23 +43,6 @@ impl fmt::Display for BadWord {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str(core::str::from_utf8(self.word).unwrap_or("(not UTF-8)"))?;
         write!(f, ": {}", self.why)
-    }
-}
-
-impl Test {
-    pub fn name(self) -> &'static str {
-        match self {
-            Test::None => "none",
-            Test::Panic => "panic",
-            Test::TripleFault => "triple_fault",
-            Test::Exit(_) => "exit",
-            Test::Hang => "hang",
-            Test::EmulationError => "emulation_error",
-            Test::PortFlood => "port_flood",
-            Test::MmioFlood => "mmio_flood",
-            Test::InterruptStorm => "interrupt_storm",
-            Test::NoAck => "no_ack",
-        }
     }
 }
 

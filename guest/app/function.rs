@@ -5,25 +5,12 @@
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
+use crate::abi::{
+    RequestHeader, ResponseHeader, MAX_BODY, REQUEST_DATA, REQUEST_HEADER, REQUEST_MAGIC,
+    RESPONSE_DATA, RESPONSE_HEADER, RESPONSE_MAGIC, STATUS_BAD_REQUEST, STATUS_OK,
+    STATUS_REJECTED,
+};
 use crate::{json, misbehave, sha256};
-
-/// Guest-physical (= virtual) range reserved for the mailbox when a
-/// function is configured; the init heap starts above it.
-pub const MAILBOX_START: u64 = 0x40_0000;
-pub const MAILBOX_END: u64 = 0x80_0000;
-
-const REQUEST_HEADER: u64 = 0x40_0000;
-const REQUEST_DATA: u64 = 0x40_1000;
-const RESPONSE_HEADER: u64 = 0x60_0000;
-const RESPONSE_DATA: u64 = 0x60_1000;
-/// Largest request or response body: 2 MiB minus the header page.
-const MAX_BODY: usize = 0x1f_f000;
-const REQUEST_MAGIC: u32 = u32::from_le_bytes(*b"VMRQ");
-const RESPONSE_MAGIC: u32 = u32::from_le_bytes(*b"VMRS");
-
-const STATUS_OK: u32 = 0;
-const STATUS_REJECTED: u32 = 1;
-const STATUS_BAD_REQUEST: u32 = 2;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Function {
@@ -113,15 +100,21 @@ pub fn invoke(function: Option<Function>) -> bool {
         (Some(_), Err(why)) => message(response, STATUS_BAD_REQUEST, why.as_bytes()),
         (Some(f), Ok(body)) => run(f, body, response, invocations),
     };
-    let header = [RESPONSE_MAGIC, len as u32, status, invocations];
+    let header = ResponseHeader {
+        magic: RESPONSE_MAGIC,
+        len: len as u32,
+        status,
+        invocations,
+    };
     // SAFETY: as above; the header page is part of the mailbox.
-    unsafe { core::ptr::write_volatile(RESPONSE_HEADER as *mut [u32; 4], header) };
+    unsafe { core::ptr::write_volatile(RESPONSE_HEADER as *mut ResponseHeader, header) };
     true
 }
 
 fn request() -> Result<&'static [u8], &'static str> {
     // SAFETY: see `invoke`.
-    let [magic, len] = unsafe { core::ptr::read_volatile(REQUEST_HEADER as *const [u32; 2]) };
+    let RequestHeader { magic, len } =
+        unsafe { core::ptr::read_volatile(REQUEST_HEADER as *const RequestHeader) };
     if magic != REQUEST_MAGIC {
         return Err("no request in the mailbox (bad magic)");
     }

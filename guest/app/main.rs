@@ -23,13 +23,14 @@ use core::hint::black_box;
 use core::ptr::{read_volatile, write_volatile};
 
 use abi::{
-    BootInfo, CMD_DIRTY, CMD_EXIT, CMD_INVOKE, CMD_NO_VMM, CMD_RESUMED, CMD_RESUME_INVOKE,
-    PANIC_GUEST_FATAL,
-    ACK_WAIT_PORT, READY, READY_PORT, SVC_TIMER_START,
+    command_arg, command_opcode, BootInfo, ACK_WAIT_PORT, CMD_DIRTY, CMD_EXIT, CMD_INVOKE,
+    CMD_NO_VMM, CMD_RESUMED, CMD_RESUME_INVOKE, MAILBOX_END, MAILBOX_START, PANIC_GUEST_FATAL,
+    READY, READY_PORT, SVC_TIMER_START,
 };
-use config::{Config, Test};
-use function::{Function, MAILBOX_END, MAILBOX_START};
+use config::Config;
+use function::Function;
 use io::{crash, exit, inl, outl, rdtsc, say, service};
+use misbehave::Test;
 
 const PAGE: u64 = 4096;
 
@@ -239,8 +240,8 @@ fn serve(boot_nonce: u64, checksum: u64, cfg: &Config, heap: (u64, u64)) -> ! {
         });
         match command {
             CMD_EXIT => exit(0),
-            c if c & 0xff == CMD_DIRTY => {
-                dirty_pages(heap, u64::from(c >> 8));
+            c if command_opcode(c) == CMD_DIRTY => {
+                dirty_pages(heap, u64::from(command_arg(c)));
                 ack_due = true;
             }
             CMD_INVOKE => {
@@ -251,7 +252,10 @@ fn serve(boot_nonce: u64, checksum: u64, cfg: &Config, heap: (u64, u64)) -> ! {
                 ack_due = function::invoke(cfg.function);
             }
             CMD_NO_VMM => {
-                say!("vmfork-guest: no VMM on port 0xdf0; exiting through isa-debug-exit");
+                say!(
+                    "vmfork-guest: no VMM on port {:#x}; exiting through isa-debug-exit",
+                    READY_PORT
+                );
                 exit(0)
             }
             // PING, RESUMED, and (per the ABI) any other command word.

@@ -11,7 +11,6 @@ use crate::abi::{
     CMD_NO_VMM, PANIC_GUEST_FATAL, READY_PORT, SVC_EMULATION_ERROR, SVC_INTERRUPT_STORM,
     SVC_TRIPLE_FAULT,
 };
-use crate::config::Test;
 use crate::io::{crash, exit, inb, inl, inw, outb, outl, outw, rdtsc, say, service};
 
 /// Ports the port flood uses. pc-lite has no device there, and the range
@@ -33,6 +32,42 @@ const MMIO_STRIDE: u64 = 0x1008;
 /// Self-IPIs per service call: big enough that ring 0 spends its time
 /// taking interrupts, small enough that the first report comes quickly.
 const STORM_BURST: u64 = 2000;
+
+/// A `test=` misbehaviour from the command line (config.rs parses it).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Test {
+    None,
+    Panic,
+    TripleFault,
+    Exit(u8),
+    Hang,
+    EmulationError,
+    /// Endless writes and reads of ports no device claims.
+    PortFlood,
+    /// Endless writes and reads of unbacked guest-physical addresses.
+    MmioFlood,
+    /// Endless bursts of self-IPIs from ring 0.
+    InterruptStorm,
+    /// Becomes ready, then takes commands and never acknowledges them.
+    NoAck,
+}
+
+impl Test {
+    pub fn name(self) -> &'static str {
+        match self {
+            Test::None => "none",
+            Test::Panic => "panic",
+            Test::TripleFault => "triple_fault",
+            Test::Exit(_) => "exit",
+            Test::Hang => "hang",
+            Test::EmulationError => "emulation_error",
+            Test::PortFlood => "port_flood",
+            Test::MmioFlood => "mmio_flood",
+            Test::InterruptStorm => "interrupt_storm",
+            Test::NoAck => "no_ack",
+        }
+    }
+}
 
 /// The `test=` misbehaviours that happen before READY. `no_ack` is not
 /// one of them: main runs it after READY.

@@ -1,9 +1,13 @@
 /*
- * Constants shared by the ring-0 assembly files. The Rust app mirrors the
- * ones it needs in app/abi.rs; keep the two in step.
+ * Constants of the ring-0 assembly files. Those the app or the VMM share
+ * (ports, tags, service numbers, boot info) come from the vmfork-guest-abi
+ * crate (guest-abi/) through the generated guest_abi.h; only what the
+ * assembly alone uses is defined here. docs/guest-abi.md.
  */
 #ifndef VMFORK_GUEST_ABI_H
 #define VMFORK_GUEST_ABI_H
+
+#include "guest_abi.h"
 
 /* guest.ld asserts that the .ring0 section starts here. cpu.S relies on it
  * to compute split descriptor fields (IDT gates, TSS descriptor) at
@@ -50,27 +54,5 @@
 /* Rate of the LAPIC timer when the hypervisor does not state one: KVM's
  * and QEMU's emulated LAPIC count at 1 GHz (one tick per ns). */
 #define DEFAULT_APIC_HZ 1000000000
-
-/* Ports. The TSS I/O bitmap opens ports below IOMAP_PORTS to ring 3
- * (ready ports 0xdf0 and 0xdf4, serial 0x3f8, QEMU's isa-debug-exit
- * 0xf4). */
-#define IOMAP_PORTS 0x1000
-#define SERIAL_PORT 0x3f8
-#define READY_PORT 0xdf0
-#define QEMU_EXIT_PORT 0xf4
-#define PANIC_TAG 0x504e0000
-/* Written to QEMU's isa-debug-exit on a crash: QEMU exits with 255. */
-#define QEMU_EXIT_CRASH 0x7f
-
-/* Service numbers, passed in RAX to `int3` from ring 3. */
-#define SVC_TRIPLE_FAULT 1
-#define SVC_EMULATION_ERROR 2
-#define SVC_TIMER_START 3
-#define SVC_HALT 4
-#define SVC_INTERRUPT_STORM 5
-
-/* BootInfo.proto */
-#define BOOT_PROTO_LINUX64 1
-#define BOOT_PROTO_PVH 2
 
 #endif

@@ -33,8 +33,8 @@
     .code64
     .globl vmfork_entry64
 vmfork_entry64:
-    movl $BOOT_PROTO_LINUX64, vmfork_boot_info(%rip)
-    mov %rsi, vmfork_boot_info+8(%rip)
+    movl $BOOT_PROTO_LINUX64, vmfork_boot_info+BOOT_INFO_PROTO(%rip)
+    mov %rsi, vmfork_boot_info+BOOT_INFO_PARAMS(%rip)
     mov $vmfork_pml4, %eax
     mov %rax, %cr3
     mov $CR4_VALUE, %eax        /* PAE stays set: clearing it in long mode would #GP */
@@ -51,8 +51,8 @@ vmfork_entry64:
     .code32
     .globl vmfork_entry_pvh
 vmfork_entry_pvh:
-    movl $BOOT_PROTO_PVH, vmfork_boot_info
-    movl %ebx, vmfork_boot_info+8
+    movl $BOOT_PROTO_PVH, vmfork_boot_info+BOOT_INFO_PROTO
+    movl %ebx, vmfork_boot_info+BOOT_INFO_PARAMS
     mov $vmfork_pml4, %eax
     mov %eax, %cr3
     mov $CR4_VALUE, %eax
@@ -130,13 +130,22 @@ vmfork_pd:
  */
     .section .data.vmfork, "aw"
     .balign 16
-    /* Layout mirrored by BootInfo in app/abi.rs. */
+    /* BootInfo of the vmfork-guest-abi crate; the .if checks the layout. */
     .globl vmfork_boot_info
 vmfork_boot_info:
     .long 0                     /* proto: BOOT_PROTO_* */
     .long 0
+    .if . - vmfork_boot_info != BOOT_INFO_PARAMS
+    .error "BootInfo.params offset differs from guest_abi.h"
+    .endif
     .quad 0                     /* params: boot_params or hvm_start_info address */
+    .if . - vmfork_boot_info != BOOT_INFO_IMAGE_END
+    .error "BootInfo.image_end offset differs from guest_abi.h"
+    .endif
     .quad _end                  /* image_end: first byte past the image (guest.ld) */
+    .if . - vmfork_boot_info != BOOT_INFO_SIZE
+    .error "BootInfo size differs from guest_abi.h"
+    .endif
 
     .globl vmfork_ticks
 vmfork_ticks:

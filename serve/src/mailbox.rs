@@ -8,9 +8,15 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use vmfork_machine::error::{Error, Result};
 
-pub const CMD_INVOKE: u32 = 5;
-/// RESUMED and INVOKE in one command (docs/guest-abi.md).
-pub const CMD_RESUME_INVOKE: u32 = 6;
+// The layout is defined once, for host and guest, in vmfork-guest-abi.
+pub use vmfork_guest_abi::{
+    CMD_INVOKE, CMD_RESUME_INVOKE, MAX_BODY, REQUEST_DATA, REQUEST_HEADER, RESPONSE_DATA,
+    RESPONSE_HEADER,
+};
+use vmfork_guest_abi::{
+    REQUEST_MAGIC, RESPONSE_MAGIC, STATUS_BAD_REQUEST, STATUS_OK, STATUS_REJECTED,
+};
+
 /// The embedded guest's built-in functions (guest/app/function.rs); from
 /// `crash` on they misbehave on purpose, for tests (docs/guest-abi.md).
 pub const GUEST_FUNCTIONS: &[&str] = &[
@@ -27,14 +33,6 @@ pub const GUEST_FUNCTIONS: &[&str] = &[
     "interrupt-storm",
     "page-table-write",
 ];
-pub const REQUEST_HEADER: u64 = 0x40_0000;
-pub const REQUEST_DATA: u64 = 0x40_1000;
-pub const RESPONSE_HEADER: u64 = 0x60_0000;
-pub const RESPONSE_DATA: u64 = 0x60_1000;
-/// Largest request or response body: 2 MiB minus the header page.
-pub const MAX_BODY: usize = 0x1f_f000;
-const REQUEST_MAGIC: u32 = u32::from_le_bytes(*b"VMRQ");
-const RESPONSE_MAGIC: u32 = u32::from_le_bytes(*b"VMRS");
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Status {
@@ -90,9 +88,9 @@ pub fn read_response(mem: &GuestMemoryMmap) -> Result<Response> {
         return Err(bad(format!("length {len} over {MAX_BODY}")));
     }
     let status = match status {
-        0 => Status::Ok,
-        1 => Status::Rejected,
-        2 => Status::BadRequest,
+        STATUS_OK => Status::Ok,
+        STATUS_REJECTED => Status::Rejected,
+        STATUS_BAD_REQUEST => Status::BadRequest,
         other => return Err(bad(format!("status {other}"))),
     };
     let mut body = vec![0u8; len];

@@ -9,7 +9,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmfork_machine::boot::layout::CLONE_INFO_START;
 use vmfork_machine::error::{Error, Result};
 
-const MAGIC: &[u8; 8] = b"VMFKCLON";
+const MAGIC: &[u8; 8] = &vmfork_guest_abi::CLONE_INFO_MAGIC_BYTES;
 
 /// Fresh host entropy from getrandom(2).
 fn entropy() -> Result<[u8; 32]> {

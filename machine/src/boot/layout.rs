@@ -7,7 +7,7 @@ pub const BOOT_GDT_START: u64 = 0x500;
 pub const BOOT_IDT_START: u64 = 0x540;
 /// The clone-info page (docs/guest-abi.md): written by the VMM before a
 /// restored or cloned guest resumes; reserved in the e820 map.
-pub const CLONE_INFO_START: u64 = 0x5000;
+pub const CLONE_INFO_START: u64 = vmfork_guest_abi::CLONE_INFO_ADDR;
 /// PVH `hvm_start_info` and its memory map follow it.
 pub const PVH_INFO_START: u64 = 0x6000;
 pub const PVH_MEMMAP_START: u64 = 0x6040;

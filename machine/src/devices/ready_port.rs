@@ -1,29 +1,12 @@
 //! The ready/exit port: how a vmfork guest says "ready", "exit with N",
 //! "I crashed" and "acknowledged", and where it parks waiting for work.
-//! The protocol is documented in docs/guest-abi.md.
+//! The protocol is documented in docs/guest-abi.md; its values are
+//! defined once, for host and guest, in vmfork-guest-abi.
 
-pub const READY_PORT: u16 = 0x0df0;
-/// An `in` from this port is an acknowledgement of the last command
-/// followed by a park on READY_PORT: one exit instead of two.
-pub const ACK_WAIT_PORT: u16 = 0x0df4;
-
-pub const READY: u32 = 0x5245_4459;
-const EXIT_TAG: u32 = 0x4558_0000;
-const PANIC_TAG: u32 = 0x504e_0000;
-const ACK_TAG: u32 = 0x4143_0000;
-
-/// Commands returned to a guest parked in an `in` from the port.
-pub const CMD_PING: u32 = 1;
-pub const CMD_EXIT: u32 = 2;
-/// Delivered to a guest whose parked `in` is completed for a snapshot: it
-/// is what the guest sees first after every restore.
-pub const CMD_RESUMED: u32 = 3;
-/// DIRTY n: the guest writes one byte in each of n heap pages.
-pub const CMD_DIRTY: u32 = 4;
-
-pub fn dirty_command(pages: u32) -> Option<u32> {
-    (pages < 1 << 24).then_some(CMD_DIRTY | (pages << 8))
-}
+use vmfork_guest_abi::{command_arg, command_opcode, ACK_TAG, EXIT_TAG, PANIC_TAG, TAG_MASK};
+pub use vmfork_guest_abi::{
+    dirty_command, ACK_WAIT_PORT, CMD_DIRTY, CMD_EXIT, CMD_PING, CMD_RESUMED, READY, READY_PORT,
+};
 
 /// A command word as people name it, for messages.
 pub fn command_name(command: u32) -> String {
@@ -31,10 +14,9 @@ pub fn command_name(command: u32) -> String {
         CMD_PING => "PING".into(),
         CMD_EXIT => "EXIT".into(),
         CMD_RESUMED => "RESUMED".into(),
-        // serve::mailbox::CMD_INVOKE, CMD_RESUME_INVOKE
-        5 => "INVOKE".into(),
-        6 => "RESUME_INVOKE".into(),
-        c if c & 0xff == CMD_DIRTY => format!("DIRTY {}", c >> 8),
+        vmfork_guest_abi::CMD_INVOKE => "INVOKE".into(),
+        vmfork_guest_abi::CMD_RESUME_INVOKE => "RESUME_INVOKE".into(),
+        c if command_opcode(c) == CMD_DIRTY => format!("DIRTY {}", command_arg(c)),
         c => format!("{c:#x}"),
     }
 }
@@ -60,7 +42,7 @@ pub fn decode_write(data: &[u8]) -> GuestSignal {
         return GuestSignal::Unknown(u32::from_le_bytes(padded));
     };
     let value = u32::from_le_bytes(bytes);
-    match value & 0xffff_0000 {
+    match value & TAG_MASK {
         _ if value == READY => GuestSignal::Ready,
         EXIT_TAG if value & 0xff00 == 0 => GuestSignal::Exit(value as u8),
         PANIC_TAG if value & 0xff00 == 0 => GuestSignal::Panic(value as u8),
