@@ -14,8 +14,8 @@ use vmfork_machine::devices::console::Console;
 use vmfork_machine::error::Result;
 use vmfork_machine::machine::vmm_rss_kib;
 use vmfork_machine::persist::vm::ClockMode;
-use vmfork_template::RestoreOptions;
 use vmfork_template::{api, owner};
+use vmfork_template::{LoadedTemplate, RamSource, RestoreOptions};
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
@@ -54,8 +54,10 @@ pub fn run(args: &RestoreArgs, started: Instant) -> Result<()> {
         .as_deref()
         .map(|t| parse_duration("--timeout", t))
         .transpose()?;
+    let template = LoadedTemplate::load(&args.template)?;
     let machine = vmfork_template::restore(
-        &args.template,
+        &template,
+        RamSource::TemplateFile,
         RestoreOptions {
             console: if args.quiet {
                 Console::Discard
