@@ -20,12 +20,13 @@ use uffd::{PageServer, PageServerLink, PageSource};
 use vmfork_machine::control::StopReason;
 use vmfork_machine::devices::console::Console;
 use vmfork_machine::error::{Error, Result};
-use vmfork_machine::machine::{Machine, MemoryGuard};
+use vmfork_machine::machine::Machine;
+use vmfork_machine::memory::MemoryGuard;
 use vmfork_machine::persist::vm::ClockMode;
 use vmfork_machine::reset::InPlaceReset;
 use vmfork_machine::shell::VmShell;
 use vmfork_machine::vcpu::threads::Runners;
-use vmfork_template::{restore_into, restore_vcpus, LoadedTemplate, RestoreOptions};
+use vmfork_template::{restore, restore_vcpus, LoadedTemplate, RamSource, RestoreOptions};
 
 /// Where a clone's RAM comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +66,20 @@ pub struct CloneFactory {
     /// With the memfd backend: how a finished clone's memory is reset in
     /// place, for warm and recycled VM shells (reset.rs).
     in_place: Option<Arc<InPlaceReset>>,
+}
+
+/// One clone request: see [`CloneFactory::clone_vm`].
+pub struct CloneOptions {
+    /// Written to the clone's clone-info page.
+    pub clone_id: u64,
+    /// A VM made ahead ([`CloneFactory::shell`], [`CloneFactory::warm_shell`]).
+    pub shell: Option<VmShell>,
+    pub console: Console,
+    /// Latencies are measured from here.
+    pub requested: Instant,
+    /// The command a guest parked in its `in` resumes with instead of
+    /// RESUMED (see [`LoadedTemplate::resumes_parked`]).
+    pub resume_command: Option<u32>,
 }
 
 /// How long a throwaway clone may take to warm a shell.
@@ -189,7 +204,7 @@ impl CloneFactory {
     /// clone's time more to make, ahead of any request. Without in-place
     /// resets (uffd and file backends) it is a plain [`Self::shell`].
     /// With `resume_command` its clones resume with that command instead
-    /// of RESUMED (see [`Self::clone_vm_resuming`]).
+    /// of RESUMED (see [`CloneOptions::resume_command`]).
     pub fn warm_shell(
         &self,
         runners: Option<&Arc<Runners>>,
@@ -199,7 +214,13 @@ impl CloneFactory {
         let Some((reset, memfd)) = self.in_place_reset() else {
             return Ok(shell);
         };
-        let machine = self.clone_vm(0, Some(shell), Console::Discard, Instant::now())?;
+        let (machine, _) = self.clone_vm(CloneOptions {
+            clone_id: 0,
+            shell: Some(shell),
+            console: Console::Discard,
+            requested: Instant::now(),
+            resume_command: None,
+        })?;
         let control = machine.control().clone();
         let acks = control.acks();
         let running = machine.start_on(runners)?;
@@ -246,79 +267,50 @@ impl CloneFactory {
     }
 
     /// One clone, ready to start: its own VM, its own id and entropy, its
-    /// clock advanced to the host's present. With a `shell`, the clone only
-    /// maps memory into it, restores state and runs; without one it also
-    /// creates its VM and vCPUs. Latencies are measured from `requested`.
-    pub fn clone_vm(
-        &self,
-        clone_id: u64,
-        shell: Option<VmShell>,
-        console: Console,
-        requested: Instant,
-    ) -> Result<Machine> {
-        Ok(self
-            .clone_vm_linked(clone_id, shell, console, requested, None)?
-            .0)
-    }
-
-    /// [`Self::clone_vm`] for a guest parked in its `in` (see
-    /// [`LoadedTemplate::resumes_parked`]) that resumes with `command`
-    /// instead of RESUMED.
-    pub fn clone_vm_resuming(
-        &self,
-        clone_id: u64,
-        shell: Option<VmShell>,
-        requested: Instant,
-        command: u32,
-    ) -> Result<Machine> {
-        let machine =
-            self.clone_vm_linked(clone_id, shell, Console::Discard, requested, Some(command))?;
-        Ok(machine.0)
-    }
-
-    /// [`Self::clone_vm`], also returning a uffd clone's link to its page
-    /// server, through which an owner that gives up on the clone lets its
-    /// vCPUs out of their faults ([`PageServerLink::release_waiters`]).
-    pub fn clone_vm_linked(
-        &self,
-        clone_id: u64,
-        shell: Option<VmShell>,
-        console: Console,
-        requested: Instant,
-        resume_command: Option<u32>,
-    ) -> Result<(Machine, Option<Arc<PageServerLink>>)> {
-        let mut guards: Vec<MemoryGuard> = Vec::new();
-        let mem = match (&self.source, &shell) {
-            (Source::Memfd(sealed), Some(shell)) => shell.map_private(Some(sealed.as_file()))?,
-            (Source::File(file), Some(shell)) => shell.map_private(Some(file))?,
-            (Source::Uffd { .. }, Some(shell)) => shell.map_private(None)?,
-            (Source::Memfd(sealed), None) => sealed.map_private()?,
-            (Source::File(_), None) => self.template.map_memory()?,
-            (Source::Uffd { .. }, None) => self.anonymous_memory()?,
-        };
-        let mut link = None;
-        if let Source::Uffd { pages, .. } = &self.source {
-            let record = (clone_id == 1).then(|| self.recording.clone()).flatten();
-            let prefetch = self.prefetch.as_deref().unwrap_or(&[]);
-            let server_link = Arc::new(PageServerLink::default());
-            guards.push(Box::new(uffd::attach(
-                &mem,
-                prefetch,
-                PageServer {
-                    source: pages.clone(),
-                    record,
-                    faults: self.uffd_faults.clone(),
-                    link: server_link.clone(),
-                    injection: fault_inject::for_clone(clone_id)?,
-                },
-            )?));
-            link = Some(server_link);
-        }
-        let machine = restore_into(
-            &self.template,
-            mem,
+    /// clock advanced to the host's present. In a [`CloneOptions::shell`]
+    /// the clone only maps memory into it, restores state and runs; without
+    /// one it also creates its VM and vCPUs. Also returns a uffd clone's
+    /// link to its page server, through which an owner that gives up on
+    /// the clone lets its vCPUs out of their faults
+    /// ([`PageServerLink::release_waiters`]).
+    pub fn clone_vm(&self, opts: CloneOptions) -> Result<(Machine, Option<Arc<PageServerLink>>)> {
+        let CloneOptions {
+            clone_id,
             shell,
-            guards,
+            console,
+            requested,
+            resume_command,
+        } = opts;
+        let mut link = None;
+        let memory = match (&self.source, shell) {
+            (Source::Memfd(sealed), None) => RamSource::Memfd(sealed.file()),
+            (Source::File(_), None) => RamSource::TemplateFile,
+            (Source::Uffd { pages, .. }, None) => {
+                let mem = self.anonymous_memory()?;
+                let (server, server_link) = self.serve_faults(&mem, pages, clone_id)?;
+                link = Some(server_link);
+                RamSource::Uffd { mem, server }
+            }
+            (source, Some(shell)) => {
+                let mem = shell.map_private(match source {
+                    Source::Memfd(sealed) => Some(sealed.as_file()),
+                    Source::File(file) => Some(file),
+                    Source::Uffd { .. } => None,
+                })?;
+                let server = match source {
+                    Source::Uffd { pages, .. } => {
+                        let (server, server_link) = self.serve_faults(&mem, pages, clone_id)?;
+                        link = Some(server_link);
+                        Some(server)
+                    }
+                    _ => None,
+                };
+                RamSource::Shell { shell, mem, server }
+            }
+        };
+        let machine = restore(
+            &self.template,
+            memory,
             RestoreOptions {
                 console,
                 clock: ClockMode::HostNow,
@@ -334,6 +326,31 @@ impl CloneFactory {
             link.bind(machine.control().clone());
         }
         Ok((machine, link))
+    }
+
+    /// Starts a userfaultfd handler filling `mem` (anonymous, untouched)
+    /// from `pages`, after installing the prefetched working set.
+    fn serve_faults(
+        &self,
+        mem: &GuestMemoryMmap,
+        pages: &Arc<PageSource>,
+        clone_id: u64,
+    ) -> Result<(MemoryGuard, Arc<PageServerLink>)> {
+        let record = (clone_id == 1).then(|| self.recording.clone()).flatten();
+        let prefetch = self.prefetch.as_deref().unwrap_or(&[]);
+        let link = Arc::new(PageServerLink::default());
+        let guard = uffd::attach(
+            mem,
+            prefetch,
+            PageServer {
+                source: pages.clone(),
+                record,
+                faults: self.uffd_faults.clone(),
+                link: link.clone(),
+                injection: fault_inject::for_clone(clone_id)?,
+            },
+        )?;
+        Ok((Box::new(guard), link))
     }
 
     /// After the first clone of a `--prefetch` run acknowledged: save the

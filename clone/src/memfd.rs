@@ -10,7 +10,6 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use vm_memory::GuestMemoryMmap;
 use vmfork_snapshot::state::MemoryState;
 
 use vmfork_machine::error::{Error, Result};
@@ -128,17 +127,17 @@ impl SealedMemory {
         })
     }
 
-    /// A clone's guest RAM: a private, copy-on-write view of the memfd.
-    pub fn map_private(&self) -> Result<GuestMemoryMmap> {
-        vmfork_machine::memory::map_file_private(&self.file, &self.layout.regions)
-    }
-
     pub fn seals(&self) -> i32 {
         // SAFETY: fcntl query on our own fd.
         unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_GET_SEALS) }
     }
 
     pub fn as_file(&self) -> &File {
+        &self.file
+    }
+
+    /// The memfd, as a restore maps it ([`vmfork_template::RamSource::Memfd`]).
+    pub fn file(&self) -> &Arc<File> {
         &self.file
     }
 

@@ -8,6 +8,36 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRe
 
 use crate::boot::e820::ram_ranges;
 use crate::error::{Error, Result};
+use crate::shell::ReservedRam;
+
+/// A VM's guest RAM and what must outlive its mapping. Field order is drop
+/// order: the mapping goes first.
+pub struct GuestRam {
+    pub mem: GuestMemoryMmap,
+    pub guard: RamGuard,
+}
+
+/// What keeps guest RAM's backing alive beside its mapping.
+#[derive(Default)]
+pub struct RamGuard {
+    /// A VM shell's reserved address range, which the mapping only views.
+    pub reserved: Option<ReservedRam>,
+    /// A userfaultfd handler serving the mapping's faults (vmfork-clone).
+    pub server: Option<MemoryGuard>,
+}
+
+/// Anything that has to be dropped after guest memory.
+pub type MemoryGuard = Box<dyn std::any::Any + Send + Sync>;
+
+impl GuestRam {
+    /// RAM that owns its own mapping and needs nothing else kept alive.
+    pub fn owned(mem: GuestMemoryMmap) -> GuestRam {
+        GuestRam {
+            mem,
+            guard: RamGuard::default(),
+        }
+    }
+}
 
 /// Anonymous, private guest RAM. vm-memory's default bitmap type is `()`,
 /// so no dirty-page bitmap exists.

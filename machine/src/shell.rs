@@ -162,18 +162,18 @@ impl VmShell {
         layout: &MemoryState,
         in_place: Option<(&InPlaceReset, &std::fs::File)>,
     ) -> Result<(VmShell, Reset)> {
-        if !machine.only_memory_guard_is::<ReservedRam>() {
-            return Err(Error::GuestMemory(
-                "only a clone restored into a VM shell can be recycled".into(),
-            ));
-        }
         let parts = machine.into_reusable()?;
-        let ram = parts
-            .memory_guards
-            .into_iter()
-            .next()
-            .and_then(|g| g.downcast::<ReservedRam>().ok())
-            .ok_or_else(|| Error::GuestMemory("a recycled VM lost its memory range".into()))?;
+        let ram = match parts.ram_guard {
+            crate::memory::RamGuard {
+                reserved: Some(ram),
+                server: None,
+            } => ram,
+            _ => {
+                return Err(Error::GuestMemory(
+                    "only a clone restored into a VM shell can be recycled".into(),
+                ))
+            }
+        };
         if ram.size != layout.file_size() as usize {
             return Err(Error::GuestMemory(
                 "a recycled VM's memory range does not fit this template".into(),
@@ -195,7 +195,7 @@ impl VmShell {
             vm: parts.vm,
             vcpus,
             serial_irq: parts.serial_irq,
-            ram: *ram,
+            ram,
             layout: layout.clone(),
             template_mapped: match (&reset, in_place) {
                 (Reset::InPlace(_), Some((in_place, _))) => Some(in_place.memfd_id()),

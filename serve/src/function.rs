@@ -11,7 +11,7 @@ use super::mailbox::{self, Response, CMD_INVOKE, CMD_RESUME_INVOKE};
 use super::metrics::Metrics;
 use super::pool::{Finished, Recycle, ShellPool};
 use super::progress::{Ending, Progress};
-use vmfork_clone::{Backend, CloneFactory};
+use vmfork_clone::{Backend, CloneFactory, CloneOptions};
 use vmfork_machine::boot::loader::{BootProtocol, KernelSource, EMBEDDED_KERNEL};
 use vmfork_machine::control::StopReason;
 use vmfork_machine::devices::console::Console;
@@ -203,11 +203,15 @@ impl Function {
                 };
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed);
                 let lent = shell.is_some() && pool.recycles();
-                let machine = if *resume_invoke {
-                    factory.clone_vm_resuming(id, shell, requested, CMD_RESUME_INVOKE)
-                } else {
-                    factory.clone_vm(id, shell, Console::Discard, requested)
-                };
+                let machine = factory
+                    .clone_vm(CloneOptions {
+                        clone_id: id,
+                        shell,
+                        console: Console::Discard,
+                        requested,
+                        resume_command: resume_invoke.then_some(CMD_RESUME_INVOKE),
+                    })
+                    .map(|(machine, _)| machine);
                 if machine.is_err() && lent {
                     pool.returned(None);
                 }

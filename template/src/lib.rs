@@ -11,9 +11,7 @@ pub mod manifest;
 pub mod owner;
 mod restore;
 
-pub use restore::{
-    restore, restore_into, restore_vcpus, restore_with_memory, LoadedTemplate, RestoreOptions,
-};
+pub use restore::{restore, restore_vcpus, LoadedTemplate, RamSource, RestoreOptions};
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -43,7 +41,7 @@ pub struct SnapshotReport {
 /// pages changed since the machine was restored are written, and the
 /// template records its base.
 pub fn snapshot(machine: &mut Machine, out: &Path, diff: bool) -> Result<SnapshotReport> {
-    let base = match (diff, &machine.restored_from) {
+    let base = match (diff, &machine.origin().template) {
         (false, _) => None,
         (true, Some(base)) => Some(base.clone()),
         (true, None) => {
@@ -120,7 +118,7 @@ pub fn snapshot(machine: &mut Machine, out: &Path, diff: bool) -> Result<Snapsho
                 size: r.size,
             })
             .collect(),
-        kernel: machine.kernel.clone(),
+        kernel: machine.origin().kernel.clone(),
         host: host_info(),
         created_unix_ms: SystemTime::now()
             .duration_since(UNIX_EPOCH)

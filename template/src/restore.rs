@@ -4,12 +4,14 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmfork_snapshot::state::{MachineState, MemoryState};
 use vmfork_snapshot::Persist;
 
+use super::clone_info::{CloneInfo, CloneInfoRestore};
 use super::manifest::{Manifest, TemplateKind, MEMORY_FILE, STATE_FILE};
 use vmfork_machine::control::Control;
 use vmfork_machine::devices::console::Console;
@@ -17,8 +19,11 @@ use vmfork_machine::devices::serial::SerialPort;
 use vmfork_machine::devices::PortIoBus;
 use vmfork_machine::error::{Error, Result};
 use vmfork_machine::kvm_host::KvmHost;
-use vmfork_machine::machine::{Machine, RestoredParts};
+use vmfork_machine::machine::{Machine, Origin, RestoredParts};
+use vmfork_machine::memory::{GuestRam, MemoryGuard, RamGuard};
 use vmfork_machine::persist::devices::SerialRestore;
+use vmfork_machine::persist::memory::RamArgs;
+use vmfork_machine::persist::vcpu::VcpuRestore;
 use vmfork_machine::persist::vm::{ClockMode, VmRestore};
 use vmfork_machine::shell::VmShell;
 use vmfork_machine::vcpu::Vcpu;
@@ -52,6 +57,8 @@ pub struct LoadedTemplate {
     /// The template whose memory file holds every page not in a diff,
     /// followed by the diffs to apply on top, oldest first.
     pub memory_layers: Vec<(PathBuf, MemoryState)>,
+    /// What machines restored from it record as their origin.
+    pub origin: Arc<Origin>,
 }
 
 fn bad(dir: &Path, reason: String) -> Error {
@@ -134,27 +141,31 @@ impl LoadedTemplate {
                 layers
             }
         };
+        let origin = Arc::new(Origin {
+            kernel: manifest.kernel.clone(),
+            template: Some(dir.clone()),
+        });
         Ok(LoadedTemplate {
             dir,
             manifest,
             state,
             memory_layers,
+            origin,
         })
     }
 
     /// Guest RAM: the full template's memory file mapped private (pages are
     /// read lazily and copied only when written), then each diff's pages
     /// copied over it.
-    pub fn map_memory(&self) -> Result<GuestMemoryMmap> {
+    pub fn map_memory(&self) -> Result<GuestRam> {
         let (root_dir, root) = &self.memory_layers[0];
         let file = File::open(root_dir.join(MEMORY_FILE))
             .map_err(|e| bad(root_dir, format!("cannot open {MEMORY_FILE}: {e}")))?;
-        let mem =
-            vmfork_machine::memory::map_file_private(&std::sync::Arc::new(file), &root.regions)?;
+        let ram = GuestRam::restore(RamArgs::File(&Arc::new(file)), root)?;
         for (dir, layer) in &self.memory_layers[1..] {
-            apply_diff(&mem, dir, layer)?;
+            apply_diff(&ram.mem, dir, layer)?;
         }
-        Ok(mem)
+        Ok(ram)
     }
 }
 
@@ -184,7 +195,8 @@ fn apply_diff(mem: &GuestMemoryMmap, dir: &Path, layer: &MemoryState) -> Result<
 
 /// Restores the template's vCPU states into `pooled` (a shell's vCPUs,
 /// by index) or into vCPUs created now. `resume_command`: see
-/// [`RestoreOptions::resume_command`].
+/// [`RestoreOptions::resume_command`]. Part of [`restore`], and how a VM
+/// shell's vCPUs are restored ahead of its clone.
 pub fn restore_vcpus(
     template: &LoadedTemplate,
     vm: &Vm,
@@ -206,12 +218,11 @@ pub fn restore_vcpus(
         .vcpus
         .iter()
         .map(|s| {
-            let mut fresh = match pooled.pop() {
+            let vcpu = match pooled.pop() {
                 Some(v) if v.index == s.index => v,
                 _ => Vcpu::new(vm, s.index)?,
             };
-            fresh.resume_rax = resume_rax;
-            Vcpu::restore(fresh, s)
+            Vcpu::restore(VcpuRestore { vcpu, resume_rax }, s)
         })
         .collect()
 }
@@ -261,53 +272,85 @@ const APIC_LVT_MASKED: u32 = 1 << 16;
 const APIC_TIMER_TSC_DEADLINE: u32 = 2;
 const MSR_IA32_TSC_DEADLINE: u32 = 0x6e0;
 
-/// Restores a machine from the template at `dir`, ready to start.
-pub fn restore(dir: &Path, opts: RestoreOptions) -> Result<Machine> {
-    let template = LoadedTemplate::load(dir)?;
-    let mem = template.map_memory()?;
-    restore_with_memory(&template, mem, opts)
+/// Where a restored machine's guest RAM comes from, with what keeps its
+/// backing alive. How a sealed memfd is made or a userfaultfd handler
+/// runs is vmfork-clone's business; a restore only needs the mapping.
+pub enum RamSource<'a> {
+    /// The template's own `memory` file mapped private, with each diff's
+    /// pages copied over it.
+    TemplateFile,
+    /// A private mapping, made here, of a sealed memfd holding the
+    /// template's whole memory.
+    Memfd(&'a Arc<File>),
+    /// Anonymous memory, mapped by the caller, that `server` (a userfaultfd
+    /// handler, dropped after the memory) fills on first touch.
+    Uffd {
+        mem: GuestMemoryMmap,
+        server: MemoryGuard,
+    },
+    /// A VM shell whose slots already map `mem` ([`VmShell::map_private`]),
+    /// and the handler serving its faults for a userfaultfd clone.
+    Shell {
+        shell: VmShell,
+        mem: GuestMemoryMmap,
+        server: Option<MemoryGuard>,
+    },
 }
 
-/// Restores a machine from a loaded template into `mem`, guest RAM that
-/// already holds the template's memory (a private mapping of its file, or
-/// of a sealed memfd shared by clones).
-pub fn restore_with_memory(
+/// Restores a machine from `template`, ready to start: a walk over its
+/// state in the order docs/snapshot-format.md gives (memory, clone-info
+/// page, VM, vCPUs, devices).
+pub fn restore(
     template: &LoadedTemplate,
-    mem: GuestMemoryMmap,
-    opts: RestoreOptions,
-) -> Result<Machine> {
-    restore_into(template, mem, None, Vec::new(), opts)
-}
-
-/// Restores into `shell` when given (its slots must already cover `mem`),
-/// or into a VM created now.
-pub fn restore_into(
-    template: &LoadedTemplate,
-    mem: GuestMemoryMmap,
-    shell: Option<VmShell>,
-    mut memory_guards: Vec<vmfork_machine::machine::MemoryGuard>,
+    memory: RamSource<'_>,
     opts: RestoreOptions,
 ) -> Result<Machine> {
     let mut phases = Vec::new();
     let mut mark = |name| phases.push((name, opts.started.elapsed().as_micros() as u64));
     let host = KvmHost::get()?;
-    super::clone_info::write_clone_info(&mem, opts.clone_id)?;
+    let state = &template.state;
+    let mapped = |mem, reserved, server| {
+        let guard = RamGuard { reserved, server };
+        GuestRam::restore(RamArgs::Mapped(GuestRam { mem, guard }), &state.memory)
+    };
+    let (ram, shell) = match memory {
+        RamSource::TemplateFile => (template.map_memory()?, None),
+        RamSource::Memfd(file) => (GuestRam::restore(RamArgs::File(file), &state.memory)?, None),
+        RamSource::Uffd { mem, server } => (mapped(mem, None, Some(server))?, None),
+        RamSource::Shell {
+            shell:
+                VmShell {
+                    vm,
+                    vcpus,
+                    serial_irq,
+                    ram,
+                    vcpus_restored,
+                    ..
+                },
+            mem,
+            server,
+        } => {
+            let restored = vcpus_restored == Some(opts.resume_command);
+            let shell = (vm, vcpus, serial_irq, restored);
+            (mapped(mem, Some(ram), server)?, Some(shell))
+        }
+    };
+    let clone_info = CloneInfoRestore {
+        mem: &ram.mem,
+        clone_id: opts.clone_id,
+    };
+    CloneInfo::restore(clone_info, &())?;
     mark("memory");
     let (vm, pooled_vcpus, serial_irq, vcpus_restored) = match shell {
-        Some(shell) => {
-            memory_guards.push(Box::new(shell.ram));
-            let restored = shell.vcpus_restored == Some(opts.resume_command);
-            (shell.vm, shell.vcpus, Some(shell.serial_irq), restored)
-        }
+        Some((vm, vcpus, serial_irq, restored)) => (vm, vcpus, Some(serial_irq), restored),
         None => {
             let mut vm = Vm::new(host)?;
-            vm.register_ram(&mem)?;
+            vm.register_ram(&ram.mem)?;
             vm.create_platform()?;
             (vm, Vec::new(), None, false)
         }
     };
     mark("create_vm");
-    let state = &template.state;
     let vm = Vm::restore(
         VmRestore {
             vm,
@@ -343,13 +386,10 @@ pub fn restore_into(
     Machine::from_restored(RestoredParts {
         vcpus,
         vm,
-        mem,
+        ram,
         bus: PortIoBus::new(serial),
         control,
-        mem_size: state.memory.mem_size,
         phases,
-        kernel: template.manifest.kernel.clone(),
-        restored_from: template.dir.clone(),
-        memory_guards,
+        origin: template.origin.clone(),
     })
 }

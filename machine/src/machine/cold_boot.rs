@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::config::{MachineConfig, MAX_MEM_SIZE, MAX_VCPUS, MIN_MEM_SIZE};
-use super::Machine;
+use super::{Machine, Origin};
 use crate::boot::e820::{memory_map, ram_end};
 use crate::boot::layout::{
     BOOT_GDT_START, BOOT_IDT_START, CMDLINE_MAX_SIZE, CMDLINE_START, PMEM_ALIGN, PML4_START,
@@ -18,7 +18,7 @@ use crate::devices::serial::SerialPort;
 use crate::devices::PortIoBus;
 use crate::error::{Error, Result};
 use crate::kvm_host::KvmHost;
-use crate::memory::{anonymous_ram, PmemImage};
+use crate::memory::{anonymous_ram, GuestRam, PmemImage};
 use crate::vcpu::setup::{configure_vcpu, vcpu_cpuid};
 use crate::vcpu::Vcpu;
 use crate::vm::Vm;
@@ -153,16 +153,16 @@ impl Machine {
         Ok(Machine {
             vcpus,
             vm,
-            mem,
-            _memory_guards: Vec::new(),
+            ram: GuestRam::owned(mem),
             pmem: pmem.map(|(image, _)| image),
             bus: Arc::new(Mutex::new(PortIoBus::new(serial))),
             control: Arc::new(Control::new(config.started, config.exit_on_ready)),
             host,
-            mem_size: config.mem_size,
             phases,
-            kernel: kernel_info,
-            restored_from: None,
+            origin: Arc::new(Origin {
+                kernel: kernel_info,
+                template: None,
+            }),
         })
     }
 }

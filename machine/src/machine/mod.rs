@@ -10,10 +10,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
-use vmfork_snapshot::state::{
-    DeviceState, MachineState, MemoryRegion, MemoryState, ReadyPortState,
-};
+use vm_memory::GuestMemoryMmap;
+use vmfork_snapshot::state::{DeviceState, MachineState, ReadyPortState};
 use vmfork_snapshot::Persist;
 
 use crate::boot::loader::KernelInfo;
@@ -23,7 +21,7 @@ use crate::devices::unclaimed::UnclaimedCounts;
 use crate::devices::PortIoBus;
 use crate::error::{Error, Result};
 use crate::kvm_host::KvmHost;
-use crate::memory::PmemImage;
+use crate::memory::{GuestRam, PmemImage, RamGuard};
 use crate::vcpu::run::{run_loop, Commander, VcpuContext};
 use crate::vcpu::threads::{Runners, VcpuThread, VcpuWork};
 use crate::vcpu::{kick, Vcpu};
@@ -34,55 +32,53 @@ pub struct Machine {
     // they map.
     vcpus: Vec<Vcpu>,
     vm: Vm,
-    mem: GuestMemoryMmap,
-    /// What must outlive `mem`: a pooled shell's reserved address range
-    /// (which `mem` only views), a userfaultfd handler serving its faults.
-    _memory_guards: Vec<MemoryGuard>,
+    ram: GuestRam,
     pmem: Option<PmemImage>,
     bus: Arc<Mutex<PortIoBus>>,
     control: Arc<Control>,
     host: &'static KvmHost,
-    pub mem_size: u64,
     /// (phase, microseconds since the start instant) for each setup step.
     pub phases: Vec<(&'static str, u64)>,
+    origin: Arc<Origin>,
+}
+
+/// What a machine was made from, as its snapshots record it. Shared by
+/// every machine restored from one template, so a restore copies nothing.
+#[derive(Debug)]
+pub struct Origin {
     pub kernel: KernelInfo,
-    /// The template this machine was restored from, if any.
-    pub restored_from: Option<PathBuf>,
+    /// The template it was restored from; None for a cold boot.
+    pub template: Option<PathBuf>,
 }
 
 /// Everything a restore has rebuilt, handed over to become a Machine.
 pub struct RestoredParts {
     pub vcpus: Vec<Vcpu>,
     pub vm: Vm,
-    pub mem: GuestMemoryMmap,
+    pub ram: GuestRam,
     pub bus: PortIoBus,
     pub control: Control,
-    pub mem_size: u64,
     pub phases: Vec<(&'static str, u64)>,
-    pub kernel: KernelInfo,
-    pub restored_from: PathBuf,
-    pub memory_guards: Vec<MemoryGuard>,
+    pub origin: Arc<Origin>,
 }
-
-/// Anything that has to be dropped after guest memory.
-pub type MemoryGuard = Box<dyn std::any::Any + Send + Sync>;
 
 impl Machine {
     pub fn from_restored(parts: RestoredParts) -> Result<Machine> {
         Ok(Machine {
             vcpus: parts.vcpus,
             vm: parts.vm,
-            mem: parts.mem,
-            _memory_guards: parts.memory_guards,
+            ram: parts.ram,
             pmem: None,
             bus: Arc::new(Mutex::new(parts.bus)),
             control: Arc::new(parts.control),
             host: KvmHost::get()?,
-            mem_size: parts.mem_size,
             phases: parts.phases,
-            kernel: parts.kernel,
-            restored_from: Some(parts.restored_from),
+            origin: parts.origin,
         })
+    }
+
+    pub fn origin(&self) -> &Origin {
+        &self.origin
     }
 
     pub fn control(&self) -> &Arc<Control> {
@@ -94,17 +90,7 @@ impl Machine {
     }
 
     pub fn memory(&self) -> &GuestMemoryMmap {
-        &self.mem
-    }
-
-    /// Whether what this machine keeps alive beside its memory is exactly
-    /// one value of type `T`.
-    pub fn only_memory_guard_is<T: 'static>(&self) -> bool {
-        matches!(self._memory_guards.as_slice(), [g] if g.is::<T>())
-    }
-
-    pub fn has_rootfs(&self) -> bool {
-        self.pmem.is_some()
+        &self.ram.mem
     }
 
     /// Port and MMIO accesses no device claimed, ignored so far.
@@ -247,26 +233,11 @@ impl Machine {
             },
         };
         drop(bus);
-        let mut regions = Vec::new();
-        let mut file_offset = 0;
-        for r in self.mem.iter() {
-            regions.push(MemoryRegion {
-                guest_addr: r.start_addr().0,
-                size: r.len(),
-                file_offset,
-            });
-            file_offset += r.len();
-        }
         Ok(MachineState {
             vm,
             vcpus,
             devices,
-            memory: MemoryState {
-                mem_size: self.mem_size,
-                regions,
-                diff: false,
-                dirty_ranges: Vec::new(),
-            },
+            memory: self.ram.save()?,
         })
     }
 }
@@ -278,7 +249,7 @@ pub struct ReusableParts {
     pub vm: Vm,
     pub vcpus: Vec<Vcpu>,
     pub serial_irq: IrqTrigger,
-    pub memory_guards: Vec<MemoryGuard>,
+    pub ram_guard: RamGuard,
 }
 
 impl Machine {
@@ -303,7 +274,7 @@ impl Machine {
             vm: self.vm,
             vcpus: self.vcpus,
             serial_irq,
-            memory_guards: self._memory_guards,
+            ram_guard: self.ram.guard,
         })
     }
 }

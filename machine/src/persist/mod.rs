@@ -2,5 +2,6 @@
 //! (`vmfork_template`) composes them; nothing else knows their fields.
 
 pub mod devices;
+pub mod memory;
 pub mod vcpu;
 pub mod vm;

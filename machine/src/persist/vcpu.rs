@@ -171,10 +171,17 @@ fn restore_identity(fd: &VcpuFd, s: &VcpuState) -> Result<()> {
     Ok(())
 }
 
+pub struct VcpuRestore {
+    /// A freshly created (or pooled) vCPU to load the state into.
+    pub vcpu: Vcpu,
+    /// RAX instead of the saved one: the command a guest parked in its
+    /// ready-port `in` resumes with (template/src/restore.rs).
+    pub resume_rax: Option<u64>,
+}
+
 impl Persist for Vcpu {
     type State = VcpuState;
-    /// A freshly created (or pooled) vCPU to load the state into.
-    type RestoreArgs<'a> = Vcpu;
+    type RestoreArgs<'a> = VcpuRestore;
     type Error = Error;
 
     /// The vCPU must be out of KVM_RUN with any pending I/O completed
@@ -214,9 +221,12 @@ impl Persist for Vcpu {
         })
     }
 
-    fn restore(mut vcpu: Vcpu, s: &VcpuState) -> Result<Vcpu> {
+    fn restore(args: VcpuRestore, s: &VcpuState) -> Result<Vcpu> {
+        let VcpuRestore {
+            mut vcpu,
+            resume_rax,
+        } = args;
         let skip_identity = std::mem::take(&mut vcpu.identity_restored);
-        let resume_rax = vcpu.resume_rax.take();
         let fd = &vcpu.fd;
         if !skip_identity {
             restore_identity(fd, s)?;

@@ -19,10 +19,6 @@ pub struct Vcpu {
     /// recycled VM shell). The restore then skips setting them, two of its
     /// dozen ioctls; it clears the flag.
     pub identity_restored: bool,
-    /// RAX for the next restore instead of the saved one: the command a
-    /// clone parked in its `in` resumes with (template/restore.rs). The
-    /// restore clears it.
-    pub resume_rax: Option<u64>,
 }
 
 impl Vcpu {
@@ -35,7 +31,6 @@ impl Vcpu {
             index,
             fd,
             identity_restored: false,
-            resume_rax: None,
         })
     }
 }

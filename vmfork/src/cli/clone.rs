@@ -12,7 +12,7 @@ use super::args::{count, parse_hold, Parsed};
 use super::isolation::IsolationArgs;
 use super::signals;
 use vmfork_clone::uffd::PageServerLink;
-use vmfork_clone::{Backend, CloneFactory};
+use vmfork_clone::{Backend, CloneFactory, CloneOptions};
 use vmfork_machine::control::{Control, OwnerEvent, StopReason};
 use vmfork_machine::devices::console::Console;
 use vmfork_machine::error::{Error, Result};
@@ -271,17 +271,17 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
             if shell.as_ref().is_some_and(|s| s.vcpus_restored.is_some()) {
                 restored_ahead += 1;
             }
-            let (machine, page_server) = factory.clone_vm_linked(
-                id,
+            let (machine, page_server) = factory.clone_vm(CloneOptions {
+                clone_id: id,
                 shell,
-                if args.console {
+                console: if args.console {
                     Console::Capture(console.clone())
                 } else {
                     Console::Discard
                 },
                 requested,
-                None,
-            )?;
+                resume_command: None,
+            })?;
             for (i, (name, us)) in machine.phases.iter().enumerate() {
                 if phase_sums.len() <= i {
                     phase_sums.push((*name, 0u64));

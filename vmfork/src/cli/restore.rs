@@ -14,8 +14,8 @@ use vmfork_machine::devices::console::Console;
 use vmfork_machine::error::Result;
 use vmfork_machine::machine::vmm_rss_kib;
 use vmfork_machine::persist::vm::ClockMode;
-use vmfork_template::RestoreOptions;
 use vmfork_template::{api, owner};
+use vmfork_template::{LoadedTemplate, RamSource, RestoreOptions};
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
@@ -50,8 +50,10 @@ pub fn run(args: &RestoreArgs, started: Instant) -> Result<()> {
     // goes on right after it, before any VM exists.
     vmfork_isolation::seccomp::install(vmfork_isolation::seccomp::ThreadKind::Vmm)?;
     let timeout = args.timeout;
+    let template = LoadedTemplate::load(&args.template)?;
     let machine = vmfork_template::restore(
-        &args.template,
+        &template,
+        RamSource::TemplateFile,
         RestoreOptions {
             console: if args.quiet {
                 Console::Discard

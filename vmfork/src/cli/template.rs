@@ -142,7 +142,7 @@ pub fn disk_usage(path: &std::path::Path) -> u64 {
 fn flatten(dir: &std::path::Path, out: &std::path::Path) -> Result<()> {
     use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
     let template = vmfork_template::LoadedTemplate::load(dir)?;
-    let mem = template.map_memory()?;
+    let mem = template.map_memory()?.mem;
     let file = std::fs::File::create(out)?;
     for region in mem.iter() {
         let host = mem
