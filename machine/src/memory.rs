@@ -8,7 +8,6 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRe
 
 use crate::boot::e820::ram_ranges;
 use crate::error::{Error, Result};
-use crate::shell::ReservedRam;
 
 /// A VM's guest RAM and what must outlive its mapping. Field order is drop
 /// order: the mapping goes first.
@@ -161,6 +160,55 @@ impl Drop for PmemImage {
         // that used it is gone before its PmemImage is dropped.
         unsafe {
             libc::munmap(self.host_addr, self.size as usize);
+        }
+    }
+}
+
+/// An address range owned by a shell (and later by its clone), unmapped
+/// when dropped.
+pub struct ReservedRam {
+    pub(crate) addr: *mut libc::c_void,
+    pub(crate) size: usize,
+}
+
+// SAFETY: the range is only an address reservation plus mappings owned by
+// this value; moving ownership between threads is fine.
+unsafe impl Send for ReservedRam {}
+// SAFETY: shared references expose nothing that could race.
+unsafe impl Sync for ReservedRam {}
+
+impl ReservedRam {
+    /// Replaces whatever is mapped in the range with an inaccessible
+    /// reservation again, freeing the pages.
+    pub(crate) fn unmap_contents(&self) -> Result<()> {
+        // SAFETY: MAP_FIXED over exactly the range this value owns; no vCPU
+        // runs in it (the VM using it is stopped).
+        let mapped = unsafe {
+            libc::mmap(
+                self.addr,
+                self.size,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if mapped == libc::MAP_FAILED {
+            return Err(Error::GuestMemory(format!(
+                "resetting a VM shell's memory: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ReservedRam {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the range reserved in `reserve`; the VM
+        // using it is dropped first (field order in Machine).
+        unsafe {
+            libc::munmap(self.addr, self.size);
         }
     }
 }

@@ -17,57 +17,9 @@ use super::reset::{InPlaceReset, Reset};
 use crate::devices::serial::{IrqTrigger, SerialPort};
 use crate::error::{Error, Result};
 use crate::kvm_host::KvmHost;
+use crate::memory::ReservedRam;
 use crate::vcpu::Vcpu;
 use crate::vm::Vm;
-
-/// An address range owned by a shell (and later by its clone), unmapped
-/// when dropped.
-pub struct ReservedRam {
-    addr: *mut libc::c_void,
-    size: usize,
-}
-
-// SAFETY: the range is only an address reservation plus mappings owned by
-// this value; moving ownership between threads is fine.
-unsafe impl Send for ReservedRam {}
-// SAFETY: shared references expose nothing that could race.
-unsafe impl Sync for ReservedRam {}
-
-impl ReservedRam {
-    /// Replaces whatever is mapped in the range with an inaccessible
-    /// reservation again, freeing the pages.
-    fn unmap_contents(&self) -> Result<()> {
-        // SAFETY: MAP_FIXED over exactly the range this value owns; no vCPU
-        // runs in it (the VM using it is stopped).
-        let mapped = unsafe {
-            libc::mmap(
-                self.addr,
-                self.size,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if mapped == libc::MAP_FAILED {
-            return Err(Error::GuestMemory(format!(
-                "resetting a VM shell's memory: {}",
-                std::io::Error::last_os_error()
-            )));
-        }
-        Ok(())
-    }
-}
-
-impl Drop for ReservedRam {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly the range reserved in `reserve`; the VM
-        // using it is dropped first (field order in Machine).
-        unsafe {
-            libc::munmap(self.addr, self.size);
-        }
-    }
-}
 
 pub struct VmShell {
     pub vm: Vm,
