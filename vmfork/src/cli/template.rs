@@ -108,10 +108,9 @@ fn build(args: &BuildArgs, started: Instant) -> Result<()> {
     }
     let ready_at = control.ready_at().unwrap_or(Duration::ZERO);
     progress.set_message(&format!(
-        "guest ready after {:.1} ms; writing {} MiB of memory to {}",
+        "ready in {:.0} ms; writing {} MiB of guest memory",
         ready_at.as_secs_f64() * 1e3,
         args.vm.mem >> 20,
-        args.out.display()
     ));
     let mut machine = running.pause()?;
     let report = vmfork_template::snapshot(&mut machine, &args.out, false)?;
