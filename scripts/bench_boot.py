@@ -9,6 +9,8 @@ too. The floor is `vmfork floor`: a fresh VM + vCPU run to its first HLT.
 """
 import argparse, json, os, statistics, subprocess, sys, time
 
+from bench_progress import Progress
+
 READY = b"vmfork-guest: READY"
 
 def rss_kib(pid):
@@ -79,11 +81,13 @@ def main():
     samples = {name: {"vmfork": [], "vmfork_internal": [], "vmfork_rss": [], "qemu": [], "qemu_rss": []}
                for name in configs}
     floor = []
+    progress = Progress("bench-boot", total=args.rounds)
+    progress.note("warming up")
     for name, cmdline in configs.items():
         v, q = commands(cmdline)
         # Warm-up so page cache and first-use effects do not land in round 1.
         time_to_ready(v, read_to_end=True); time_to_ready(q)
-    for _ in range(args.rounds):
+    for i in range(args.rounds):
         for name, cmdline in configs.items():
             v, q = commands(cmdline)
             s = samples[name]
@@ -96,6 +100,7 @@ def main():
             s["qemu"].append(t); s["qemu_rss"].append(rss)
         f = subprocess.run([args.vmfork, "floor", "--rounds", "5", "--json"], capture_output=True, check=True)
         floor.append(json.loads(f.stdout)["floor_us"] / 1e6)
+        progress.done(f"round {i + 1}")
 
     med = statistics.median
     us = lambda x: round(x * 1e6)

@@ -4,6 +4,8 @@ one process per clone vs threads in one process, the KVM floor and a cold
 boot of the same guest, all in one run. Last line: JSON."""
 import argparse, json, os, shutil, statistics, subprocess, sys, tempfile
 
+from bench_progress import Progress
+
 def run_json(cmd):
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
@@ -19,9 +21,13 @@ def main():
     args = ap.parse_args()
     v = args.vmfork
     work = tempfile.mkdtemp(prefix="vmfork-bench-clone-")
+    # The template, 8 backend rows, 4 worker-process rows, 100 restores,
+    # 20 cold boots and the floor.
+    progress = Progress("bench-clone", total=1 + 8 + 4 + 100 + 20 + 1)
     try:
         tpl = os.path.join(work, "t")
         run_json([v, "template", "build", "--mem", args.mem, "--cmdline", args.cmdline, "--out", tpl, "--json"])
+        progress.done("template")
         results = {}
         for backend in ("file", "memfd", "uffd", "uffd+prefetch"):
             for shells in (False, True):
@@ -34,6 +40,7 @@ def main():
                 if shells:
                     cmd.append("--shells")
                 results[(backend, shells)] = run_json(cmd)
+                progress.done(f"{backend} shells={shells}")
         # The same clones spread over worker processes sharing one memfd.
         procs = {}
         for p in (2, 4):
@@ -42,13 +49,18 @@ def main():
                 if shells:
                     cmd.append("--shells")
                 procs[(p, shells)] = run_json(cmd)
+                progress.done(f"{p} worker processes shells={shells}")
         # One process per clone: `vmfork restore` (file backend), timed by
         # its own clock from process start to the first acknowledgement.
-        per_process = [run_json([v, "restore", tpl, "--exit-on-ready", "--json", "--quiet"])["restore_us"]
-                       for _ in range(100)]
-        cold = [run_json([v, "boot", "--mem", args.mem, "--cmdline", args.cmdline, "--exit-on-ready", "--json", "--quiet"])["ready_us"]
-                for _ in range(20)]
+        per_process, cold = [], []
+        for i in range(100):
+            per_process.append(run_json([v, "restore", tpl, "--exit-on-ready", "--json", "--quiet"])["restore_us"])
+            progress.done(f"restore {i + 1}/100")
+        for i in range(20):
+            cold.append(run_json([v, "boot", "--mem", args.mem, "--cmdline", args.cmdline, "--exit-on-ready", "--json", "--quiet"])["ready_us"])
+            progress.done(f"cold boot {i + 1}/20")
         floor = run_json([v, "floor", "--rounds", "200", "--json"])["floor_us"]
+        progress.done("floor")
 
         print(f"template: --mem {args.mem} --cmdline {args.cmdline!r}; {args.clones} concurrent clones per row, threads in one process")
         print(f"{'backend':14} {'shells':6} {'p50 us':>8} {'p99 us':>8} {'total ms':>9} {'priv KiB':>9} {'host KiB':>9} {'faults':>7} {'uffd':>5} {'p50/floor':>9}")

@@ -11,6 +11,8 @@
 Last line: JSON."""
 import argparse, json, os, re, shutil, subprocess, sys, tempfile, time
 
+from bench_progress import Progress
+
 def build(v, out, function):
     cmd = [v, "template", "build", "--mem", "32M", "--function", function, "--cmdline", "quiet=1 timer_hz=0 touch_mib=1", "--out", out]
     subprocess.run(cmd, check=True, capture_output=True)
@@ -49,6 +51,9 @@ def main():
     args = ap.parse_args()
     v = args.vmfork
     work = tempfile.mkdtemp(prefix="vmfork-bench-faas-")
+    # 5 modes x 2 functions x 3 concurrencies, one wrk run each; every row
+    # takes --seconds, so each gets its line.
+    progress = Progress("bench-faas", total=5 * 2 * 3, every=0)
     try:
         templates = [("echo", os.path.join(work, "echo")), ("sha256", os.path.join(work, "sha256"))]
         for name, d in templates:
@@ -68,6 +73,7 @@ def main():
                 for function in ("echo", "sha256"):
                     for conns in (1, 8, 64):
                         results[(mode, function, conns)] = wrk(addr, function, bodies[function], conns, args.seconds)
+                        progress.done(f"{mode} {function} c={conns}")
             finally:
                 server.terminate()
                 server.wait()

@@ -4,6 +4,8 @@ cold boot of the same guest, in the same run), and diff snapshots as a
 function of pages dirtied. Last line: JSON."""
 import argparse, json, os, shutil, statistics, subprocess, sys, tempfile, time
 
+from bench_progress import Progress
+
 def run_json(cmd):
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
@@ -27,12 +29,15 @@ def main():
     args = ap.parse_args()
     v = args.vmfork
     work = tempfile.mkdtemp(prefix="vmfork-bench-snap-")
+    # 5 builds, the restores (with their cold boots and floors), 3 x 3 diffs.
+    progress = Progress("bench-snapshot", total=5 + args.restores + 9)
     try:
         # Template build time over 5 builds.
         builds = []
         for i in range(5):
             out = os.path.join(work, f"t{i}")
             builds.append(run_json([v, "template", "build", "--mem", args.mem, "--cmdline", args.cmdline, "--out", out, "--json"]))
+            progress.done(f"template build {i + 1}/5")
         tpl = os.path.join(work, "t0")
         state_bytes = os.path.getsize(os.path.join(tpl, "state"))
         mem_apparent = os.path.getsize(os.path.join(tpl, "memory"))
@@ -46,6 +51,7 @@ def main():
             if i % 5 == 0:
                 cold.append(run_json([v, "boot", "--mem", args.mem, "--cmdline", args.cmdline, "--exit-on-ready", "--json", "--quiet"])["ready_us"])
                 floor.append(run_json([v, "floor", "--rounds", "5", "--json"])["floor_us"])
+            progress.done(f"restore {i + 1}/{args.restores}")
 
         # Diff snapshots after dirtying 1, 100 and 10,000 pages.
         diffs = {}
@@ -70,6 +76,7 @@ def main():
                 dirty.append(res["dirty_pages"]); on_disk.append(disk_bytes(os.path.join(out, "memory")))
                 scan.append(res["dirty_scan_us"])
                 shutil.rmtree(out)
+                progress.done(f"diff snapshot of {pages} pages, {rep + 1}/3")
             diffs[pages] = dict(snapshot_us=statistics.median(times), written=statistics.median(written),
                                 on_disk=statistics.median(on_disk), dirty_pages=statistics.median(dirty),
                                 scan_us=statistics.median(scan))

@@ -16,6 +16,8 @@ template. Last line: JSON."""
 import argparse, collections, hashlib, http.client, json, os, random, re, shutil, signal, subprocess
 import sys, tempfile, threading, time
 
+from bench_progress import Progress
+
 PING_CMDLINE = "touch_mib=1 timer_hz=0"
 FUNC_CMDLINE = "quiet=1 timer_hz=0 touch_mib=1"
 FUNCTIONS = ("echo", "json-upper", "crash", "spin")
@@ -472,8 +474,15 @@ class Soak:
                    (self.traffic, self.traffic, self.sampler, self.churn, self.holder_killer, self.periodic)]
         for t in threads:
             t.start()
+        progress = Progress("soak", every=30)
+        total_s = self.deadline - time.monotonic()
         while time.monotonic() < self.deadline:
             time.sleep(1)
+            with self.stats.lock:
+                ops, bad = sum(self.stats.ops.values()), sum(self.stats.unexpected.values())
+            left = max(0, self.deadline - time.monotonic())
+            progress.tick(f"{(total_s - left) / 60:.1f} of {total_s / 60:.1f} min: {ops} operations, "
+                          f"{bad} unexpected errors, {len(self.stats.wrong_templates)} wrong templates")
         self.stop.set()
         for t in threads:
             t.join(timeout=HANG + 60)

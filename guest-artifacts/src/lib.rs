@@ -9,6 +9,7 @@ pub mod cache;
 mod command;
 pub mod error;
 pub mod linux;
+pub mod progress;
 pub mod rootfs;
 #[cfg(test)]
 mod testutil;

@@ -11,6 +11,7 @@ use std::time::Instant;
 use crate::assets::{self, Patch};
 use crate::cache::{Cache, KeyHasher};
 use crate::command::{reset_log, run_logged};
+use crate::progress::{BuildProgress, Mode};
 use crate::{Error, Result, BUILDER_VERSION};
 
 pub const KIND: &str = "linux";
@@ -23,6 +24,8 @@ pub struct LinuxOptions {
     pub source: PathBuf,
     /// `make -j`; defaults to the number of CPUs.
     pub jobs: usize,
+    /// No progress on stderr (errors still go there).
+    pub quiet: bool,
 }
 
 impl LinuxOptions {
@@ -31,6 +34,7 @@ impl LinuxOptions {
             cache_root: cache_root.into(),
             source: PathBuf::from(assets::LINUX_SOURCE_TARBALL),
             jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            quiet: false,
         }
     }
 }
@@ -110,19 +114,20 @@ pub fn build(opts: &LinuxOptions) -> Result<LinuxArtifacts> {
     }
 
     let started = Instant::now();
+    let progress = BuildProgress::start(KIND, Mode::detect(opts.quiet));
     let log = cache.log_path(KIND, &key);
     reset_log(&log)?;
     let staging = cache.staging(KIND, &key)?;
     let work = staging.work_dir();
     let tree = work.join("linux");
     fs::create_dir_all(&tree).map_err(Error::io(format!("create {}", tree.display())))?;
-    eprintln!(
+    progress.note(&format!(
         "linux: building kernel {key} with {} jobs (log: {})",
         opts.jobs,
         log.display()
-    );
+    ));
 
-    progress(started, &format!("extracting {}", opts.source.display()));
+    progress.step(&format!("extracting {}", opts.source.display()));
     run_logged(
         Command::new("tar")
             .arg("-xf")
@@ -136,7 +141,7 @@ pub fn build(opts: &LinuxOptions) -> Result<LinuxArtifacts> {
     )?;
 
     for p in assets::LINUX_PATCHES {
-        progress(started, &format!("applying {}", p.name));
+        progress.step(&format!("applying {}", p.name));
         let file = work.join(p.name);
         fs::write(&file, p.contents).map_err(Error::io(format!("write {}", file.display())))?;
         run_logged(
@@ -150,13 +155,10 @@ pub fn build(opts: &LinuxOptions) -> Result<LinuxArtifacts> {
         )?;
     }
 
-    progress(
-        started,
-        "configuring (tinyconfig + vmfork-6.12.config + olddefconfig)",
-    );
+    progress.step("configuring (tinyconfig + vmfork-6.12.config + olddefconfig)");
     configure(&tree, &work, &log, opts)?;
 
-    progress(started, "make vmlinux bzImage");
+    progress.step_counting("make vmlinux bzImage", &log);
     run_logged(
         &mut make(&tree, opts, &["vmlinux", "bzImage"]),
         &format!("make -j{} vmlinux bzImage", opts.jobs),
@@ -181,12 +183,8 @@ pub fn build(opts: &LinuxOptions) -> Result<LinuxArtifacts> {
 
     let manifest = manifest(&key, &release, opts, started.elapsed().as_secs());
     let dir = staging.publish(&manifest)?;
-    progress(started, &format!("done: {}", dir.display()));
+    progress.finish(&format!("done: {}", dir.display()));
     Ok(LinuxArtifacts::in_dir(dir, key, false))
-}
-
-fn progress(started: Instant, what: &str) {
-    eprintln!("linux: [{:>4}s] {what}", started.elapsed().as_secs());
 }
 
 fn configure(tree: &Path, work: &Path, log: &Path, opts: &LinuxOptions) -> Result<()> {

@@ -10,13 +10,13 @@ use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 
 use crate::assets;
 use crate::cache::{Cache, KeyHasher};
 use crate::command::{reset_log, run_captured, run_logged};
+use crate::progress::{BuildProgress, Mode};
 use crate::{Error, Result, BUILDER_VERSION};
 
 pub const KIND: &str = "rootfs";
@@ -34,6 +34,8 @@ pub struct RootfsOptions {
     pub cache_root: PathBuf,
     /// Must be statically linked: the image has no libc.
     pub busybox: PathBuf,
+    /// No progress on stderr (errors still go there).
+    pub quiet: bool,
 }
 
 impl RootfsOptions {
@@ -41,6 +43,7 @@ impl RootfsOptions {
         RootfsOptions {
             cache_root: cache_root.into(),
             busybox: PathBuf::from(assets::BUSYBOX),
+            quiet: false,
         }
     }
 }
@@ -124,15 +127,20 @@ pub fn build(opts: &RootfsOptions) -> Result<RootfsArtifacts> {
         });
     }
 
-    let started = Instant::now();
+    let progress = BuildProgress::start(KIND, Mode::detect(opts.quiet));
     let log = cache.log_path(KIND, &key);
     reset_log(&log)?;
     let staging = cache.staging(KIND, &key)?;
     let tree = staging.work_dir().join("root");
+    progress.step("laying out the root tree");
     let paths = populate(&tree, &busybox, &log)?;
 
     let image = staging.out_dir().join(IMAGE);
     let uuid = fs_uuid(&key);
+    progress.step(&format!(
+        "mkfs.ext4 ({SIZE_MIB} MiB, {} files)",
+        paths.len()
+    ));
     run_logged(
         Command::new("mkfs.ext4")
             .args(MKFS_ARGS)
@@ -148,6 +156,7 @@ pub fn build(opts: &RootfsOptions) -> Result<RootfsArtifacts> {
         "mkfs.ext4",
         &log,
     )?;
+    progress.step("pinning timestamps and owners (debugfs)");
     pin_inodes(&image, &paths, staging.work_dir().as_path(), &log)?;
 
     let manifest = format!(
@@ -157,11 +166,7 @@ pub fn build(opts: &RootfsOptions) -> Result<RootfsArtifacts> {
         paths.len(),
     );
     let dir = staging.publish(&manifest)?;
-    eprintln!(
-        "rootfs: built {} in {} ms",
-        dir.display(),
-        started.elapsed().as_millis()
-    );
+    progress.finish(&format!("built {}", dir.display()));
     Ok(RootfsArtifacts {
         key,
         image: dir.join(IMAGE),

@@ -1,6 +1,7 @@
 //! `vmfork-guest-artifacts linux|rootfs [--cache DIR]`: builds (or finds in
 //! the cache) the Linux guest kernel or its DAX rootfs and prints the paths
-//! as `name=path` lines on stdout. Progress and errors go to stderr.
+//! as `name=path` lines on stdout. Progress (a spinner on a terminal, plain
+//! periodic lines otherwise, none with --quiet) and errors go to stderr.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 use std::path::PathBuf;
@@ -19,6 +20,10 @@ use guest_artifacts::{cache, Error};
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
+    /// No progress on stderr: no spinner on a terminal, no periodic lines
+    /// otherwise. Errors are still printed.
+    #[arg(long, short = 'q', global = true)]
+    quiet: bool,
 }
 
 #[derive(Subcommand)]
@@ -48,7 +53,7 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli.command) {
+    match run(cli.command, cli.quiet) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if let (Some(log), Some(tail)) = (e.log_path(), e.log_tail(25)) {
@@ -60,7 +65,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cmd: Cmd) -> Result<(), Error> {
+fn run(cmd: Cmd, quiet: bool) -> Result<(), Error> {
     match cmd {
         Cmd::Linux {
             cache,
@@ -69,11 +74,12 @@ fn run(cmd: Cmd) -> Result<(), Error> {
         } => {
             let mut opts = LinuxOptions::new(cache_root(cache)?);
             opts.source = source;
+            opts.quiet = quiet;
             if let Some(j) = jobs {
                 opts.jobs = j.max(1);
             }
             let a = linux::build(&opts)?;
-            if a.from_cache {
+            if a.from_cache && !quiet {
                 eprintln!("linux: cache hit {}", a.dir.display());
             }
             println!("vmlinux={}", a.vmlinux.display());
@@ -82,8 +88,9 @@ fn run(cmd: Cmd) -> Result<(), Error> {
         Cmd::Rootfs { cache, busybox } => {
             let mut opts = RootfsOptions::new(cache_root(cache)?);
             opts.busybox = busybox;
+            opts.quiet = quiet;
             let a = rootfs::build(&opts)?;
-            if a.from_cache {
+            if a.from_cache && !quiet {
                 eprintln!("rootfs: cache hit {}", a.image.display());
             }
             println!("rootfs={}", a.image.display());

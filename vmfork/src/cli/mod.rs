@@ -17,6 +17,7 @@ pub mod ctl;
 pub mod export;
 pub mod floor;
 pub mod isolation;
+pub mod progress;
 pub mod restore;
 pub mod serve;
 pub mod signals;

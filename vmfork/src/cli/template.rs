@@ -9,6 +9,7 @@ use serde_json::json;
 
 use super::args::{parse_duration, Parsed};
 use super::boot::{stop_result, VmArgs};
+use super::progress::{Progress, ProgressMode};
 use super::signals;
 use vmfork_machine::control::StopReason;
 use vmfork_machine::error::{Error, Result};
@@ -78,7 +79,14 @@ fn build(args: &BuildArgs, started: Instant) -> Result<()> {
             reason: "already exists; refusing to overwrite it".into(),
         });
     }
-    progress("booting the guest");
+    // No progress hook inside vmfork_template::snapshot: a spinner over the
+    // whole build, its step as the message, and MiB written at the end.
+    let progress = Progress::new(
+        None,
+        "template build",
+        ProgressMode::detect(args.vm.quiet || args.json),
+    );
+    progress.set_message("booting the guest");
     let machine = Machine::cold_boot(args.vm.machine_config(started, false)?)?;
     signals::forward_to(machine.control().clone());
     let control = machine.control().clone();
@@ -99,21 +107,22 @@ fn build(args: &BuildArgs, started: Instant) -> Result<()> {
         )));
     }
     let ready_at = control.ready_at().unwrap_or(Duration::ZERO);
-    progress(&format!(
-        "guest ready after {:.1} ms; writing {}",
+    progress.set_message(&format!(
+        "ready in {:.0} ms; writing {} MiB of guest memory",
         ready_at.as_secs_f64() * 1e3,
-        args.out.display()
+        args.vm.mem >> 20,
     ));
     let mut machine = running.pause()?;
     let report = vmfork_template::snapshot(&mut machine, &args.out, false)?;
     drop(machine);
     let build_ms = started.elapsed().as_secs_f64() * 1e3;
     let on_disk = disk_usage(&args.out.join(vmfork_template::manifest::MEMORY_FILE));
-    progress(&format!(
-        "template written in {build_ms:.1} ms: state {} B, memory {} MiB apparent, {} KiB on disk",
-        report.state_bytes,
+    progress.finish(&format!(
+        "done: {} MiB written, {} KiB on disk, {} MiB apparent, state {} B",
+        report.memory_written >> 20,
+        on_disk >> 10,
         report.memory_bytes >> 20,
-        on_disk >> 10
+        report.state_bytes,
     ));
     if args.json {
         outln!(
