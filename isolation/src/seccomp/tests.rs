@@ -281,6 +281,18 @@ fn cost() {
         v.sort();
         v.get(v.len() / 2).copied().unwrap_or_default()
     };
+    // What a thread paid before build.rs compiled the lists: one compile
+    // of its list, the first time a thread of its type started.
+    for kind in [ThreadKind::Vmm, ThreadKind::Vcpu] {
+        let times: Vec<_> = (0..200)
+            .map(|_| {
+                let start = Instant::now();
+                compiled(kind);
+                start.elapsed()
+            })
+            .collect();
+        println!("compiling {}: {:?}", kind.name(), median(times));
+    }
     // Whether a thread installs only `first` or `first` then `then`, the
     // time of its last install.
     let install = |first: &BpfProgram, then: Option<&BpfProgram>| {
