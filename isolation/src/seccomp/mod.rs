@@ -1,6 +1,6 @@
-//! seccomp-BPF allow-lists, one per thread type (lists.rs), built once per
-//! process and installed by each thread when it starts, before it touches
-//! anything the guest controls. A thread inherits the filter of the thread
+//! seccomp-BPF allow-lists, one per thread type (lists.rs), compiled to BPF
+//! at build time (build.rs, programs.rs) and installed by each thread when
+//! it starts, before it touches anything the guest controls. A thread inherits the filter of the thread
 //! that spawned it and adds its own; the kernel allows a call only if every
 //! filter on the thread does, so a thread's effective list is its own list
 //! within the main thread's. A call outside the list is trapped: one line
@@ -9,12 +9,12 @@
 
 mod lists;
 mod names;
+mod programs;
 mod report;
 
 pub use lists::{Group, List, ThreadKind};
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
 
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
 
@@ -64,7 +64,7 @@ pub fn install(kind: ThreadKind) -> Result<()> {
     if !enabled() {
         return Ok(());
     }
-    let program = program(kind)?;
+    let program = programs::program(kind);
     report::set_label(kind);
     seccompiler::apply_filter(program).map_err(|e| {
         Error::Seccomp(format!(
@@ -119,31 +119,15 @@ fn pin_malloc_arena_limit() {
     }
 }
 
-/// Compiles `kind`'s list; calls outside it get `mismatch`.
+/// Compiles `kind`'s list; calls outside it get `mismatch`. build.rs does
+/// this with `SeccompAction::Trap` for the programs threads install
+/// (programs.rs); at run time only the tests and measurements compile.
 pub fn compile(kind: ThreadKind, mismatch: SeccompAction) -> Result<BpfProgram> {
     let rules = List::for_kind(kind)?.into_rules();
     let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, TargetArch::x86_64)
         .and_then(BpfProgram::try_from)
         .map_err(|e| Error::Seccomp(format!("compiling the {} list: {e}", kind.name())))?;
     Ok(filter)
-}
-
-/// `kind`'s program, compiled the first time a thread of that kind starts
-/// and kept for the rest of the process (compiling all ten up front would
-/// cost every command about 0.3 ms; the unit tests compile them all).
-fn program(kind: ThreadKind) -> Result<&'static BpfProgram> {
-    static PROGRAMS: [OnceLock<std::result::Result<BpfProgram, String>>; ThreadKind::ALL.len()] =
-        [const { OnceLock::new() }; ThreadKind::ALL.len()];
-    let index = ThreadKind::ALL
-        .iter()
-        .position(|&k| k == kind)
-        .ok_or_else(|| Error::Seccomp(format!("no list for {}", kind.name())))?;
-    let slot = PROGRAMS
-        .get(index)
-        .ok_or_else(|| Error::Seccomp(format!("no program for {}", kind.name())))?;
-    slot.get_or_init(|| compile(kind, SeccompAction::Trap).map_err(|e| e.to_string()))
-        .as_ref()
-        .map_err(|e| Error::Seccomp(e.clone()))
 }
 
 #[cfg(test)]

@@ -35,6 +35,25 @@ fn every_list_compiles_within_the_kernels_limits() {
 }
 
 #[test]
+fn embedded_programs_are_what_the_lists_compile_to() {
+    // build.rs compiled them from the same lists; a list, ioctl number or
+    // seccompiler change that reached one and not the other fails here.
+    for kind in ThreadKind::ALL {
+        let compiled = compile(kind, SeccompAction::Trap);
+        assert!(compiled.is_ok(), "{}: {:?}", kind.name(), compiled.err());
+        let compiled = compiled.unwrap_or_default();
+        let embedded = programs::program(kind);
+        assert!(
+            embedded == compiled.as_slice(),
+            "{}: the embedded program ({} instructions) differs from the compiled one ({})",
+            kind.name(),
+            embedded.len(),
+            compiled.len()
+        );
+    }
+}
+
+#[test]
 fn every_list_lies_within_the_main_threads() {
     // Threads inherit the main thread's filter, so a call only their own
     // list has would be refused anyway: a list that claims it is wrong.
@@ -262,6 +281,18 @@ fn cost() {
         v.sort();
         v.get(v.len() / 2).copied().unwrap_or_default()
     };
+    // What a thread paid before build.rs compiled the lists: one compile
+    // of its list, the first time a thread of its type started.
+    for kind in [ThreadKind::Vmm, ThreadKind::Vcpu] {
+        let times: Vec<_> = (0..200)
+            .map(|_| {
+                let start = Instant::now();
+                compiled(kind);
+                start.elapsed()
+            })
+            .collect();
+        println!("compiling {}: {:?}", kind.name(), median(times));
+    }
     // Whether a thread installs only `first` or `first` then `then`, the
     // time of its last install.
     let install = |first: &BpfProgram, then: Option<&BpfProgram>| {

@@ -1,0 +1,99 @@
+//! Compiles every thread type's seccomp allow-list (src/seccomp/lists.rs)
+//! into BPF at build time, so that no vmfork process spends its start-up
+//! running seccompiler: each program is written to OUT_DIR as raw
+//! `sock_filter`s (8 bytes each, little-endian) and embedded by
+//! src/seccomp/programs.rs. A unit test compares the embedded programs with
+//! what `seccomp::compile` produces at run time, so the two cannot drift.
+//!
+//! The lists are this crate's own source, included as a module; the shims
+//! below stand in for the crate modules they name (`crate::error`,
+//! `crate::ioctls`).
+
+use std::path::PathBuf;
+
+use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+
+/// The lists as the crate compiles them, unused parts and all.
+#[allow(dead_code)]
+#[path = "src/seccomp/lists.rs"]
+mod lists;
+
+#[allow(dead_code)]
+#[path = "src/ioctls.rs"]
+mod ioctls;
+
+/// The one error the lists build: a rule seccompiler refuses.
+mod error {
+    pub enum Error {
+        Seccomp(String),
+    }
+    pub type Result<T> = std::result::Result<T, Error>;
+}
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=src/seccomp/lists.rs");
+    println!("cargo:rerun-if-changed=src/ioctls.rs");
+
+    // The lists name system calls and ioctls by this (the build) machine's
+    // libc constants, and SIGRTMIN is asked of its glibc; the programs
+    // check for the x86_64 audit architecture. So the build machine must be
+    // what the binary runs on: x86_64 Linux with glibc.
+    let target = |key: &str| std::env::var(key).unwrap_or_default();
+    let (arch, os, env) = (
+        target("CARGO_CFG_TARGET_ARCH"),
+        target("CARGO_CFG_TARGET_OS"),
+        target("CARGO_CFG_TARGET_ENV"),
+    );
+    let host_matches = cfg!(all(
+        target_arch = "x86_64",
+        target_os = "linux",
+        target_env = "gnu"
+    ));
+    if (arch.as_str(), os.as_str(), env.as_str()) != ("x86_64", "linux", "gnu") || !host_matches {
+        panic!(
+            "vmfork-isolation compiles its seccomp filters at build time and \
+             supports only x86_64 Linux with glibc, built on the same; \
+             target is {arch}-{os}-{env}"
+        );
+    }
+
+    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    for kind in lists::ThreadKind::ALL {
+        let program = compile(kind);
+        let bytes: Vec<u8> = program
+            .iter()
+            .flat_map(|insn| {
+                let mut b = [0u8; 8];
+                b[0..2].copy_from_slice(&insn.code.to_le_bytes());
+                b[2] = insn.jt;
+                b[3] = insn.jf;
+                b[4..8].copy_from_slice(&insn.k.to_le_bytes());
+                b
+            })
+            .collect();
+        let path = out_dir.join(format!("seccomp-{}.bpf", kind.name()));
+        if let Err(e) = std::fs::write(&path, bytes) {
+            panic!("writing {}: {e}", path.display());
+        }
+    }
+}
+
+/// `seccomp::compile(kind, SeccompAction::Trap)`, as the crate does it.
+fn compile(kind: lists::ThreadKind) -> BpfProgram {
+    let rules = match lists::List::for_kind(kind) {
+        Ok(list) => list.into_rules(),
+        Err(error::Error::Seccomp(e)) => panic!("building the {} list: {e}", kind.name()),
+    };
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Trap,
+        SeccompAction::Allow,
+        TargetArch::x86_64,
+    )
+    .and_then(BpfProgram::try_from);
+    match filter {
+        Ok(program) => program,
+        Err(e) => panic!("compiling the {} list: {e}", kind.name()),
+    }
+}
