@@ -1,7 +1,7 @@
 //! The HTTP API of `vmfork serve` (axum on tokio).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -30,9 +30,8 @@ pub struct AppState {
     /// --max-concurrency + --queue.
     pub admission_limit: usize,
     pub timeout: Duration,
-    /// A mutex because std's Sender is not Sync on older toolchains' terms
-    /// for sharing across tokio tasks; sends are cheap.
-    pub reaper: Mutex<std::sync::mpsc::Sender<Finished>>,
+    /// Where a finished clone goes to be stopped and closed.
+    pub reaper: std::sync::mpsc::Sender<Finished>,
 }
 
 pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
@@ -130,10 +129,7 @@ async fn invoke(
     let Ok(_permit) = state.slots.acquire().await else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     };
-    let reaper = match state.reaper.lock() {
-        Ok(r) => r.clone(),
-        Err(_) => return text(StatusCode::INTERNAL_SERVER_ERROR, "reaper unavailable"),
-    };
+    let reaper = state.reaper.clone();
     let (timeout, metrics, f) = (state.timeout, state.metrics.clone(), function.clone());
     let (reply, outcome) = tokio::sync::oneshot::channel();
     tokio::task::spawn_blocking(move || {

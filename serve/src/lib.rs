@@ -13,7 +13,7 @@ pub mod progress;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
@@ -69,7 +69,7 @@ pub fn new_state(
         admitted: AtomicUsize::new(0),
         admission_limit: config.max_concurrency + config.queue,
         timeout: config.timeout,
-        reaper: Mutex::new(reaper),
+        reaper,
     });
     Ok((state, reapers))
 }
