@@ -226,12 +226,12 @@ impl GuestChannel {
             let stop = match signal {
                 GuestSignal::Ready => {
                     seen.ready = true;
-                    control.mark_ready();
+                    control.commands().mark_ready();
                     None
                 }
                 GuestSignal::Ack(_) => {
                     seen.acks += 1;
-                    control.mark_ack();
+                    control.commands().mark_ack();
                     None
                 }
                 GuestSignal::Exit(code) => Some(StopReason::GuestExit(code)),
@@ -240,7 +240,7 @@ impl GuestChannel {
             };
             if let Some(reason) = stop {
                 seen.first_stop.get_or_insert(reason.clone());
-                control.stop(reason);
+                control.latch().stop(reason);
             }
             return;
         }
@@ -263,9 +263,10 @@ impl GuestChannel {
     ) {
         let mut data = vec![SENTINEL; size];
         if port == READY_PORT {
-            control.send_command(command);
+            control.commands().send_command(command);
             // A stopping VM completes the parked `in` with RESUMED.
             let delivered = control
+                .commands()
                 .wait_command(false)
                 .unwrap_or(ready_port::CMD_RESUMED);
             ready_port::encode_command(delivered, &mut data);
@@ -439,16 +440,17 @@ impl Target for GuestChannel {
                 }
             }
         }
-        o.check(control.acks() == seen.acks, "acks", || {
-            format!("{} acks counted, {} written", control.acks(), seen.acks)
+        let commands = control.commands();
+        o.check(commands.acks() == seen.acks, "acks", || {
+            format!("{} acks counted, {} written", commands.acks(), seen.acks)
         });
-        o.check(control.ready_at().is_some() == seen.ready, "ready", || {
+        o.check(commands.ready_at().is_some() == seen.ready, "ready", || {
             "ready state differs".into()
         });
-        o.check(control.stop_reason() == seen.first_stop, "stop", || {
+        o.check(control.latch().reason() == seen.first_stop, "stop", || {
             format!(
                 "stop reason {:?}, first stop written {:?}",
-                control.stop_reason(),
+                control.latch().reason(),
                 seen.first_stop
             )
         });

@@ -180,7 +180,7 @@ impl Machine {
             _memory_guards: Vec::new(),
             pmem: pmem.map(|(image, _)| image),
             bus: Arc::new(Mutex::new(PortIoBus::new(serial))),
-            control: Arc::new(Control::new(config.started, config.exit_on_ready)),
+            control: Control::new(config.started, config.exit_on_ready),
             host,
             mem_size: config.mem_size,
             phases,
