@@ -6,8 +6,9 @@
 //!
 //! An input is a script of guest actions and host reads (see [`Op`]) run
 //! against real guest memory, the real port bus (a UART behind a KVM VM
-//! that never runs) and a real `Control`. Port accesses are dispatched the
-//! way the vCPU loop does (src/vcpu/run.rs). Every outcome is checked
+//! that never runs) and a real `Control` (its command channel and stop
+//! latch). Port accesses are dispatched the way the vCPU loop does
+//! (src/vcpu/run.rs). Every outcome is checked
 //! against the ABI tables in docs/guest-abi.md: each 32-bit value written to
 //! the ready port decodes to exactly the documented signal, every read
 //! gets the command's low bytes and nothing else changes, unclaimed ports
@@ -198,7 +199,8 @@ impl GuestChannel {
     }
 }
 
-/// What the host has seen of the guest so far, to check `Control` against.
+/// What the host has seen of the guest so far, to check `Control`'s
+/// command channel and stop latch against.
 #[derive(Default)]
 struct Seen {
     acks: u64,
