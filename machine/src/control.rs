@@ -68,16 +68,23 @@ pub enum OwnerEvent {
     Request(OwnerRequest),
 }
 
+/// Every part's state, under the one lock; each field belongs to the part
+/// named beside it. The exceptions: the channel (exit on ready) and the
+/// owner's ready timeout also record a stop, and [`Pause::clear`] unparks.
 #[derive(Default)]
 struct State {
+    /// [`StopLatch`].
     stop: Option<StopReason>,
+    /// [`Pause`].
     pausing: bool,
+    /// [`CommandChannel`], from here to `parked`.
     ready_at: Option<Duration>,
     commands: VecDeque<u32>,
     acks: u64,
     /// First acknowledgement since this channel was made.
     first_ack_at: Option<Duration>,
     parked: bool,
+    /// [`OwnerRequests`].
     requests: VecDeque<OwnerRequest>,
 }
 
