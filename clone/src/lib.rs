@@ -221,11 +221,11 @@ impl CloneFactory {
             requested: Instant::now(),
             resume_command: None,
         })?;
-        let control = machine.control().clone();
-        let acks = control.acks();
+        let commands = machine.control().commands().clone();
+        let acks = commands.acks();
         let running = machine.start_on(runners)?;
         let deadline = Some(Instant::now() + WARM_UP_TIMEOUT);
-        let up = control.wait_acks_parked(acks + 1, deadline);
+        let up = commands.wait_acks_parked(acks + 1, deadline);
         let machine = running.stop(StopReason::Requested)?;
         if !up {
             return Err(Error::Timeout(format!(
@@ -323,7 +323,7 @@ impl CloneFactory {
         // From here a dying page server stops this clone with a clear
         // reason (at once, if it already died).
         if let Some(link) = &link {
-            link.bind(machine.control().clone());
+            link.bind(machine.control().latch().clone());
         }
         Ok((machine, link))
     }

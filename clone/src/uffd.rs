@@ -39,7 +39,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::fault_inject::{HandlerFault, Injection};
 use vmfork_machine::boot::layout::CLONE_INFO_START;
-use vmfork_machine::control::{Control, StopReason};
+use vmfork_machine::control::{StopLatch, StopReason};
 use vmfork_machine::error::{Error, Result};
 
 const PAGE: u64 = 4096;
@@ -137,7 +137,7 @@ impl Drop for PageSource {
 }
 
 /// How a clone's page server reports its own death to the clone: the
-/// handler starts before the clone's machine (and its [`Control`]) exists,
+/// handler starts before the clone's machine (and its [`StopLatch`]) exists,
 /// so a death before [`PageServerLink::bind`] is kept and applied then.
 #[derive(Default)]
 pub struct PageServerLink {
@@ -155,7 +155,7 @@ struct Rescue {
 
 #[derive(Default)]
 struct LinkState {
-    control: Option<Arc<Control>>,
+    latch: Option<StopLatch>,
     death: Option<String>,
 }
 
@@ -164,14 +164,14 @@ impl PageServerLink {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Connects the clone's control block; stops it at once if its page
+    /// Connects the clone's stop latch; stops it at once if its page
     /// server already died.
-    pub fn bind(&self, control: Arc<Control>) {
+    pub fn bind(&self, latch: StopLatch) {
         let mut s = self.lock();
         if let Some(why) = &s.death {
-            control.stop(StopReason::PageServerDied(why.clone()));
+            latch.stop(StopReason::PageServerDied(why.clone()));
         }
-        s.control = Some(control);
+        s.latch = Some(latch);
     }
 
     /// The handler ended abnormally: stop the clone (now, or when bound),
@@ -180,8 +180,8 @@ impl PageServerLink {
         tracing::warn!("userfaultfd page server died: {why}");
         {
             let mut s = self.lock();
-            if let Some(control) = &s.control {
-                control.stop(StopReason::PageServerDied(why.clone()));
+            if let Some(latch) = &s.latch {
+                latch.stop(StopReason::PageServerDied(why.clone()));
             }
             s.death = Some(why);
         }

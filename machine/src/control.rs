@@ -1,10 +1,18 @@
-//! The control block shared by a VM's vCPU threads and its owner: when the
-//! guest became ready, the commands queued for a parked guest, and why the
-//! VM stopped. vCPU threads report here; the owner waits here.
+//! How a VM's vCPU threads and its owner talk, one type per job:
+//! [`StopLatch`] (why the VM stopped), [`CommandChannel`] (the guest's
+//! ready point, then commands in and acknowledgements out on its ready
+//! port, the guest parked in between), [`Pause`] (vCPUs out of their loops
+//! with the guest kept as it is) and [`OwnerRequests`] (what the control
+//! socket asks of the owner). [`Control`] owns one of each for a machine.
+//!
+//! The parts of one [`Control`] share one lock and one condition variable:
+//! a parked guest's acknowledgement and its park are one change and one
+//! wake-up for the owner, and a stop or pause must also end a wait for a
+//! command or an acknowledgement. Waiters are woken after unlocking.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Why a VM stopped running.
@@ -110,44 +118,64 @@ pub enum OwnerEvent {
     Request(OwnerRequest),
 }
 
+/// Every part's state, under the one lock; each field belongs to the part
+/// named beside it. The exceptions: the channel (exit on ready) and the
+/// owner's ready timeout also record a stop, and [`Pause::clear`] unparks.
 #[derive(Default)]
 struct State {
-    ready_at: Option<Duration>,
+    /// [`StopLatch`].
     stop: Option<StopReason>,
+    /// [`Pause`].
     pausing: bool,
+    /// [`CommandChannel`], from here to `parked`.
+    ready_at: Option<Duration>,
     commands: VecDeque<u32>,
-    requests: VecDeque<OwnerRequest>,
     acks: u64,
-    /// First acknowledgement since this Control was created.
+    /// First acknowledgement since this channel was made.
     first_ack_at: Option<Duration>,
     parked: bool,
+    /// [`OwnerRequests`].
+    requests: VecDeque<OwnerRequest>,
 }
 
-pub struct Control {
+/// What the parts of one [`Control`] share.
+struct Core {
+    /// The instant latencies are measured from (process start for
+    /// `vmfork boot`).
     started: Instant,
     exit_on_ready: bool,
-    /// Set on stop or pause: vCPU threads leave their loops when they see it.
+    /// Set on stop or pause: vCPU threads leave their loops when they see
+    /// it, without taking the lock.
     leaving: AtomicBool,
     state: Mutex<State>,
     changed: Condvar,
 }
 
-impl Control {
-    /// `started` is the instant latencies are measured from (process start
-    /// for `vmfork boot`).
-    pub fn new(started: Instant, exit_on_ready: bool) -> Self {
-        Control {
+impl Core {
+    fn new(started: Instant, exit_on_ready: bool, state: State) -> Arc<Core> {
+        Arc::new(Core {
             started,
             exit_on_ready,
             leaving: AtomicBool::new(false),
-            state: Mutex::new(State::default()),
+            state: Mutex::new(state),
             changed: Condvar::new(),
-        }
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panicking vCPU thread must not take the owner down with it.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wait<'a>(&self, s: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        self.changed.wait(s).unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wait_timeout<'a>(&self, s: MutexGuard<'a, State>, left: Duration) -> MutexGuard<'a, State> {
+        self.changed
+            .wait_timeout(s, left)
+            .unwrap_or_else(|p| p.into_inner())
+            .0
     }
 
     /// Changes the state and wakes every waiter, after unlocking: a waiter
@@ -161,188 +189,13 @@ impl Control {
         result
     }
 
-    /// A restored VM was ready before it was saved, with `acks`
-    /// acknowledgements already counted.
-    /// With `exit_on_ack`, the VM stops at the guest's first
-    /// acknowledgement after the restore.
-    pub fn new_restored(started: Instant, acks: u64, exit_on_ack: bool) -> Self {
-        let c = Control::new(started, exit_on_ack);
-        {
-            let mut s = c.lock();
-            s.ready_at = Some(Duration::ZERO);
-            s.acks = acks;
+    /// Records the first stop reason; later ones (other vCPUs winding
+    /// down) are ignored.
+    fn record_stop(&self, s: &mut State, reason: StopReason) {
+        if s.stop.is_none() {
+            s.stop = Some(reason);
         }
-        c
-    }
-
-    /// vCPU threads must leave their run loops (stop or pause).
-    pub fn is_leaving(&self) -> bool {
-        self.leaving.load(Ordering::Acquire)
-    }
-
-    pub fn is_stopping(&self) -> bool {
-        self.lock().stop.is_some()
-    }
-
-    pub fn request_pause(&self) {
-        self.update(|s| {
-            s.pausing = true;
-            self.leaving.store(true, Ordering::Release);
-        });
-    }
-
-    /// Called when vCPU threads start (again).
-    pub fn clear_pause(&self) {
-        let mut s = self.lock();
-        s.pausing = false;
-        s.parked = false;
-        self.leaving.store(s.stop.is_some(), Ordering::Release);
-    }
-
-    /// Queues a request for the owner and wakes it.
-    pub fn submit(&self, request: OwnerRequest) {
-        self.update(|s| s.requests.push_back(request));
-    }
-
-    /// Blocks until the VM stops or a request arrives. Before the guest is
-    /// ready, `ready_timeout` bounds the wait and then stops the VM.
-    pub fn wait_event(&self, ready_timeout: Option<Duration>) -> OwnerEvent {
-        let deadline = ready_timeout.map(|t| Instant::now() + t);
-        let mut s = self.lock();
-        loop {
-            if let Some(reason) = &s.stop {
-                return OwnerEvent::Stopped(reason.clone());
-            }
-            if let Some(r) = s.requests.pop_front() {
-                return OwnerEvent::Request(r);
-            }
-            match deadline {
-                Some(d) if s.ready_at.is_none() => {
-                    let now = Instant::now();
-                    if now >= d {
-                        drop(s);
-                        if let Some(t) = ready_timeout {
-                            self.stop(StopReason::Timeout(t));
-                        }
-                        s = self.lock();
-                        continue;
-                    }
-                    s = self
-                        .changed
-                        .wait_timeout(s, d - now)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
-                }
-                _ => s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner()),
-            }
-        }
-    }
-
-    /// Records the first stop reason; later ones (other vCPUs winding down)
-    /// are ignored.
-    pub fn stop(&self, reason: StopReason) {
-        self.update(|s| {
-            if s.stop.is_none() {
-                s.stop = Some(reason);
-            }
-            self.leaving.store(true, Ordering::Release);
-        });
-    }
-
-    /// The guest wrote READY. Returns true when the VM should stop here.
-    pub fn mark_ready(&self) -> bool {
-        self.update(|s| {
-            if s.ready_at.is_none() {
-                s.ready_at = Some(self.started.elapsed());
-            }
-        });
-        if self.exit_on_ready {
-            self.stop(StopReason::ReadyReached);
-            return true;
-        }
-        false
-    }
-
-    pub fn ready_at(&self) -> Option<Duration> {
-        self.lock().ready_at
-    }
-
-    pub fn mark_ack(&self) {
-        self.update(|s| self.count_ack(s));
-    }
-
-    /// One acknowledgement. A restored VM is past its ready point; its
-    /// first acknowledgement is the ready point of the restore.
-    fn count_ack(&self, s: &mut State) {
-        s.acks += 1;
-        if s.first_ack_at.is_none() {
-            s.first_ack_at = Some(self.started.elapsed());
-            if self.exit_on_ready && s.ready_at == Some(Duration::ZERO) && s.stop.is_none() {
-                s.stop = Some(StopReason::ReadyReached);
-                self.leaving.store(true, Ordering::Release);
-            }
-        }
-    }
-
-    pub fn first_ack_at(&self) -> Option<Duration> {
-        self.lock().first_ack_at
-    }
-
-    pub fn acks(&self) -> u64 {
-        self.lock().acks
-    }
-
-    pub fn send_command(&self, command: u32) {
-        self.update(|s| s.commands.push_back(command));
-    }
-
-    /// Called by the vCPU thread whose guest is parked in an `in` from the
-    /// ready port. Blocks until there is a command, or returns None when
-    /// the VM is stopping or pausing. With `ack`, the `in` also
-    /// acknowledged the previous command (ACK_WAIT_PORT): the owner learns
-    /// both in one wake-up.
-    pub fn wait_command(&self, ack: bool) -> Option<u32> {
-        self.parked_with(ack);
-        let mut s = self.lock();
-        loop {
-            if s.stop.is_some() || s.pausing {
-                return None;
-            }
-            if let Some(c) = s.commands.pop_front() {
-                s.parked = false;
-                return Some(c);
-            }
-            s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner());
-        }
-    }
-
-    /// Records that the guest parked (and with `ack`, acknowledged) and
-    /// wakes whoever waits on this control block; the vCPU thread then
-    /// waits for a command here, or asks its [`crate::vcpu::run::Commander`].
-    /// Returns the acknowledgements so far.
-    pub fn parked_with(&self, ack: bool) -> u64 {
-        self.update(|s| {
-            if ack {
-                self.count_ack(s);
-            }
-            s.parked = true;
-            s.acks
-        })
-    }
-
-    /// The next queued command, if any, without waiting.
-    pub fn take_command(&self) -> Option<u32> {
-        self.lock().commands.pop_front()
-    }
-
-    /// The guest left its park with a command from its commander.
-    pub fn unpark(&self) {
-        self.lock().parked = false;
-    }
-
-    /// Waits until `pred` holds or `deadline` passes. Returns whether it held.
-    fn wait_until(&self, deadline: Option<Instant>, pred: impl Fn(&State) -> bool) -> bool {
-        self.wait_for(deadline, pred).is_some()
+        self.leaving.store(true, Ordering::Release);
     }
 
     /// Waits until `pred` holds or `deadline` passes; then, whether the VM
@@ -354,105 +207,489 @@ impl Control {
                 return Some(s.stop.is_some());
             }
             match deadline {
-                None => s = self.changed.wait(s).unwrap_or_else(|p| p.into_inner()),
+                None => s = self.wait(s),
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
                         return None;
                     }
-                    s = self
-                        .changed
-                        .wait_timeout(s, d - now)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
+                    s = self.wait_timeout(s, d - now);
                 }
             }
         }
     }
+}
 
-    /// Blocks until the VM stops; after `timeout` without the guest being
-    /// ready, stops it with [`StopReason::Timeout`].
-    pub fn wait_stopped(&self, timeout: Option<Duration>) -> StopReason {
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let stopped_or_ready = |s: &State| s.stop.is_some() || s.ready_at.is_some();
-        if !self.wait_until(deadline, stopped_or_ready) {
-            if let Some(t) = timeout {
-                self.stop(StopReason::Timeout(t));
+/// Why the VM stopped: set once (the first reason wins), waited for by
+/// the owner, and read by vCPU threads through a lock-free flag.
+#[derive(Clone)]
+pub struct StopLatch {
+    core: Arc<Core>,
+}
+
+impl Default for StopLatch {
+    /// A latch of its own, for something that only needs stopping (a
+    /// server, a hold period).
+    fn default() -> Self {
+        StopLatch {
+            core: Core::new(Instant::now(), false, State::default()),
+        }
+    }
+}
+
+impl StopLatch {
+    /// Records the first stop reason; later ones (other vCPUs winding
+    /// down) are ignored.
+    pub fn stop(&self, reason: StopReason) {
+        self.core.update(|s| self.core.record_stop(s, reason));
+    }
+
+    pub fn reason(&self) -> Option<StopReason> {
+        self.core.lock().stop.clone()
+    }
+
+    /// vCPU threads must leave their run loops: the VM is stopping, or
+    /// its [`Pause`] was requested.
+    pub fn is_leaving(&self) -> bool {
+        self.core.leaving.load(Ordering::Acquire)
+    }
+
+    /// Blocks until the latch is set.
+    pub fn wait(&self) -> StopReason {
+        self.wait_until(None).unwrap_or(StopReason::Requested)
+    }
+
+    /// Blocks until the latch is set or `timeout` passes (None then).
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<StopReason> {
+        self.wait_until(Some(Instant::now() + timeout))
+    }
+
+    fn wait_until(&self, deadline: Option<Instant>) -> Option<StopReason> {
+        self.core.wait_for(deadline, |s| s.stop.is_some())?;
+        self.reason()
+    }
+}
+
+/// Pausing the vCPUs: they leave their loops (a parked guest stays parked
+/// in its `in`) and the machine's state can be read; starting them again
+/// clears it.
+pub struct Pause {
+    core: Arc<Core>,
+}
+
+impl Pause {
+    pub fn request(&self) {
+        self.core.update(|s| {
+            s.pausing = true;
+            self.core.leaving.store(true, Ordering::Release);
+        });
+    }
+
+    /// Called when vCPU threads start (again): nothing is pending but a
+    /// stop, and the guest is not parked until it parks again.
+    pub fn clear(&self) {
+        let mut s = self.core.lock();
+        s.pausing = false;
+        s.parked = false;
+        self.core.leaving.store(s.stop.is_some(), Ordering::Release);
+    }
+}
+
+/// The guest's ready port seen from the host: the guest's ready point,
+/// then commands in and acknowledgements out, with the guest parked in
+/// its `in` in between (docs/guest-abi.md). Its state is saved and
+/// restored through [`vmfork_snapshot::Persist`] (persist/devices.rs).
+#[derive(Clone)]
+pub struct CommandChannel {
+    core: Arc<Core>,
+}
+
+impl CommandChannel {
+    /// A restored guest was ready before it was saved, with `acks`
+    /// acknowledgements already counted; it counts as ready from the
+    /// restore, and its first acknowledgement after it is the ready point
+    /// of the restore. With `exit_on_ack`, the VM stops there.
+    pub(crate) fn restored(started: Instant, acks: u64, exit_on_ack: bool) -> CommandChannel {
+        let state = State {
+            ready_at: Some(Duration::ZERO),
+            acks,
+            ..State::default()
+        };
+        CommandChannel {
+            core: Core::new(started, exit_on_ack, state),
+        }
+    }
+
+    /// The guest wrote READY. Returns true when the VM should stop here.
+    pub fn mark_ready(&self) -> bool {
+        let core = &self.core;
+        core.update(|s| {
+            if s.ready_at.is_none() {
+                s.ready_at = Some(core.started.elapsed());
+            }
+            if core.exit_on_ready {
+                core.record_stop(s, StopReason::ReadyReached);
+            }
+        });
+        core.exit_on_ready
+    }
+
+    pub fn ready_at(&self) -> Option<Duration> {
+        self.core.lock().ready_at
+    }
+
+    /// Waits until the guest is ready or the VM stops; false when
+    /// `deadline` passes first.
+    pub fn wait_ready(&self, deadline: Instant) -> bool {
+        let ready_or_stopped = |s: &State| s.ready_at.is_some() || s.stop.is_some();
+        self.core
+            .wait_for(Some(deadline), ready_or_stopped)
+            .is_some()
+    }
+
+    pub fn mark_ack(&self) {
+        self.core.update(|s| self.count_ack(s));
+    }
+
+    /// One acknowledgement. A restored VM is past its ready point; its
+    /// first acknowledgement is the ready point of the restore.
+    fn count_ack(&self, s: &mut State) {
+        s.acks += 1;
+        if s.first_ack_at.is_none() {
+            s.first_ack_at = Some(self.core.started.elapsed());
+            if self.core.exit_on_ready && s.ready_at == Some(Duration::ZERO) {
+                self.core.record_stop(s, StopReason::ReadyReached);
             }
         }
-        self.wait_until(None, |s| s.stop.is_some());
-        self.lock().stop.clone().unwrap_or(StopReason::Requested)
     }
 
-    /// Waits until the guest is parked waiting for a command (or stopped).
+    pub fn first_ack_at(&self) -> Option<Duration> {
+        self.core.lock().first_ack_at
+    }
+
+    pub fn acks(&self) -> u64 {
+        self.core.lock().acks
+    }
+
+    pub fn send_command(&self, command: u32) {
+        self.core.update(|s| s.commands.push_back(command));
+    }
+
+    /// Called by the vCPU thread whose guest is parked in an `in` from the
+    /// ready port. Blocks until there is a command, or returns None when
+    /// the VM is stopping or pausing. With `ack`, the `in` also
+    /// acknowledged the previous command (ACK_WAIT_PORT): the owner learns
+    /// both in one wake-up.
+    pub fn wait_command(&self, ack: bool) -> Option<u32> {
+        self.parked_with(ack);
+        let mut s = self.core.lock();
+        loop {
+            if s.stop.is_some() || s.pausing {
+                return None;
+            }
+            if let Some(c) = s.commands.pop_front() {
+                s.parked = false;
+                return Some(c);
+            }
+            s = self.core.wait(s);
+        }
+    }
+
+    /// Records that the guest parked (and with `ack`, acknowledged) and
+    /// wakes whoever waits on this channel; the vCPU thread then waits for
+    /// a command here, or asks its [`crate::vcpu::run::Commander`].
+    /// Returns the acknowledgements so far.
+    pub fn parked_with(&self, ack: bool) -> u64 {
+        self.core.update(|s| {
+            if ack {
+                self.count_ack(s);
+            }
+            s.parked = true;
+            s.acks
+        })
+    }
+
+    /// The next queued command, if any, without waiting.
+    pub fn take_command(&self) -> Option<u32> {
+        self.core.lock().commands.pop_front()
+    }
+
+    /// The guest left its park with a command from its commander.
+    pub fn unpark(&self) {
+        self.core.lock().parked = false;
+    }
+
+    /// Waits until the guest is parked waiting for a command. False when
+    /// the VM stopped or `deadline` passed first.
     pub fn wait_parked(&self, deadline: Option<Instant>) -> bool {
-        self.wait_for(deadline, |s| s.parked || s.stop.is_some()) == Some(false)
+        self.core
+            .wait_for(deadline, |s| s.parked || s.stop.is_some())
+            == Some(false)
     }
 
-    /// Waits until at least `n` acknowledgements arrived (or stopped).
+    /// Waits until at least `n` acknowledgements arrived. False when the
+    /// VM stopped or `deadline` passed first.
     pub fn wait_acks(&self, n: u64, deadline: Option<Instant>) -> bool {
-        self.wait_for(deadline, |s| s.acks >= n || s.stop.is_some()) == Some(false)
+        self.core
+            .wait_for(deadline, |s| s.acks >= n || s.stop.is_some())
+            == Some(false)
     }
 
     /// Waits until at least `n` acknowledgements arrived and the guest is
-    /// parked for its next command (or stopped): what an owner about to
-    /// send that command needs, in one wait.
+    /// parked for its next command: what an owner about to send that
+    /// command needs, in one wait. False when the VM stopped or `deadline`
+    /// passed first.
     pub fn wait_acks_parked(&self, n: u64, deadline: Option<Instant>) -> bool {
-        self.wait_for(deadline, |s| (s.acks >= n && s.parked) || s.stop.is_some()) == Some(false)
+        let up = |s: &State| (s.acks >= n && s.parked) || s.stop.is_some();
+        self.core.wait_for(deadline, up) == Some(false)
     }
 
     /// Whether a command sent to the guest is still waiting to be taken.
     pub fn command_pending(&self) -> bool {
-        !self.lock().commands.is_empty()
+        !self.core.lock().commands.is_empty()
     }
 
     /// Whether the guest is (or, while paused, was) parked in its `in`.
     pub fn is_parked(&self) -> bool {
-        self.lock().parked
+        self.core.lock().parked
+    }
+}
+
+/// Requests for the owner of a running VM, from its control socket; the
+/// owner waits here for the next one or for the VM to stop.
+#[derive(Clone)]
+pub struct OwnerRequests {
+    core: Arc<Core>,
+}
+
+impl OwnerRequests {
+    /// Queues a request for the owner and wakes it.
+    pub fn submit(&self, request: OwnerRequest) {
+        self.core.update(|s| s.requests.push_back(request));
     }
 
-    pub fn stop_reason(&self) -> Option<StopReason> {
-        self.lock().stop.clone()
+    /// Blocks until the VM stops or a request arrives. Before the guest is
+    /// ready, `ready_timeout` bounds the wait and then stops the VM.
+    pub fn wait_event(&self, ready_timeout: Option<Duration>) -> OwnerEvent {
+        let core = &self.core;
+        let deadline = ready_timeout.map(|t| (t, Instant::now() + t));
+        let mut s = core.lock();
+        loop {
+            if let Some(reason) = &s.stop {
+                return OwnerEvent::Stopped(reason.clone());
+            }
+            if let Some(r) = s.requests.pop_front() {
+                return OwnerEvent::Request(r);
+            }
+            match deadline {
+                Some((t, d)) if s.ready_at.is_none() => {
+                    let now = Instant::now();
+                    if now >= d {
+                        core.record_stop(&mut s, StopReason::Timeout(t));
+                        drop(s);
+                        core.changed.notify_all();
+                        s = core.lock();
+                        continue;
+                    }
+                    s = core.wait_timeout(s, d - now);
+                }
+                _ => s = core.wait(s),
+            }
+        }
+    }
+}
+
+/// A machine's [`StopLatch`], [`CommandChannel`], [`Pause`] and
+/// [`OwnerRequests`], on one lock.
+pub struct Control {
+    latch: StopLatch,
+    commands: CommandChannel,
+    pause: Pause,
+    requests: OwnerRequests,
+}
+
+impl Control {
+    /// `started` is the instant latencies are measured from (process start
+    /// for `vmfork boot`).
+    pub fn new(started: Instant, exit_on_ready: bool) -> Self {
+        Control::around(CommandChannel {
+            core: Core::new(started, exit_on_ready, State::default()),
+        })
+    }
+
+    /// The other parts, around a command channel (a restored one).
+    pub fn around(commands: CommandChannel) -> Self {
+        let core = &commands.core;
+        Control {
+            latch: StopLatch { core: core.clone() },
+            pause: Pause { core: core.clone() },
+            requests: OwnerRequests { core: core.clone() },
+            commands,
+        }
+    }
+
+    pub fn latch(&self) -> &StopLatch {
+        &self.latch
+    }
+
+    pub fn commands(&self) -> &CommandChannel {
+        &self.commands
+    }
+
+    pub fn pause(&self) -> &Pause {
+        &self.pause
+    }
+
+    pub fn requests(&self) -> &OwnerRequests {
+        &self.requests
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
+    use std::sync::mpsc;
 
     #[test]
     fn first_stop_reason_wins() {
-        let c = Control::new(Instant::now(), false);
-        c.stop(StopReason::GuestExit(3));
-        c.stop(StopReason::Requested);
-        assert_eq!(c.wait_stopped(None), StopReason::GuestExit(3));
+        let latch = StopLatch::default();
+        assert!(!latch.is_leaving());
+        assert_eq!(latch.reason(), None);
+        latch.stop(StopReason::GuestExit(3));
+        latch.stop(StopReason::Requested);
+        assert!(latch.is_leaving());
+        assert_eq!(latch.reason(), Some(StopReason::GuestExit(3)));
+        assert_eq!(latch.wait(), StopReason::GuestExit(3));
+    }
+
+    #[test]
+    fn latch_wait_times_out_unset_and_wakes_on_stop() {
+        let latch = StopLatch::default();
+        assert_eq!(latch.wait_timeout(Duration::from_millis(1)), None);
+        let (waiting, started) = mpsc::channel();
+        let waiter = latch.clone();
+        let t = std::thread::spawn(move || {
+            let _ = waiting.send(());
+            waiter.wait()
+        });
+        started.recv().expect("waiter started");
+        latch.stop(StopReason::Requested);
+        assert_eq!(t.join().ok(), Some(StopReason::Requested));
+        assert_eq!(
+            latch.wait_timeout(Duration::ZERO),
+            Some(StopReason::Requested)
+        );
     }
 
     #[test]
     fn exit_on_ready_stops() {
         let c = Control::new(Instant::now(), true);
-        assert!(c.mark_ready());
-        assert!(c.ready_at().is_some());
-        assert_eq!(c.wait_stopped(None), StopReason::ReadyReached);
+        assert!(c.commands().mark_ready());
+        assert!(c.commands().ready_at().is_some());
+        assert!(c.latch().is_leaving());
+        assert_eq!(c.latch().wait(), StopReason::ReadyReached);
     }
 
     #[test]
-    fn timeout_applies_only_before_ready() {
+    fn ready_wait_times_out_only_before_ready() {
         let c = Control::new(Instant::now(), false);
-        let t = Duration::from_millis(20);
-        assert_eq!(c.wait_stopped(Some(t)), StopReason::Timeout(t));
+        assert!(!c
+            .commands()
+            .wait_ready(Instant::now() + Duration::from_millis(1)));
+        c.commands().mark_ready();
+        assert!(c.commands().wait_ready(Instant::now()));
     }
 
     #[test]
-    fn parked_vcpu_gets_commands_and_wakes_on_stop() {
-        let c = Arc::new(Control::new(Instant::now(), false));
-        let c2 = c.clone();
-        let t = std::thread::spawn(move || (c2.wait_command(false), c2.wait_command(true)));
-        assert!(c.wait_parked(None));
-        c.send_command(7);
-        assert!(c.wait_acks_parked(1, None));
-        c.stop(StopReason::Requested);
-        assert_eq!(t.join().ok(), Some((Some(7), None)));
+    fn owner_event_timeout_stops_before_ready() {
+        let c = Control::new(Instant::now(), false);
+        let t = Duration::from_millis(1);
+        assert!(matches!(
+            c.requests().wait_event(Some(t)),
+            OwnerEvent::Stopped(StopReason::Timeout(d)) if d == t
+        ));
+        assert_eq!(c.latch().reason(), Some(StopReason::Timeout(t)));
+    }
+
+    #[test]
+    fn owner_gets_requests_then_the_stop() {
+        let c = Control::new(Instant::now(), false);
+        let (reply, _answers) = mpsc::channel();
+        c.requests().submit(OwnerRequest {
+            kind: RequestKind::Pause,
+            reply,
+        });
+        assert!(matches!(
+            c.requests().wait_event(None),
+            OwnerEvent::Request(OwnerRequest {
+                kind: RequestKind::Pause,
+                ..
+            })
+        ));
+        c.latch().stop(StopReason::Requested);
+        assert!(matches!(
+            c.requests().wait_event(None),
+            OwnerEvent::Stopped(StopReason::Requested)
+        ));
+    }
+
+    /// The owner sends commands to a guest parked on another thread and
+    /// sees each acknowledgement together with the next park.
+    #[test]
+    fn command_ack_park_handshake() {
+        let c = Control::new(Instant::now(), false);
+        let guest = c.commands().clone();
+        let t = std::thread::spawn(move || {
+            let first = guest.wait_command(false);
+            let second = guest.wait_command(true);
+            let third = guest.wait_command(true);
+            (first, second, third)
+        });
+        let commands = c.commands();
+        assert!(commands.wait_parked(None));
+        commands.send_command(7);
+        assert!(commands.wait_acks_parked(1, None));
+        assert!(commands.is_parked());
+        commands.send_command(8);
+        assert!(commands.wait_acks_parked(2, None));
+        assert!(!commands.command_pending());
+        c.latch().stop(StopReason::Requested);
+        assert_eq!(t.join().ok(), Some((Some(7), Some(8), None)));
+        // A stopped VM ends every wait, with false.
+        assert!(!commands.wait_acks(3, None));
+        assert!(!commands.wait_acks_parked(3, None));
+    }
+
+    #[test]
+    fn pause_releases_a_parked_guest_and_start_clears_it() {
+        let c = Control::new(Instant::now(), false);
+        let guest = c.commands().clone();
+        let t = std::thread::spawn(move || guest.wait_command(false));
+        assert!(c.commands().wait_parked(None));
+        c.pause().request();
+        assert!(c.latch().is_leaving());
+        assert_eq!(t.join().ok(), Some(None));
+        // Paused, the guest still counts as parked.
+        assert!(c.commands().is_parked());
+        assert_eq!(c.latch().reason(), None);
+        c.pause().clear();
+        assert!(!c.latch().is_leaving());
+        assert!(!c.commands().is_parked());
+        c.commands().send_command(9);
+        assert_eq!(c.commands().wait_command(false), Some(9));
+    }
+
+    #[test]
+    fn commanded_guest_takes_queued_commands_first() {
+        let c = Control::new(Instant::now(), false);
+        let commands = c.commands();
+        commands.send_command(1);
+        assert_eq!(commands.parked_with(true), 1);
+        assert!(commands.is_parked());
+        assert_eq!(commands.take_command(), Some(1));
+        assert_eq!(commands.take_command(), None);
+        commands.unpark();
+        assert!(!commands.is_parked());
+        assert!(commands.first_ack_at().is_some());
     }
 }

@@ -104,11 +104,12 @@ fn build_template(function: &str, out: &Path) -> Result<(), String> {
         started: Instant::now(),
     })
     .map_err(failed)?;
-    let control = machine.control().clone();
+    let commands = machine.control().commands().clone();
+    let latch = machine.control().latch().clone();
     let running = machine.start().map_err(failed)?;
     let deadline = Instant::now() + Duration::from_secs(30);
-    if !(control.wait_parked(Some(deadline)) && control.ready_at().is_some()) {
-        let why = control.stop_reason();
+    if !(commands.wait_parked(Some(deadline)) && commands.ready_at().is_some()) {
+        let why = latch.reason();
         let _ = running.stop(StopReason::Requested);
         return Err(format!("the {function} guest never became ready: {why:?}"));
     }

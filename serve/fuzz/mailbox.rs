@@ -6,8 +6,9 @@
 //!
 //! An input is a script of guest actions and host reads (see [`Op`]) run
 //! against real guest memory, the real port bus (a UART behind a KVM VM
-//! that never runs) and a real `Control`. Port accesses are dispatched the
-//! way the vCPU loop does (src/vcpu/run.rs). Every outcome is checked
+//! that never runs) and a real `Control` (its command channel and stop
+//! latch). Port accesses are dispatched the way the vCPU loop does
+//! (src/vcpu/run.rs). Every outcome is checked
 //! against the ABI tables in docs/guest-abi.md: each 32-bit value written to
 //! the ready port decodes to exactly the documented signal, every read
 //! gets the command's low bytes and nothing else changes, unclaimed ports
@@ -198,7 +199,8 @@ impl GuestChannel {
     }
 }
 
-/// What the host has seen of the guest so far, to check `Control` against.
+/// What the host has seen of the guest so far, to check `Control`'s
+/// command channel and stop latch against.
 #[derive(Default)]
 struct Seen {
     acks: u64,
@@ -226,12 +228,12 @@ impl GuestChannel {
             let stop = match signal {
                 GuestSignal::Ready => {
                     seen.ready = true;
-                    control.mark_ready();
+                    control.commands().mark_ready();
                     None
                 }
                 GuestSignal::Ack(_) => {
                     seen.acks += 1;
-                    control.mark_ack();
+                    control.commands().mark_ack();
                     None
                 }
                 GuestSignal::Exit(code) => Some(StopReason::GuestExit(code)),
@@ -240,7 +242,7 @@ impl GuestChannel {
             };
             if let Some(reason) = stop {
                 seen.first_stop.get_or_insert(reason.clone());
-                control.stop(reason);
+                control.latch().stop(reason);
             }
             return;
         }
@@ -263,9 +265,10 @@ impl GuestChannel {
     ) {
         let mut data = vec![SENTINEL; size];
         if port == READY_PORT {
-            control.send_command(command);
+            control.commands().send_command(command);
             // A stopping VM completes the parked `in` with RESUMED.
             let delivered = control
+                .commands()
                 .wait_command(false)
                 .unwrap_or(ready_port::CMD_RESUMED);
             ready_port::encode_command(delivered, &mut data);
@@ -439,16 +442,17 @@ impl Target for GuestChannel {
                 }
             }
         }
-        o.check(control.acks() == seen.acks, "acks", || {
-            format!("{} acks counted, {} written", control.acks(), seen.acks)
+        let commands = control.commands();
+        o.check(commands.acks() == seen.acks, "acks", || {
+            format!("{} acks counted, {} written", commands.acks(), seen.acks)
         });
-        o.check(control.ready_at().is_some() == seen.ready, "ready", || {
+        o.check(commands.ready_at().is_some() == seen.ready, "ready", || {
             "ready state differs".into()
         });
-        o.check(control.stop_reason() == seen.first_stop, "stop", || {
+        o.check(control.latch().reason() == seen.first_stop, "stop", || {
             format!(
                 "stop reason {:?}, first stop written {:?}",
-                control.stop_reason(),
+                control.latch().reason(),
                 seen.first_stop
             )
         });

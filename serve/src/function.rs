@@ -292,9 +292,10 @@ impl Function {
                 return (Outcome::Error(e.to_string()), None);
             }
         }
-        let control = machine.control().clone();
+        let latch = machine.control().latch().clone();
+        let acks = machine.control().commands().acks();
         // A clone is driven from its vCPU thread; a cold boot, from here.
-        let progress = cloned.then(|| Progress::new(requested, control.acks()));
+        let progress = cloned.then(|| Progress::new(requested, acks));
         let started = match &progress {
             Some(progress) => {
                 if self.resumes_into_request() {
@@ -315,9 +316,9 @@ impl Function {
         let outcome = if let Some(progress) = &progress {
             match progress.wait(&running, START_TIMEOUT, timeout) {
                 Ending::Answered { clone_us, run_us } => response(&running, clone_us, run_us),
-                Ending::TimedOut => stopped(&control).unwrap_or(Outcome::Timeout),
+                Ending::TimedOut => stopped(&latch).unwrap_or(Outcome::Timeout),
                 Ending::Returned(why) => {
-                    stopped(&control).unwrap_or_else(|| Outcome::Crash(why.into()))
+                    stopped(&latch).unwrap_or_else(|| Outcome::Crash(why.into()))
                 }
             }
         } else {
@@ -375,25 +376,26 @@ fn cold_boot_invoke(
     timeout: Duration,
 ) -> Outcome {
     let control = running.control();
-    let acks = control.acks();
-    if !control.wait_acks_parked(acks, Some(requested + START_TIMEOUT)) {
-        return stopped(control).unwrap_or(Outcome::Timeout);
+    let commands = control.commands();
+    let acks = commands.acks();
+    if !commands.wait_acks_parked(acks, Some(requested + START_TIMEOUT)) {
+        return stopped(control.latch()).unwrap_or(Outcome::Timeout);
     }
     let clone_us = requested.elapsed().as_micros() as u64;
     if let Err(e) = mailbox::write_request(running.machine().memory(), body) {
         return Outcome::Error(e.to_string());
     }
     let run_start = Instant::now();
-    control.send_command(CMD_INVOKE);
-    if !control.wait_acks(acks + 1, Some(run_start + timeout)) {
-        return stopped(control).unwrap_or(Outcome::Timeout);
+    commands.send_command(CMD_INVOKE);
+    if !commands.wait_acks(acks + 1, Some(run_start + timeout)) {
+        return stopped(control.latch()).unwrap_or(Outcome::Timeout);
     }
     response(running, clone_us, run_start.elapsed().as_micros() as u64)
 }
 
 /// The guest's own reason for stopping, if it stopped.
-fn stopped(control: &vmfork_machine::control::Control) -> Option<Outcome> {
-    match control.stop_reason()? {
+fn stopped(latch: &vmfork_machine::control::StopLatch) -> Option<Outcome> {
+    match latch.reason()? {
         StopReason::GuestCrash { vector } => Some(Outcome::Crash(format!(
             "guest crashed (exception vector {vector})"
         ))),

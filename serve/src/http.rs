@@ -30,6 +30,7 @@ pub struct AppState {
     /// --max-concurrency + --queue.
     pub admission_limit: usize,
     pub timeout: Duration,
+    /// Where a finished clone goes to be stopped and closed.
     pub reaper: std::sync::mpsc::Sender<Finished>,
 }
 

@@ -22,7 +22,7 @@ use function::Function;
 use http::AppState;
 use metrics::Metrics;
 pub use pool::Recycle;
-use vmfork_machine::control::Control;
+use vmfork_machine::control::StopLatch;
 use vmfork_machine::error::{Error, Result};
 
 pub struct ServeConfig {
@@ -76,7 +76,7 @@ pub fn new_state(
 
 /// Serves until `stop` is stopped (SIGINT/SIGTERM in the CLI), then lets
 /// in-flight requests finish and stops every clone.
-pub fn run(config: ServeConfig, stop: Arc<Control>) -> Result<()> {
+pub fn run(config: ServeConfig, stop: StopLatch) -> Result<()> {
     if config.max_body > mailbox::MAX_BODY {
         return Err(Error::InvalidArgument(format!(
             "--max-body {} is over the guest mailbox's {} bytes",
@@ -110,7 +110,7 @@ pub fn run(config: ServeConfig, stop: Arc<Control>) -> Result<()> {
             let _ = out.flush();
         }
         let shutdown = async move {
-            let _ = tokio::task::spawn_blocking(move || stop.wait_stopped(None)).await;
+            let _ = tokio::task::spawn_blocking(move || stop.wait()).await;
         };
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)

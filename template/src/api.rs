@@ -9,13 +9,14 @@ use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::json;
 
-use vmfork_machine::control::{Control, OwnerRequest, Refusal, Reply, RequestKind, StopReason};
+use vmfork_machine::control::{
+    OwnerRequest, OwnerRequests, Refusal, Reply, RequestKind, StopLatch, StopReason,
+};
 use vmfork_machine::devices::ready_port;
 use vmfork_machine::error::{Error, Result};
 
@@ -112,7 +113,9 @@ pub fn bind_socket(path: &Path, flag: &str) -> Result<UnixListener> {
     })
 }
 
-pub fn serve(path: &Path, control: Arc<Control>) -> Result<ApiSocket> {
+/// Serves `path` on a thread of its own: `stop` requests go to `latch`,
+/// every other request to the VM's owner through `requests`.
+pub fn serve(path: &Path, latch: StopLatch, requests: OwnerRequests) -> Result<ApiSocket> {
     let listener = bind_socket(path, "--api-sock")?;
     std::thread::Builder::new()
         .name("api".into())
@@ -122,10 +125,9 @@ pub fn serve(path: &Path, control: Arc<Control>) -> Result<ApiSocket> {
                 vmfork_isolation::seccomp::ThreadKind::Api,
             );
             for stream in listener.incoming().flatten() {
-                let control = control.clone();
                 // One connection at a time is enough for a control plane,
                 // and serialises snapshot requests naturally.
-                if let Err(e) = serve_one(stream, &control) {
+                if let Err(e) = serve_one(stream, &latch, &requests) {
                     tracing::debug!("api connection: {e}");
                 }
             }
@@ -135,13 +137,17 @@ pub fn serve(path: &Path, control: Arc<Control>) -> Result<ApiSocket> {
     })
 }
 
-fn serve_one(stream: UnixStream, control: &Control) -> std::io::Result<()> {
+fn serve_one(
+    stream: UnixStream,
+    latch: &StopLatch,
+    requests: &OwnerRequests,
+) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut line = String::new();
     BufReader::new((&stream).take(MAX_REQUEST_BYTES)).read_line(&mut line)?;
     let answer = serde_json::from_str::<Request>(&line)
         .map_err(Failure::BadRequest)
-        .and_then(|request| dispatch(request, control));
+        .and_then(|request| dispatch(request, latch, requests));
     let reply = match answer {
         Ok(done) => json!({"ok": true, "result": done.to_json()}),
         Err(failure) => json!({"ok": false, "error": failure.to_string()}),
@@ -150,10 +156,14 @@ fn serve_one(stream: UnixStream, control: &Control) -> std::io::Result<()> {
     writeln!(stream, "{reply}")
 }
 
-fn dispatch(request: Request, control: &Control) -> std::result::Result<Done, Failure> {
+fn dispatch(
+    request: Request,
+    latch: &StopLatch,
+    requests: &OwnerRequests,
+) -> std::result::Result<Done, Failure> {
     let kind = match request {
         Request::Stop => {
-            control.stop(StopReason::Requested);
+            latch.stop(StopReason::Requested);
             return Ok(Done::Stopping);
         }
         Request::Snapshot { out, diff } => RequestKind::Snapshot { out, diff },
@@ -165,7 +175,7 @@ fn dispatch(request: Request, control: &Control) -> std::result::Result<Done, Fa
         Request::Resume => RequestKind::Resume,
     };
     let (reply, answer) = mpsc::channel();
-    control.submit(OwnerRequest { kind, reply });
+    requests.submit(OwnerRequest { kind, reply });
     let reply = answer
         .recv_timeout(REPLY_TIMEOUT)
         .map_err(|_| Failure::NoAnswer)??;

@@ -23,10 +23,10 @@ const PING_TIMEOUT: Duration = Duration::from_secs(5);
 /// Runs the VM until it stops, serving control requests. Returns why it
 /// stopped and the machine (vCPUs joined).
 pub fn run(machine: Machine, ready_timeout: Option<Duration>) -> Result<(StopReason, Machine)> {
-    let control = machine.control().clone();
+    let requests = machine.control().requests().clone();
     let mut vm = Vm::Running(machine.start()?);
     let reason = loop {
-        match control.wait_event(ready_timeout) {
+        match requests.wait_event(ready_timeout) {
             OwnerEvent::Stopped(reason) => break reason,
             OwnerEvent::Request(request) => {
                 let (next, answer) = handle(vm, &request.kind)?;
@@ -80,21 +80,22 @@ fn command_answer(control: &Control, command: u32) -> Answer {
     // Only a guest parked in its `in` is between commands: until then an
     // acknowledgement may still belong to the previous one (for instance
     // RESUMED right after a restore).
-    if !control.wait_parked(Some(start + PING_TIMEOUT)) {
+    let commands = control.commands();
+    if !commands.wait_parked(Some(start + PING_TIMEOUT)) {
         return Err(Refusal::NotWaiting(PING_TIMEOUT));
     }
-    let before = control.acks();
+    let before = commands.acks();
     let sent = Instant::now();
-    control.send_command(command);
-    if control.wait_acks(before + 1, Some(sent + PING_TIMEOUT)) {
+    commands.send_command(command);
+    if commands.wait_acks(before + 1, Some(sent + PING_TIMEOUT)) {
         return Ok(Reply::Acknowledged {
             ack_us: start.elapsed().as_micros() as u64,
         });
     }
-    if control.is_stopping() {
+    if control.latch().reason().is_some() {
         return Err(Refusal::StoppedBeforeAck);
     }
-    if control.command_pending() {
+    if commands.command_pending() {
         return Err(Refusal::NotTaken);
     }
     let why = format!(
@@ -102,7 +103,7 @@ fn command_answer(control: &Control, command: u32) -> Answer {
         ready_port::command_name(command),
         PING_TIMEOUT.as_secs_f64()
     );
-    control.stop(StopReason::Unresponsive(why.clone()));
+    control.latch().stop(StopReason::Unresponsive(why.clone()));
     Err(Refusal::Unresponsive(why))
 }
 

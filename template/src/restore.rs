@@ -373,22 +373,19 @@ pub fn restore(
         &state.devices.serial,
     )?;
     mark("devices");
-    let control = Control::new_restored(
-        opts.started,
-        state.devices.ready_port.acks,
-        opts.exit_on_ack,
-    );
-    if !state.devices.ready_port.parked {
-        // Saved between commands: the guest will park again shortly, and
-        // must learn it was resumed then.
-        control.send_command(vmfork_machine::devices::ready_port::CMD_RESUMED);
-    }
+    let commands = vmfork_machine::control::CommandChannel::restore(
+        vmfork_machine::persist::devices::CommandRestore {
+            started: opts.started,
+            exit_on_ack: opts.exit_on_ack,
+        },
+        &state.devices.ready_port,
+    )?;
     Machine::from_restored(RestoredParts {
         vcpus,
         vm,
         ram,
         bus: PortIoBus::new(serial),
-        control,
+        control: Control::around(commands),
         phases,
         origin: template.origin.clone(),
     })

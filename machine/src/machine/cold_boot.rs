@@ -156,7 +156,7 @@ impl Machine {
             ram: GuestRam::owned(mem),
             pmem: pmem.map(|(image, _)| image),
             bus: Arc::new(Mutex::new(PortIoBus::new(serial))),
-            control: Arc::new(Control::new(config.started, config.exit_on_ready)),
+            control: Control::new(config.started, config.exit_on_ready),
             host,
             phases,
             origin: Arc::new(Origin {

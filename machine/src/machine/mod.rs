@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use vm_memory::GuestMemoryMmap;
-use vmfork_snapshot::state::{DeviceState, MachineState, ReadyPortState};
+use vmfork_snapshot::state::{DeviceState, MachineState};
 use vmfork_snapshot::Persist;
 
 use crate::boot::loader::KernelInfo;
@@ -35,7 +35,7 @@ pub struct Machine {
     ram: GuestRam,
     pmem: Option<PmemImage>,
     bus: Arc<Mutex<PortIoBus>>,
-    control: Arc<Control>,
+    control: Control,
     host: &'static KvmHost,
     /// (phase, microseconds since the start instant) for each setup step.
     pub phases: Vec<(&'static str, u64)>,
@@ -70,7 +70,7 @@ impl Machine {
             ram: parts.ram,
             pmem: None,
             bus: Arc::new(Mutex::new(parts.bus)),
-            control: Arc::new(parts.control),
+            control: parts.control,
             host: KvmHost::get()?,
             phases: parts.phases,
             origin: parts.origin,
@@ -81,7 +81,7 @@ impl Machine {
         &self.origin
     }
 
-    pub fn control(&self) -> &Arc<Control> {
+    pub fn control(&self) -> &Control {
         &self.control
     }
 
@@ -129,11 +129,12 @@ impl Machine {
         commander: Option<Commander>,
     ) -> Result<RunningMachine> {
         kick::install_kick_handler()?;
-        self.control.clear_pause();
+        self.control.pause().clear();
         let mut threads = Vec::with_capacity(self.vcpus.len());
         for mut vcpu in std::mem::take(&mut self.vcpus) {
             let index = vcpu.index;
-            let control = self.control.clone();
+            let latch = self.control.latch().clone();
+            let commands = self.control.commands().clone();
             let bus = self.bus.clone();
             let host = self.host.virt;
             let commander = commander.clone();
@@ -142,11 +143,12 @@ impl Machine {
             let work: VcpuWork = Box::new(move |filter| {
                 if let Err(e) = filter {
                     let why = format!("vCPU {}: {e}", vcpu.index);
-                    control.stop(StopReason::VcpuFailed(why));
+                    latch.stop(StopReason::VcpuFailed(why));
                     return vcpu;
                 }
                 let ctx = VcpuContext {
-                    control: &control,
+                    latch: &latch,
+                    commands: &commands,
                     bus: &bus,
                     host,
                     commander: commander.as_ref(),
@@ -162,7 +164,7 @@ impl Machine {
                 Ok(t) => threads.push(t),
                 Err(e) => {
                     // Leave no vCPU of a half-started VM running.
-                    self.control.stop(StopReason::Requested);
+                    self.control.latch().stop(StopReason::Requested);
                     for t in threads {
                         let _ = t.join();
                     }
@@ -226,11 +228,7 @@ impl Machine {
         let bus = self.bus.lock().unwrap_or_else(|p| p.into_inner());
         let devices = DeviceState {
             serial: bus.serial.save()?,
-            ready_port: ReadyPortState {
-                ready: self.control.ready_at().is_some(),
-                acks: self.control.acks(),
-                parked: self.control.is_parked(),
-            },
+            ready_port: self.control.commands().save()?,
         };
         drop(bus);
         Ok(MachineState {
@@ -285,7 +283,7 @@ pub struct RunningMachine {
 }
 
 impl RunningMachine {
-    pub fn control(&self) -> &Arc<Control> {
+    pub fn control(&self) -> &Control {
         &self.machine.control
     }
 
@@ -293,8 +291,16 @@ impl RunningMachine {
         &self.machine
     }
 
+    /// Blocks until the VM stops; after `ready_timeout` without the
+    /// guest being ready, stops it with [`StopReason::Timeout`].
     pub fn wait(&self, ready_timeout: Option<Duration>) -> StopReason {
-        self.machine.control.wait_stopped(ready_timeout)
+        let control = &self.machine.control;
+        if let Some(t) = ready_timeout {
+            if !control.commands().wait_ready(std::time::Instant::now() + t) {
+                control.latch().stop(StopReason::Timeout(t));
+            }
+        }
+        control.latch().wait()
     }
 
     /// Waits until every vCPU thread has returned (a commanded machine's
@@ -338,14 +344,14 @@ impl RunningMachine {
     /// Pauses the VM: every vCPU out of KVM_RUN, the machine handed back
     /// with its vCPUs so its state can be read; `Machine::start` resumes.
     pub fn pause(mut self) -> Result<Machine> {
-        self.machine.control.request_pause();
+        self.machine.control.pause().request();
         self.join_vcpus()?;
         Ok(self.machine)
     }
 
     /// Stops every vCPU thread for good.
     pub fn stop(mut self, reason: StopReason) -> Result<Machine> {
-        self.machine.control.stop(reason);
+        self.machine.control.latch().stop(reason);
         self.join_vcpus()?;
         Ok(self.machine)
     }

@@ -1,10 +1,15 @@
-//! Saving and restoring the serial port.
+//! Saving and restoring the devices: the serial port and the ready port
+//! (its [`CommandChannel`]).
+
+use std::time::Instant;
 
 use kvm_ioctls::VmFd;
-use vmfork_snapshot::state::SerialState;
+use vmfork_snapshot::state::{ReadyPortState, SerialState};
 use vmfork_snapshot::Persist;
 
+use crate::control::CommandChannel;
 use crate::devices::console::Console;
+use crate::devices::ready_port::CMD_RESUMED;
 use crate::devices::serial::SerialPort;
 use crate::error::{Error, Result};
 
@@ -50,5 +55,121 @@ impl Persist for SerialPort {
             in_buffer: s.in_buffer.clone(),
         };
         SerialPort::from_state(args.vm, args.irq, &state, args.console)
+    }
+}
+
+pub struct CommandRestore {
+    /// The instant latencies (the first acknowledgement) are measured from.
+    pub started: Instant,
+    /// Stop the VM at the guest's first acknowledgement after the restore.
+    pub exit_on_ack: bool,
+}
+
+impl Persist for CommandChannel {
+    type State = ReadyPortState;
+    type RestoreArgs<'a> = CommandRestore;
+    type Error = Error;
+
+    /// The machine is paused: nothing changes between the reads.
+    fn save(&self) -> Result<ReadyPortState> {
+        Ok(ReadyPortState {
+            ready: self.ready_at().is_some(),
+            acks: self.acks(),
+            parked: self.is_parked(),
+        })
+    }
+
+    /// A guest saved parked in its `in` is resumed by the vCPU restore
+    /// (its `in` completes with RESUMED), so it is not parked here.
+    fn restore(args: CommandRestore, s: &ReadyPortState) -> Result<CommandChannel> {
+        let channel = CommandChannel::restored(args.started, s.acks, args.exit_on_ack);
+        if !s.parked {
+            // Saved between commands: the guest will park again shortly,
+            // and must learn it was resumed then.
+            channel.send_command(CMD_RESUMED);
+        }
+        Ok(channel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::Control;
+
+    fn restore(state: &ReadyPortState) -> CommandChannel {
+        let args = CommandRestore {
+            started: Instant::now(),
+            exit_on_ack: false,
+        };
+        CommandChannel::restore(args, state).expect("restore")
+    }
+
+    #[test]
+    fn saves_ready_acks_and_park() {
+        let control = Control::new(Instant::now(), false);
+        let commands = control.commands();
+        assert_eq!(commands.save().ok(), Some(ReadyPortState::default()));
+        commands.mark_ready();
+        commands.mark_ack();
+        commands.parked_with(true);
+        let saved = ReadyPortState {
+            ready: true,
+            acks: 2,
+            parked: true,
+        };
+        assert_eq!(commands.save().ok(), Some(saved));
+    }
+
+    #[test]
+    fn guest_saved_between_commands_round_trips_and_gets_resumed() {
+        let saved = ReadyPortState {
+            ready: true,
+            acks: 5,
+            parked: false,
+        };
+        let commands = restore(&saved);
+        assert_eq!(commands.save().ok(), Some(saved));
+        assert_eq!(commands.take_command(), Some(CMD_RESUMED));
+        assert!(!commands.command_pending());
+    }
+
+    #[test]
+    fn guest_saved_parked_is_resumed_by_its_vcpu_not_a_command() {
+        let saved = ReadyPortState {
+            ready: true,
+            acks: 5,
+            parked: true,
+        };
+        let commands = restore(&saved);
+        assert!(!commands.command_pending());
+        let unparked = ReadyPortState {
+            parked: false,
+            ..saved
+        };
+        assert_eq!(commands.save().ok(), Some(unparked));
+        assert_eq!(commands.ready_at(), Some(std::time::Duration::ZERO));
+        assert_eq!(commands.first_ack_at(), None);
+    }
+
+    #[test]
+    fn exit_on_ack_stops_at_the_first_ack_after_restore() {
+        let args = CommandRestore {
+            started: Instant::now(),
+            exit_on_ack: true,
+        };
+        let state = ReadyPortState {
+            ready: true,
+            acks: 1,
+            parked: true,
+        };
+        let control = Control::around(CommandChannel::restore(args, &state).expect("restore"));
+        assert_eq!(control.latch().reason(), None);
+        control.commands().mark_ack();
+        assert_eq!(
+            control.latch().reason(),
+            Some(crate::control::StopReason::ReadyReached)
+        );
+        assert!(control.latch().is_leaving());
     }
 }

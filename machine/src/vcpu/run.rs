@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use kvm_bindings::KVM_SYSTEM_EVENT_RESET;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
-use crate::control::{Control, StopReason};
+use crate::control::{CommandChannel, StopLatch, StopReason};
 use crate::devices::ready_port::{self, GuestSignal, ACK_WAIT_PORT, READY_PORT};
 use crate::devices::{PlatformEvent, PortIoBus};
 use crate::kvm_host::HostVirt;
@@ -25,11 +25,12 @@ enum Next {
 const MAX_EAGAIN_IN_A_ROW: u32 = 1000;
 
 pub struct VcpuContext<'a> {
-    pub control: &'a Control,
+    pub latch: &'a StopLatch,
+    pub commands: &'a CommandChannel,
     pub bus: &'a Mutex<PortIoBus>,
     pub host: HostVirt,
     /// Who gives a parked guest its next command: None for the owner, by
-    /// way of `control` from another thread.
+    /// way of `commands` from another thread.
     pub commander: Option<&'a Commander>,
 }
 
@@ -42,11 +43,11 @@ pub struct VcpuContext<'a> {
 pub type Commander = Arc<dyn Fn(u64) -> Option<u32> + Send + Sync>;
 
 /// Runs until the VM stops. The guest's own stop reasons are recorded in
-/// `control`; this returns when the thread should end.
+/// `latch`; this returns when the thread should end.
 pub fn run_loop(index: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext) {
     let mut eagain_in_a_row = 0u32;
     loop {
-        if ctx.control.is_leaving() {
+        if ctx.latch.is_leaving() {
             return;
         }
         match step(index, vcpu, ctx) {
@@ -57,7 +58,7 @@ pub fn run_loop(index: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext) {
                 // instance under a pids.max limit): retrying would spin.
                 eagain_in_a_row += 1;
                 if eagain_in_a_row >= MAX_EAGAIN_IN_A_ROW {
-                    ctx.control.stop(StopReason::VcpuFailed(format!(
+                    ctx.latch.stop(StopReason::VcpuFailed(format!(
                         "vCPU {index}: KVM_RUN keeps failing with EAGAIN (KVM could not start its per-VM worker thread; is a pids.max limit reached?)"
                     )));
                     return;
@@ -65,7 +66,7 @@ pub fn run_loop(index: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext) {
             }
             Next::Quit => return,
             Next::Stop(reason) => {
-                ctx.control.stop(reason);
+                ctx.latch.stop(reason);
                 return;
             }
         }
@@ -151,7 +152,7 @@ fn step(index: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext) -> Next {
 fn on_ready_port_write(signal: GuestSignal, ctx: &VcpuContext) -> Next {
     match signal {
         GuestSignal::Ready => {
-            if ctx.control.mark_ready() {
+            if ctx.commands.mark_ready() {
                 Next::Quit
             } else {
                 Next::Run
@@ -160,7 +161,7 @@ fn on_ready_port_write(signal: GuestSignal, ctx: &VcpuContext) -> Next {
         GuestSignal::Exit(code) => Next::Stop(StopReason::GuestExit(code)),
         GuestSignal::Panic(vector) => Next::Stop(StopReason::GuestCrash { vector }),
         GuestSignal::Ack(_) => {
-            ctx.control.mark_ack();
+            ctx.commands.mark_ack();
             Next::Run
         }
         GuestSignal::Unknown(value) => {
@@ -175,20 +176,20 @@ fn on_ready_port_write(signal: GuestSignal, ctx: &VcpuContext) -> Next {
 fn park(data: &mut [u8], ack: bool, ctx: &VcpuContext) -> Next {
     let command = match ctx.commander {
         Some(commander) => {
-            let acks = ctx.control.parked_with(ack);
+            let acks = ctx.commands.parked_with(ack);
             // A command queued by the restore (RESUMED, for a guest saved
             // between commands) goes first.
-            let next = if ctx.control.is_leaving() {
+            let next = if ctx.latch.is_leaving() {
                 None
             } else {
-                ctx.control.take_command().or_else(|| commander(acks))
+                ctx.commands.take_command().or_else(|| commander(acks))
             };
             if next.is_some() {
-                ctx.control.unpark();
+                ctx.commands.unpark();
             }
             next
         }
-        None => ctx.control.wait_command(ack),
+        None => ctx.commands.wait_command(ack),
     };
     match command {
         Some(command) => {

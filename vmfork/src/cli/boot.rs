@@ -205,13 +205,14 @@ pub fn run(args: &BootArgs, started: Instant) -> Result<()> {
     let machine = Machine::cold_boot(config)?;
     let dirty_logging = machine.vm().dirty_logging();
     let phases = phases_json(&machine.phases);
-    signals::forward_to(machine.control().clone());
+    let control = machine.control();
+    signals::forward_to(control.latch().clone());
     let _api = args
         .api_sock
         .as_deref()
-        .map(|p| api::serve(p, machine.control().clone()))
+        .map(|p| api::serve(p, control.latch().clone(), control.requests().clone()))
         .transpose()?;
-    let control = machine.control().clone();
+    let commands = control.commands().clone();
     let (reason, machine) = owner::run(machine, timeout)?;
     let rss = vmm_rss_kib();
     let unclaimed = machine.unclaimed_accesses();
@@ -220,7 +221,7 @@ pub fn run(args: &BootArgs, started: Instant) -> Result<()> {
         outln!(
             "{}",
             json!({
-                "ready_us": control.ready_at().map(|d| d.as_micros() as u64),
+                "ready_us": commands.ready_at().map(|d| d.as_micros() as u64),
                 "vmm_rss_kib": rss,
                 "stop": stop_name(&reason),
                 "kernel": args.vm.kernel_source().describe(),

@@ -13,7 +13,7 @@ use super::isolation::IsolationArgs;
 use super::signals;
 use vmfork_clone::uffd::PageServerLink;
 use vmfork_clone::{Backend, CloneFactory, CloneOptions};
-use vmfork_machine::control::{Control, OwnerEvent, StopReason};
+use vmfork_machine::control::{CommandChannel, StopLatch, StopReason};
 use vmfork_machine::devices::console::Console;
 use vmfork_machine::error::{Error, Result};
 use vmfork_machine::floor;
@@ -146,14 +146,18 @@ fn threads() -> u64 {
     proc_field_kib("/proc/self/status", "Threads:")
 }
 
-/// The error for a clone that stopped on its own `when`. A dead page
-/// server has its own exit status; anything else counts as a crash.
 /// Waits for a started clone's first acknowledgement and returns its
 /// latency from the request. The deadline also covers a clone whose vCPU
 /// waits on a stalled page server: teardown releases it from the fault.
-fn await_ack(id: u64, control: &Control, acks: u64, requested: Instant) -> Result<Duration> {
-    if !control.wait_acks(acks + 1, Some(requested + ACK_TIMEOUT)) {
-        return Err(match control.stop_reason() {
+fn await_ack(
+    id: u64,
+    commands: &CommandChannel,
+    latch: &StopLatch,
+    acks: u64,
+    requested: Instant,
+) -> Result<Duration> {
+    if !commands.wait_acks(acks + 1, Some(requested + ACK_TIMEOUT)) {
+        return Err(match latch.reason() {
             Some(reason) => clone_failed(id, &reason, "before acknowledging", ""),
             None => Error::Timeout(format!(
                 "clone {id} did not acknowledge within {} s",
@@ -161,9 +165,11 @@ fn await_ack(id: u64, control: &Control, acks: u64, requested: Instant) -> Resul
             )),
         });
     }
-    Ok(control.first_ack_at().unwrap_or(requested.elapsed()))
+    Ok(commands.first_ack_at().unwrap_or(requested.elapsed()))
 }
 
+/// The error for a clone that stopped on its own `when`. A dead page
+/// server has its own exit status; anything else counts as a crash.
 fn clone_failed(id: u64, reason: &StopReason, when: &str, also: &str) -> Error {
     match reason {
         StopReason::PageServerDied(why) => {
@@ -288,8 +294,9 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
                 }
                 phase_sums[i].1 += us;
             }
-            let control = machine.control().clone();
-            let acks = control.acks();
+            let commands = machine.control().commands().clone();
+            let latch = machine.control().latch().clone();
+            let acks = commands.acks();
             // Its first park ends the run on the vCPU thread: the clone
             // is up, and the guest waits in its `in` for a command that
             // `clone` never sends.
@@ -302,7 +309,7 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
             });
             // (Also how the first clone of a --prefetch run records the
             // working set alone, before any other starts.)
-            latencies.push(await_ack(id, &control, acks, requested)?);
+            latencies.push(await_ack(id, &commands, &latch, acks, requested)?);
             if id == 1 {
                 if let Some(pages) = factory.save_working_set()? {
                     tracing::info!("recorded a working set of {pages} pages");
@@ -339,11 +346,11 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
             outln!("clones-up");
             let _ = std::io::Read::read(&mut std::io::stdin(), &mut [0u8; 1]);
         } else if let Some(hold) = hold {
-            // A control block of its own turns the hold time or a signal
-            // into one wake-up.
-            let holder = Arc::new(Control::new(Instant::now(), false));
+            // A latch of its own turns the hold time or a signal into one
+            // wake-up.
+            let holder = StopLatch::default();
             signals::forward_to(holder.clone());
-            if let OwnerEvent::Stopped(StopReason::Requested) = holder.wait_event(Some(hold)) {
+            if let Some(StopReason::Requested) = holder.wait_timeout(hold) {
                 tracing::info!("interrupted; stopping clones");
             }
         }
@@ -355,13 +362,14 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
     // Tell every clone to stop first, so their vCPU threads wind down in
     // parallel instead of one join at a time.
     for c in &clones {
-        let reason = c.running.control().stop_reason();
+        let latch = c.running.control().latch();
+        let reason = latch.reason();
         let failed = reason.as_ref().is_some_and(|r| *r != StopReason::Requested);
-        let unacknowledged = c.running.control().first_ack_at().is_none();
+        let unacknowledged = c.running.control().commands().first_ack_at().is_none();
         if let Some(r) = reason.filter(|r| *r != StopReason::Requested) {
             crashed.push((c.id, r));
         }
-        c.running.control().stop(StopReason::Requested);
+        latch.stop(StopReason::Requested);
         // A failed clone's vCPU may wait in a fault its page server will
         // never serve, and a kick does not end that wait on this host.
         if let (true, Some(link)) = (failed || unacknowledged, &c.page_server) {

@@ -73,15 +73,17 @@ pub fn run(args: &RestoreArgs, started: Instant) -> Result<()> {
     )?;
     let dirty_logging = machine.vm().dirty_logging();
     let phases = phases_json(&machine.phases);
-    let control = machine.control().clone();
-    signals::forward_to(control.clone());
+    let control = machine.control();
+    let latch = control.latch().clone();
+    signals::forward_to(latch.clone());
     let _api = args
         .api_sock
         .as_deref()
-        .map(|p| api::serve(p, control.clone()))
+        .map(|p| api::serve(p, latch.clone(), control.requests().clone()))
         .transpose()?;
+    let commands = control.commands().clone();
     let deadline = timeout.map(|t| (t, Instant::now() + t));
-    let watchdog_control = control.clone();
+    let watchdog = commands.clone();
     if let Some((t, at)) = deadline {
         // Before the first acknowledgement the guest is not "ready" for the
         // purposes of a timeout.
@@ -91,10 +93,10 @@ pub fn run(args: &RestoreArgs, started: Instant) -> Result<()> {
                 vmfork_isolation::seccomp::install_in_thread(
                     vmfork_isolation::seccomp::ThreadKind::Watchdog,
                 );
-                if !watchdog_control.wait_acks(watchdog_control.acks() + 1, Some(at))
-                    && watchdog_control.first_ack_at().is_none()
+                if !watchdog.wait_acks(watchdog.acks() + 1, Some(at))
+                    && watchdog.first_ack_at().is_none()
                 {
-                    watchdog_control.stop(vmfork_machine::control::StopReason::Timeout(t));
+                    latch.stop(vmfork_machine::control::StopReason::Timeout(t));
                 }
             })?;
     }
@@ -105,7 +107,7 @@ pub fn run(args: &RestoreArgs, started: Instant) -> Result<()> {
         outln!(
             "{}",
             json!({
-                "restore_us": control.first_ack_at().map(|d| d.as_micros() as u64),
+                "restore_us": commands.first_ack_at().map(|d| d.as_micros() as u64),
                 "vmm_rss_kib": rss,
                 "stop": stop_name(&reason),
                 "dirty_logging": dirty_logging,

@@ -2,14 +2,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
 use super::args::{count, parse_duration, parse_size, Parsed};
 use super::signals;
-use vmfork_machine::control::Control;
+use vmfork_machine::control::StopLatch;
 use vmfork_machine::error::{Error, Result};
 use vmfork_serve::{run as serve, Recycle, ServeConfig};
 
@@ -97,7 +96,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             RecycleArg::Off => Recycle::Off,
         },
     };
-    let stop = Arc::new(Control::new(Instant::now(), false));
+    let stop = StopLatch::default();
     signals::forward_to(stop.clone());
     serve(config, stop)
 }

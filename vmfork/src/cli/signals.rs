@@ -1,9 +1,7 @@
 //! Ctrl-C and SIGTERM end the VM cleanly instead of killing the process
 //! mid-write.
 
-use std::sync::Arc;
-
-use vmfork_machine::control::{Control, StopReason};
+use vmfork_machine::control::{StopLatch, StopReason};
 
 fn stop_signals() -> libc::sigset_t {
     // SAFETY: sigemptyset/sigaddset only write the local set.
@@ -27,7 +25,7 @@ pub fn block_stop_signals() {
 }
 
 /// Spawns a thread that turns the first SIGINT/SIGTERM into a clean stop.
-pub fn forward_to(control: Arc<Control>) {
+pub fn forward_to(latch: StopLatch) {
     let spawned = std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -38,7 +36,7 @@ pub fn forward_to(control: Arc<Control>) {
             let mut signal = 0;
             // SAFETY: sigwait on a valid set, writing into a local.
             if unsafe { libc::sigwait(&set, &mut signal) } == 0 {
-                control.stop(StopReason::Requested);
+                latch.stop(StopReason::Requested);
             }
         });
     if let Err(e) = spawned {

@@ -88,17 +88,16 @@ fn build(args: &BuildArgs, started: Instant) -> Result<()> {
     );
     progress.set_message("booting the guest");
     let machine = Machine::cold_boot(args.vm.machine_config(started, false)?)?;
-    signals::forward_to(machine.control().clone());
-    let control = machine.control().clone();
+    let latch = machine.control().latch().clone();
+    signals::forward_to(latch.clone());
+    let commands = machine.control().commands().clone();
     let running = machine.start()?;
     // The snapshot point is the guest parked in its first wait for work,
     // right after READY.
     let deadline = Instant::now() + timeout;
-    let parked = control.wait_parked(Some(deadline)) && control.ready_at().is_some();
+    let parked = commands.wait_parked(Some(deadline)) && commands.ready_at().is_some();
     if !parked {
-        let reason = control
-            .stop_reason()
-            .unwrap_or(StopReason::Timeout(timeout));
+        let reason = latch.reason().unwrap_or(StopReason::Timeout(timeout));
         let _ = running.stop(reason.clone());
         stop_result(&reason)?;
         return Err(Error::Timeout(format!(
@@ -106,7 +105,7 @@ fn build(args: &BuildArgs, started: Instant) -> Result<()> {
             timeout.as_secs_f64()
         )));
     }
-    let ready_at = control.ready_at().unwrap_or(Duration::ZERO);
+    let ready_at = commands.ready_at().unwrap_or(Duration::ZERO);
     progress.set_message(&format!(
         "ready in {:.0} ms; writing {} MiB of guest memory",
         ready_at.as_secs_f64() * 1e3,
@@ -171,8 +170,8 @@ fn serve(dir: &std::path::Path, sock: &std::path::Path) -> Result<()> {
     use std::sync::Arc;
     let stop = Arc::new(AtomicBool::new(false));
     // Ctrl-C / SIGTERM end the holder cleanly (socket removed).
-    let control = Arc::new(vmfork_machine::control::Control::new(Instant::now(), false));
-    signals::forward_to(control.clone());
+    let latch = vmfork_machine::control::StopLatch::default();
+    signals::forward_to(latch.clone());
     let flag = stop.clone();
     std::thread::Builder::new()
         .name("stop-flag".into())
@@ -180,7 +179,7 @@ fn serve(dir: &std::path::Path, sock: &std::path::Path) -> Result<()> {
             vmfork_isolation::seccomp::install_in_thread(
                 vmfork_isolation::seccomp::ThreadKind::Watchdog,
             );
-            control.wait_stopped(None);
+            latch.wait();
             flag.store(true, Ordering::Release);
         })?;
     progress(&format!("holding {} on {}", dir.display(), sock.display()));
