@@ -149,6 +149,9 @@ impl Machine {
             let index = vcpu.index;
             let control = self.control.clone();
             let bus = self.bus.clone();
+            // Regions are shared, not copied; the clone is dropped when
+            // the vCPU's run ends, before the machine and its memory.
+            let mem = self.mem.clone();
             let host = self.host.virt;
             let commander = commander.clone();
             // Filtered before this thread runs a guest instruction or
@@ -162,6 +165,7 @@ impl Machine {
                 let ctx = VcpuContext {
                     control: &control,
                     bus: &bus,
+                    mem: &mem,
                     host,
                     commander: commander.as_ref(),
                 };
