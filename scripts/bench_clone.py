@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """VMFork clones: memory backends with and without pre-created VM shells,
 one process per clone vs threads in one process, the KVM floor and a cold
-boot of the same guest, all in one run. Last line: JSON."""
+boot of the same guest, all in one run; and a template of the guest's
+defaults (no --cmdline) against the tuned one, with and without shells,
+alternating. Last line: JSON (--ratio-only: just the defaults-vs-tuned
+part, with its keys only)."""
 import argparse, json, os, shutil, statistics, subprocess, sys, tempfile
 
 from bench_progress import Progress
@@ -12,12 +15,47 @@ def run_json(cmd):
         sys.exit(f"bench-clone: {' '.join(cmd)} failed ({p.returncode}): {p.stderr.strip()}")
     return json.loads(p.stdout.strip().splitlines()[-1])
 
+def defaults_vs_tuned(v, mem, tuned_tpl, clones, rounds):
+    """A template built with the guest's defaults against `tuned_tpl`,
+    memfd backend, with and without shells, alternating `rounds` times so
+    that both see the same host noise. Medians of each run's p50."""
+    work = tempfile.mkdtemp(prefix="vmfork-bench-defaults-")
+    try:
+        default_tpl = os.path.join(work, "d")
+        run_json([v, "template", "build", "--mem", mem, "--out", default_tpl, "--json"])
+        p50 = {(kind, shells): [] for kind in ("default", "tuned") for shells in (False, True)}
+        for _ in range(rounds):
+            for shells in (False, True):
+                for kind, tpl in (("default", default_tpl), ("tuned", tuned_tpl)):
+                    cmd = [v, "clone", tpl, "-n", str(clones), "--json"] + (["--shells"] if shells else [])
+                    p50[(kind, shells)].append(run_json(cmd)["clone_p50_us"])
+        med = {k: statistics.median(x) for k, x in p50.items()}
+        out = {
+            "default_clone_p50_us": med[("default", False)], "tuned_clone_p50_us": med[("tuned", False)],
+            "default_shells_clone_p50_us": med[("default", True)], "tuned_shells_clone_p50_us": med[("tuned", True)],
+            "default_vs_tuned": round(med[("default", False)] / med[("tuned", False)], 3),
+            "default_vs_tuned_shells": round(med[("default", True)] / med[("tuned", True)], 3),
+            "ratio_rounds": rounds, "ratio_clones": clones,
+        }
+        for shells in (False, True):
+            print(f"defaults vs tuned, memfd, shells={shells}: p50 {med[('default', shells)]:.0f} vs "
+                  f"{med[('tuned', shells)]:.0f} us = {med[('default', shells)] / med[('tuned', shells)]:.2f}x "
+                  f"(medians of {rounds} alternating runs of {clones} clones: default {p50[('default', shells)]}, tuned {p50[('tuned', shells)]})")
+        return out
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--vmfork", required=True)
     ap.add_argument("--clones", type=int, default=1000)
     ap.add_argument("--mem", default="64M")
-    ap.add_argument("--cmdline", default="quiet=1 touch_mib=8 timer_hz=0")
+    ap.add_argument("--cmdline", default="quiet=1 touch_mib=8 timer_hz=0",
+                    help="the tuned template's command line")
+    ap.add_argument("--ratio-clones", type=int, default=200)
+    ap.add_argument("--ratio-rounds", type=int, default=3)
+    ap.add_argument("--ratio-only", action="store_true",
+                    help="only compare a defaults template with the tuned one")
     args = ap.parse_args()
     v = args.vmfork
     work = tempfile.mkdtemp(prefix="vmfork-bench-clone-")
@@ -28,6 +66,10 @@ def main():
         tpl = os.path.join(work, "t")
         run_json([v, "template", "build", "--mem", args.mem, "--cmdline", args.cmdline, "--out", tpl, "--json"])
         progress.done("template")
+        ratio = defaults_vs_tuned(v, args.mem, tpl, args.ratio_clones, args.ratio_rounds)
+        if args.ratio_only:
+            print(json.dumps(ratio))
+            return
         results = {}
         for backend in ("file", "memfd", "uffd", "uffd+prefetch"):
             for shells in (False, True):
@@ -83,6 +125,7 @@ def main():
             "total_ms": d["total_ms"], "shells_clone_p50_us": s["clone_p50_us"], "shells_total_ms": s["total_ms"],
             "per_process_p50_us": pp50,
             "procs4_total_ms": procs[(4, False)]["total_ms"], "procs4_shells_total_ms": procs[(4, True)]["total_ms"], "coldboot_us": statistics.median(cold), "clones": args.clones,
+            **ratio,
         }))
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -25,6 +25,9 @@ fn assert_reached_ready(run: &vmfork_tests::Run) -> serde_json::Value {
         json["vmm_rss_kib"].as_u64().is_some_and(|kib| kib > 0),
         "{run}"
     );
+    // The guest prints through console records; a doorbell the VMM
+    // refused would count as an unclaimed port write.
+    assert_eq!(json["unclaimed_io"]["port_writes"], 0, "{run}");
     json
 }
 
@@ -127,4 +130,21 @@ fn guest_can_exit_with_status_zero() {
     ]);
     assert_eq!(run.status, 0, "{run}");
     assert_eq!(run.json()["stop"], "guest_exit");
+}
+
+/// Console records (docs/guest-abi.md): a line longer than one record
+/// (508 bytes) takes several doorbells and still reaches the console
+/// whole, in order, as one line, and the VMM accepts every doorbell.
+#[test]
+fn a_long_guest_line_reaches_the_console_whole() {
+    let word = format!("touch_mib={}", "9".repeat(1200));
+    let run = vmfork(&["boot", "--cmdline", &word, "--json", "--timeout", "30"]);
+    let want = format!("vmfork-guest: error: bad command line word {word}: not a number");
+    assert!(
+        run.stdout.lines().any(|l| l == want),
+        "the error line is not whole: {run}"
+    );
+    let json = run.json();
+    assert_eq!(json["stop"], "guest_exit", "{run}");
+    assert_eq!(json["unclaimed_io"]["port_writes"], 0, "{run}");
 }

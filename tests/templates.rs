@@ -205,8 +205,9 @@ fn diff_snapshot_plus_base_equals_full_snapshot() {
     );
     // And both resume to the same guest state.
     // Every field carried in guest memory matches; `random` and
-    // `host_time_ms` are fresh on each restore by design, and `ticks` may
-    // gain one if the 100 Hz timer fires while the pong line prints.
+    // `host_time_ms` are fresh on each restore by design, and `ticks` is
+    // left out: with a timer (`timer_hz=N`) it may gain one while the pong
+    // line prints.
     let from_diff = assert_continued(&restore(&scratch.str("d")), &nonce);
     let from_full = assert_continued(&restore(&scratch.str("f")), &nonce);
     for key in ["n", "boot_nonce", "checksum", "clone"] {

@@ -18,11 +18,13 @@
 #![deny(missing_docs)]
 
 pub mod clone_info;
+pub mod console;
 pub mod mailbox;
 pub mod port;
 pub mod ring0;
 
 pub use clone_info::*;
+pub use console::*;
 pub use mailbox::*;
 pub use port::*;
 pub use ring0::*;

@@ -25,7 +25,10 @@ impl Default for Config {
         Config {
             touch_mib: 8,
             work: 1_000_000,
-            timer_hz: 100,
+            // Off unless asked for: a ticking timer costs every idle
+            // clone an emulated ring-0 trip per tick, and an armed one
+            // keeps `--shells` from restoring vCPU state ahead.
+            timer_hz: 0,
             test: Test::None,
             quiet: false,
             function: None,

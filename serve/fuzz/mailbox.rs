@@ -1,7 +1,8 @@
 //! Fuzz target: the host side of the guest channel. A malicious guest
 //! controls its RAM, so the function mailbox's response (header at
 //! 0x600000, body at 0x601000, docs/guest-abi.md) can hold anything, and it
-//! can do port I/O of any size at the ready port (0xdf0) and around it.
+//! can do port I/O of any size at the ready port (0xdf0) and around it,
+//! the console doorbell (0xdf8) included.
 //! Shared by examples/fuzz_mailbox.rs and tests/fuzz_corpus.rs.
 //!
 //! An input is a script of guest actions and host reads (see [`Op`]) run
@@ -11,8 +12,9 @@
 //! (src/vcpu/run.rs). Every outcome is checked
 //! against the ABI tables in docs/guest-abi.md: each 32-bit value written to
 //! the ready port decodes to exactly the documented signal, every read
-//! gets the command's low bytes and nothing else changes, unclaimed ports
-//! read as all ones, and `read_response` returns exactly the guest's body
+//! gets the command's low bytes and nothing else changes, a console
+//! doorbell is counted unclaimed exactly when the ABI calls it bad,
+//! unclaimed ports read as all ones, and `read_response` returns exactly the guest's body
 //! or a one-line error, never allocating past the mailbox's 2 MiB.
 
 use std::path::{Path, PathBuf};
@@ -22,6 +24,9 @@ use fuzzer::{Limits, Outcome, Rng, Target};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmfork_machine::control::{Control, StopReason};
 use vmfork_machine::devices::console::Console;
+use vmfork_machine::devices::console_doorbell::{
+    CONSOLE_PORT, CONSOLE_PRESENT, CONSOLE_RECORD_BYTES,
+};
 use vmfork_machine::devices::ready_port::{self, GuestSignal, READY_PORT};
 use vmfork_machine::devices::serial::SerialPort;
 use vmfork_machine::devices::{PlatformEvent, PortIoBus};
@@ -170,6 +175,23 @@ pub fn documented(data: &[u8]) -> GuestSignal {
     }
 }
 
+/// What docs/guest-abi.md says makes a console doorbell good: a 32-bit
+/// `out` naming a record wholly in RAM whose length is at most
+/// CONSOLE_RECORD_BYTES.
+fn documented_doorbell(data: &[u8], mem: &GuestMemoryMmap) -> bool {
+    let Ok(word) = <[u8; 4]>::try_from(data) else {
+        return false;
+    };
+    let addr = u64::from(u32::from_le_bytes(word));
+    let mut len = [0u8; 4];
+    if mem.read_slice(&mut len, GuestAddress(addr)).is_err() {
+        return false;
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    let mut bytes = vec![0u8; len.min(CONSOLE_RECORD_BYTES)];
+    len <= CONSOLE_RECORD_BYTES && mem.read_slice(&mut bytes, GuestAddress(addr + 4)).is_ok()
+}
+
 /// Every 32-bit value the guest can write, `step` apart: each must decode
 /// to what the ABI documents. Returns the first disagreement.
 pub fn sweep_words(step: usize) -> Option<(u32, GuestSignal, GuestSignal)> {
@@ -214,6 +236,7 @@ impl GuestChannel {
         &mut self,
         port: u16,
         data: &[u8],
+        mem: &GuestMemoryMmap,
         control: &Control,
         seen: &mut Seen,
         o: &mut Outcome,
@@ -244,6 +267,17 @@ impl GuestChannel {
                 seen.first_stop.get_or_insert(reason.clone());
                 control.latch().stop(reason);
             }
+            return;
+        }
+        if port == CONSOLE_PORT {
+            // As the vCPU loop does: the doorbell reads guest memory.
+            let before = self.bus.unclaimed().port_writes;
+            self.bus.console_doorbell(port, data, mem);
+            let counted = self.bus.unclaimed().port_writes - before;
+            let good = documented_doorbell(data, mem);
+            o.check(counted == u64::from(!good), "console-doorbell", || {
+                format!("doorbell {data:02x?}: good={good}, counted {counted} unclaimed")
+            });
             return;
         }
         let event = self.bus.write(port, data);
@@ -284,9 +318,13 @@ impl GuestChannel {
         }
         self.bus.read(port, &mut data);
         let uart = (0x3f8..0x400).contains(&port);
-        // The UART answers one register; unclaimed ports float high.
+        // The UART answers one register, the console port its presence
+        // word; unclaimed ports float high.
         let ok = if uart {
             data.iter().skip(1).all(|&b| b == SENTINEL)
+        } else if port == CONSOLE_PORT {
+            let word = CONSOLE_PRESENT.to_le_bytes();
+            (0..size).all(|i| data[i] == word.get(i).copied().unwrap_or(SENTINEL))
         } else {
             data.iter().all(|&b| b == 0xff)
         };
@@ -409,7 +447,9 @@ impl Target for GuestChannel {
         let mut seen = Seen::default();
         for op in &ops {
             match op {
-                Op::Out { port, data } => self.port_out(*port, data, &control, &mut seen, &mut o),
+                Op::Out { port, data } => {
+                    self.port_out(*port, data, &mem, &control, &mut seen, &mut o)
+                }
                 Op::In {
                     port,
                     size,

@@ -1,12 +1,17 @@
-//! pc-lite's devices: a UART, the ready port, and what it takes to notice
-//! a guest resetting the machine. Nothing else; every other port and
-//! unbacked MMIO access is unclaimed (unclaimed.rs has the policy).
+//! pc-lite's devices: a UART, the console doorbell, the ready port, and
+//! what it takes to notice a guest resetting the machine. Nothing else;
+//! every other port and unbacked MMIO access is unclaimed (unclaimed.rs
+//! has the policy).
 
 pub mod console;
+pub mod console_doorbell;
 pub mod ready_port;
 pub mod serial;
 pub mod unclaimed;
 
+use vm_memory::GuestMemory;
+
+use console_doorbell::CONSOLE_PORT;
 use serial::{SerialPort, COM1_BASE, COM1_LEN};
 use unclaimed::{Access, UnclaimedAccesses, UnclaimedCounts};
 
@@ -44,6 +49,10 @@ impl PortIoBus {
             }
             return;
         }
+        if port == CONSOLE_PORT {
+            console_doorbell::read_presence(data);
+            return;
+        }
         self.unclaimed.note(Access::PortRead(port));
         // Floating bus: reads of absent ports return all ones, as on a PC.
         data.fill(0xff);
@@ -59,8 +68,28 @@ impl PortIoBus {
         if port == I8042_COMMAND_PORT && data.first() == Some(&I8042_RESET_CPU) {
             return Some(PlatformEvent::ResetRequested);
         }
+        // Console doorbells need guest memory: the vCPU loop hands them
+        // to `console_doorbell`, so one arriving here is unclaimed.
         self.unclaimed.note(Access::PortWrite(port));
         None
+    }
+
+    /// A 32-bit `out` to CONSOLE_PORT or CONSOLE_ACK_PORT (`port`):
+    /// prints the record it names on the console and returns true. A bad
+    /// one (wrong width, outside RAM, too long) prints nothing, counts as
+    /// an unclaimed port write and returns false.
+    pub fn console_doorbell<M: GuestMemory>(&mut self, port: u16, data: &[u8], mem: &M) -> bool {
+        match console_doorbell::read_record(data, mem) {
+            Ok(record) => {
+                self.serial.write_console(record.bytes());
+                true
+            }
+            Err(why) => {
+                tracing::debug!("bad console doorbell on {port:#x}: {why:?}");
+                self.unclaimed.note(Access::PortWrite(port));
+                false
+            }
+        }
     }
 
     /// A read of guest-physical memory KVM has no slot for: all ones, as

@@ -76,6 +76,15 @@ impl SerialPort {
         }
     }
 
+    /// Output that reached the VMM other than through the transmit
+    /// register (the console doorbell): same sink, same text.
+    pub fn write_console(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        if let Err(e) = self.uart.writer_mut().write_all(bytes) {
+            tracing::debug!("console write: {e:?}");
+        }
+    }
+
     pub fn flush(&mut self) {
         use std::io::Write;
         let _ = self.uart.writer_mut().flush();

@@ -136,6 +136,9 @@ impl Machine {
             let latch = self.control.latch().clone();
             let commands = self.control.commands().clone();
             let bus = self.bus.clone();
+            // Regions are shared, not copied; the clone is dropped when
+            // the vCPU's run ends, before the machine and its memory.
+            let mem = self.ram.mem.clone();
             let host = self.host.virt;
             let commander = commander.clone();
             // Filtered before this thread runs a guest instruction or
@@ -150,6 +153,7 @@ impl Machine {
                     latch: &latch,
                     commands: &commands,
                     bus: &bus,
+                    mem: &mem,
                     host,
                     commander: commander.as_ref(),
                 };

@@ -5,7 +5,10 @@ use std::sync::{Arc, Mutex};
 use kvm_bindings::KVM_SYSTEM_EVENT_RESET;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
+use vm_memory::GuestMemoryMmap;
+
 use crate::control::{CommandChannel, StopLatch, StopReason};
+use crate::devices::console_doorbell::{CONSOLE_ACK_PORT, CONSOLE_PORT};
 use crate::devices::ready_port::{self, GuestSignal, ACK_WAIT_PORT, READY_PORT};
 use crate::devices::{PlatformEvent, PortIoBus};
 use crate::kvm_host::HostVirt;
@@ -28,6 +31,8 @@ pub struct VcpuContext<'a> {
     pub latch: &'a StopLatch,
     pub commands: &'a CommandChannel,
     pub bus: &'a Mutex<PortIoBus>,
+    /// The guest's RAM, where console doorbells point.
+    pub mem: &'a GuestMemoryMmap,
     pub host: HostVirt,
     /// Who gives a parked guest its next command: None for the owner, by
     /// way of `commands` from another thread.
@@ -88,6 +93,15 @@ fn step(index: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext) -> Next {
         VcpuExit::IoOut(READY_PORT, data) => on_ready_port_write(ready_port::decode_write(data), ctx),
         VcpuExit::IoIn(port @ (READY_PORT | ACK_WAIT_PORT), data) => {
             park(data, port == ACK_WAIT_PORT, ctx)
+        }
+        VcpuExit::IoOut(port @ (CONSOLE_PORT | CONSOLE_ACK_PORT), data) => {
+            let printed = lock(ctx.bus).console_doorbell(port, data, ctx.mem);
+            // A line and its command's acknowledgement in one exit: the
+            // same as an `AC` write, after the line is out.
+            if printed && port == CONSOLE_ACK_PORT {
+                ctx.commands.mark_ack();
+            }
+            Next::Run
         }
         VcpuExit::IoOut(port, data) => {
             let event = lock(ctx.bus).write(port, data);
