@@ -1,13 +1,13 @@
-/// The trait through which the machine's stateful components save and
+/// The one trait through which the machine's stateful components save and
 /// restore themselves: the VM (irqchip, PIT, clock), each vCPU, the serial
-/// port, guest RAM (its layout; the contents are the `memory` file) and
-/// the clone-info page (which saves nothing: it is written fresh by every
-/// restore). A snapshot is then a tree of plain serde `State` values, and
-/// a restore a walk over it in the order docs/snapshot-format.md gives.
+/// port, the ready port's command channel, guest RAM (its layout; the
+/// contents are the `memory` file) and the clone-info page (which saves
+/// nothing: it is written fresh by every restore). A snapshot is then a
+/// tree of plain serde `State` values, and a restore a walk over it in the
+/// order docs/snapshot-format.md gives.
 ///
-/// Not everything goes through it: the ready port's state is read from
-/// and handed to the machine's control state directly, and a diff
-/// snapshot's dirty ranges are added by the snapshot code.
+/// A diff snapshot's dirty ranges are the one thing added beside it, by the
+/// snapshot code: they describe the `memory` file, not a component.
 pub trait Persist: Sized {
     /// Plain data, serde-encodable, no file descriptors or pointers.
     type State;
