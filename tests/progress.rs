@@ -1,7 +1,8 @@
-//! Progress output of `vmfork template build` (vmfork/src/cli/progress.rs):
-//! nothing under --json or --quiet; off a terminal, plain lines ending with
-//! a one-line summary, which is always printed, however fast the build; on
-//! a terminal (a pty from script(1)) a spinner, unstyled under NO_COLOR.
+//! Progress output of `vmfork template build` (the `vmfork-progress`
+//! crate, progress/src/lib.rs): nothing under --json or --quiet; off a
+//! terminal, plain lines ending with a one-line summary, which is always
+//! printed, however fast the build; on a terminal (a pty from script(1)) a
+//! spinner, unstyled under NO_COLOR.
 
 use vmfork_tests::{command, vmfork, vmfork_bin, Run, Scratch};
 

@@ -8,10 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use vmfork_progress::ProgressMode;
+
 use crate::assets::{self, Patch};
 use crate::cache::{Cache, KeyHasher};
 use crate::command::{reset_log, run_logged};
-use crate::progress::{BuildProgress, Mode};
+use crate::progress::BuildProgress;
 use crate::{Error, Result, BUILDER_VERSION};
 
 pub const KIND: &str = "linux";
@@ -114,7 +116,7 @@ pub fn build(opts: &LinuxOptions) -> Result<LinuxArtifacts> {
     }
 
     let started = Instant::now();
-    let progress = BuildProgress::start(KIND, Mode::detect(opts.quiet));
+    let progress = BuildProgress::start(KIND, ProgressMode::detect(opts.quiet));
     let log = cache.log_path(KIND, &key);
     reset_log(&log)?;
     let staging = cache.staging(KIND, &key)?;

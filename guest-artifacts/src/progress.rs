@@ -1,248 +1,66 @@
 //! Progress of a kernel or rootfs build, on stderr (stdout carries the
-//! `name=path` lines scripts read).
+//! `name=path` lines scripts read), shown by the shared `vmfork-progress`
+//! crate: a spinner on a terminal, plain lines every [`PLAIN_EVERY`]
+//! otherwise (`linux: [ 19.0s] step`), nothing under `--quiet`.
 //!
-//! - On a terminal: an indicatif spinner with the elapsed time, the current
-//!   step and, during `make`, the objects compiled so far and their rate
-//!   (counted from the `  CC`/`  AS` lines make appends to the build log).
-//!   Each step also leaves a line above the spinner. Unstyled when
-//!   `NO_COLOR` is set.
-//! - Otherwise (a log file, CI): a plain `linux: [  19s] step` line at each
-//!   step and every [`PLAIN_EVERY`] while one runs, with the same counts.
-//! - `--quiet`: nothing.
-//!
-//! Both visible modes end with one summary line.
-//!
-//! vmfork's own `Progress` (vmfork/src/cli/progress.rs) is the same idea for
-//! the vmfork binary; this crate is built on its own, without it.
+//! What is particular to builds: each step also leaves a line of its own,
+//! and during `make` the step shows the objects compiled so far and their
+//! rate, counted from the `  CC`/`  AS` lines make appends to the build log.
 
 use std::fs::File;
-use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use vmfork_progress::{Options, Progress, ProgressMode};
 
-/// How often plain mode repeats the current step while it runs.
+/// How often plain mode repeats the current step while it runs: a kernel
+/// build takes minutes, so less often than vmfork's own commands.
 pub const PLAIN_EVERY: Duration = Duration::from_secs(15);
-const TERMINAL_TICK: Duration = Duration::from_millis(100);
-
-/// Where progress goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Hidden,
-    Terminal { color: bool },
-    Plain,
-}
-
-impl Mode {
-    /// `Hidden` when `quiet`, `Terminal` when stderr is one, else `Plain`.
-    pub fn detect(quiet: bool) -> Mode {
-        if quiet {
-            Mode::Hidden
-        } else if std::io::stderr().is_terminal() {
-            // no-color.org: set and not empty.
-            let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
-            Mode::Terminal { color: !no_color }
-        } else {
-            Mode::Plain
-        }
-    }
-}
 
 /// The progress of one build (`kind` is "linux" or "rootfs"), shown until
 /// [`finish`](BuildProgress::finish) or drop.
 pub struct BuildProgress {
-    shared: Arc<Shared>,
-    ticker: Option<JoinHandle<()>>,
-}
-
-struct Shared {
-    kind: &'static str,
-    mode: Mode,
-    started: Instant,
-    bar: Option<ProgressBar>,
-    state: Mutex<State>,
-    wake: Condvar,
-}
-
-struct State {
-    step: String,
-    stop: bool,
-    last_line: Instant,
-    objects: Option<ObjectCounter>,
+    progress: Progress,
 }
 
 impl BuildProgress {
-    pub fn start(kind: &'static str, mode: Mode) -> BuildProgress {
-        let started = Instant::now();
-        let bar = match mode {
-            Mode::Terminal { color } => {
-                let template = if color {
-                    "{spinner:.green} {prefix:.bold} [{elapsed}] {wide_msg}"
-                } else {
-                    "{spinner} {prefix} [{elapsed}] {wide_msg}"
-                };
-                let style = ProgressStyle::with_template(template)
-                    .unwrap_or_else(|_| ProgressStyle::default_spinner());
-                Some(
-                    ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
-                        .with_style(style)
-                        .with_prefix(format!("{kind}:")),
-                )
-            }
-            _ => None,
+    pub fn start(kind: &str, mode: ProgressMode) -> BuildProgress {
+        let options = Options {
+            label: kind.to_owned(),
+            plain_every: PLAIN_EVERY,
         };
-        let shared = Arc::new(Shared {
-            kind,
-            mode,
-            started,
-            bar,
-            state: Mutex::new(State {
-                step: String::new(),
-                stop: false,
-                last_line: started,
-                objects: None,
-            }),
-            wake: Condvar::new(),
-        });
-        let ticker = (mode != Mode::Hidden)
-            .then(|| {
-                let shared = shared.clone();
-                std::thread::Builder::new()
-                    .name("progress".into())
-                    .spawn(move || shared.tick_until_stopped())
-                    .ok()
-            })
-            .flatten();
-        BuildProgress { shared, ticker }
+        BuildProgress {
+            progress: Progress::with_options(None, options, mode),
+        }
     }
 
     /// A line of its own (what is built, where the log is).
     pub fn note(&self, line: &str) {
-        self.shared.print(line);
+        self.progress.println(line);
     }
 
     /// A new step: a line now, then the spinner's message (or the periodic
     /// plain line) until the next one. Stops counting objects.
     pub fn step(&self, what: &str) {
-        let mut state = self.shared.lock();
-        state.step = what.to_owned();
-        state.objects = None;
-        state.last_line = Instant::now();
-        drop(state);
-        self.shared.print(&self.shared.timed(what));
-        self.shared.show_step();
+        self.progress.set_detail(None);
+        self.progress.set_message(what);
+        self.progress.line(what);
     }
 
     /// A step that runs make with its output appended to `log`: counts the
     /// objects it compiles from here on.
     pub fn step_counting(&self, what: &str, log: &Path) {
         self.step(what);
-        self.shared.lock().objects = ObjectCounter::from_end_of(log);
+        if let Some(mut counter) = ObjectCounter::from_end_of(log) {
+            self.progress
+                .set_detail(Some(Box::new(move || counter.describe())));
+        }
     }
 
     /// Clears the spinner and prints `summary` as the last line.
-    pub fn finish(mut self, summary: &str) {
-        self.stop();
-        self.shared.print(&self.shared.timed(summary));
-    }
-
-    fn stop(&mut self) {
-        self.shared.lock().stop = true;
-        self.shared.wake.notify_all();
-        if let Some(ticker) = self.ticker.take() {
-            let _ = ticker.join();
-        }
-        if let Some(bar) = &self.shared.bar {
-            bar.finish_and_clear();
-        }
-    }
-}
-
-impl Drop for BuildProgress {
-    /// A failed build leaves no spinner behind its error message.
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// `linux: [  19s] WHAT`.
-    fn timed(&self, what: &str) -> String {
-        format!(
-            "{}: [{:>4}s] {what}",
-            self.kind,
-            self.started.elapsed().as_secs()
-        )
-    }
-
-    fn print(&self, line: &str) {
-        match (&self.bar, self.mode) {
-            (Some(bar), _) => bar.println(line),
-            (None, Mode::Plain) => {
-                let _ = writeln!(std::io::stderr(), "{line}");
-            }
-            _ => {}
-        }
-    }
-
-    /// The step with its counts: "make vmlinux bzImage (812 objects, 6.1/s)".
-    fn step_line(state: &mut State) -> String {
-        match state.objects.as_mut() {
-            Some(counter) => {
-                let n = counter.update();
-                let rate = n as f64 / counter.since.elapsed().as_secs_f64().max(1e-3);
-                format!("{} ({n} objects, {rate:.1}/s)", state.step)
-            }
-            None => state.step.clone(),
-        }
-    }
-
-    fn show_step(&self) {
-        if let Some(bar) = &self.bar {
-            let line = Self::step_line(&mut self.lock());
-            bar.set_message(line);
-        }
-    }
-
-    fn tick_until_stopped(&self) {
-        let every = match self.mode {
-            Mode::Terminal { .. } => TERMINAL_TICK,
-            _ => PLAIN_EVERY,
-        };
-        let mut state = self.lock();
-        loop {
-            let wait = every.saturating_sub(state.last_line.elapsed());
-            state = self
-                .wake
-                .wait_timeout(state, wait)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-            if state.stop {
-                return;
-            }
-            if state.last_line.elapsed() < every {
-                continue;
-            }
-            state.last_line = Instant::now();
-            let line = Self::step_line(&mut state);
-            match &self.bar {
-                Some(bar) => {
-                    bar.set_message(line);
-                    bar.tick();
-                }
-                None => {
-                    let line = self.timed(&line);
-                    let _ = writeln!(std::io::stderr(), "{line}");
-                }
-            }
-        }
+    pub fn finish(self, summary: &str) {
+        self.progress.finish(summary);
     }
 }
 
@@ -279,6 +97,17 @@ impl ObjectCounter {
         }
         self.objects
     }
+
+    /// "812 objects, 6.1/s", counted since make started.
+    fn describe(&mut self) -> String {
+        let objects = self.update();
+        objects_and_rate(objects, self.since.elapsed().as_secs_f64())
+    }
+}
+
+fn objects_and_rate(objects: u64, secs: f64) -> String {
+    let rate = objects as f64 / secs.max(1e-3);
+    format!("{objects} objects, {rate:.1}/s")
 }
 
 /// Kbuild's quiet lines for a compiled object: `  CC      init/main.o`,
@@ -294,6 +123,7 @@ pub fn count_objects(text: &[u8]) -> u64 {
 mod tests {
     use super::*;
     use crate::testutil::TestDir;
+    use std::io::Write;
 
     #[test]
     fn counts_compiled_objects_only() {
@@ -315,8 +145,14 @@ mod tests {
     }
 
     #[test]
+    fn objects_come_with_their_rate() {
+        assert_eq!(objects_and_rate(812, 133.1), "812 objects, 6.1/s");
+        assert_eq!(objects_and_rate(0, 0.0), "0 objects, 0.0/s");
+    }
+
+    #[test]
     fn hidden_prints_nothing_and_finishes() {
-        let p = BuildProgress::start("linux", Mode::Hidden);
+        let p = BuildProgress::start("linux", ProgressMode::Hidden);
         p.step("make");
         p.finish("done");
     }

@@ -12,11 +12,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use sha2::{Digest, Sha256};
+use vmfork_progress::ProgressMode;
 
 use crate::assets;
 use crate::cache::{Cache, KeyHasher};
 use crate::command::{reset_log, run_captured, run_logged};
-use crate::progress::{BuildProgress, Mode};
+use crate::progress::BuildProgress;
 use crate::{Error, Result, BUILDER_VERSION};
 
 pub const KIND: &str = "rootfs";
@@ -127,7 +128,7 @@ pub fn build(opts: &RootfsOptions) -> Result<RootfsArtifacts> {
         });
     }
 
-    let progress = BuildProgress::start(KIND, Mode::detect(opts.quiet));
+    let progress = BuildProgress::start(KIND, ProgressMode::detect(opts.quiet));
     let log = cache.log_path(KIND, &key);
     reset_log(&log)?;
     let staging = cache.staging(KIND, &key)?;
