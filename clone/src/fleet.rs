@@ -15,6 +15,7 @@ use vmfork_machine::control::{CommandChannel, StopLatch, StopReason};
 use vmfork_machine::devices::console::Console;
 use vmfork_machine::error::{Error, Result};
 use vmfork_machine::floor::{median, percentile};
+use vmfork_machine::kvm_host::KvmHost;
 use vmfork_machine::machine::{proc_field_kib, Machine, RunningMachine};
 use vmfork_machine::shell::VmShell;
 use vmfork_machine::stop::stop_result;
@@ -152,6 +153,9 @@ impl Fleet {
     /// their consoles show they were unaffected, and [`Fleet::stop`]
     /// returns the failure.
     pub fn start(opts: FleetOptions, mut on_progress: impl FnMut(u64)) -> Result<Fleet> {
+        // /dev/kvm stays open for the life of the process once opened: open
+        // it before counting fds, since it is no clone's.
+        KvmHost::get()?;
         let fds = open_fds();
         let threads_before = threads();
         let private_kib = private_dirty_kib();
