@@ -78,7 +78,7 @@ def main():
                     name, extra = "uffd", ["--prefetch"]
                     if not os.path.exists(os.path.join(tpl, "working-set")):
                         run_json([v, "clone", tpl, "-n", "1", "--backend", "uffd", "--prefetch", "--json"])
-                cmd = [v, "clone", tpl, "-n", str(args.clones), "--backend", name, "--json"] + extra
+                cmd = [v, "clone", tpl, "-n", str(args.clones), "--backend", name, "--floor", "--json"] + extra
                 if shells:
                     cmd.append("--shells")
                 results[(backend, shells)] = run_json(cmd)
@@ -87,7 +87,7 @@ def main():
         procs = {}
         for p in (2, 4):
             for shells in (False, True):
-                cmd = [v, "clone", tpl, "-n", str(args.clones), "--processes", str(p), "--json"]
+                cmd = [v, "clone", tpl, "-n", str(args.clones), "--processes", str(p), "--floor", "--json"]
                 if shells:
                     cmd.append("--shells")
                 procs[(p, shells)] = run_json(cmd)

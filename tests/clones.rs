@@ -92,6 +92,7 @@ fn every_backend_with_and_without_shells_starts_live_clones_and_cleans_up() {
                 "20",
                 "--backend",
                 backend,
+                "--floor",
                 "--json",
             ];
             if shells {
@@ -118,6 +119,35 @@ fn every_backend_with_and_without_shells_starts_live_clones_and_cleans_up() {
             assert!(private < 1024, "{private} KiB private per clone: {run}");
         }
     }
+}
+
+/// The KVM floor costs 50 VMs, so only `--floor` measures it: without it
+/// `floor_us` and `ratio_vs_floor` are null and the text line leaves it out.
+#[test]
+fn the_floor_is_measured_only_with_floor() {
+    let scratch = Scratch::new("floor");
+    let dir = template(&scratch, "quiet=1 touch_mib=1");
+    let run = vmfork(&["clone", &dir, "-n", "2", "--json"]);
+    assert_eq!(run.status, 0, "{run}");
+    let json = run.json();
+    assert!(json["floor_us"].is_null(), "{run}");
+    assert!(json["ratio_vs_floor"].is_null(), "{run}");
+    assert_eq!(json["clones"], 2, "{run}");
+    let run = vmfork(&["clone", &dir, "-n", "2", "--floor", "--json"]);
+    assert_eq!(run.status, 0, "{run}");
+    let json = run.json();
+    assert!(json["floor_us"].as_u64().is_some_and(|f| f > 0), "{run}");
+    assert!(
+        json["ratio_vs_floor"].as_f64().is_some_and(|r| r > 0.0),
+        "{run}"
+    );
+    let run = vmfork(&["clone", &dir, "-n", "2"]);
+    assert_eq!(run.status, 0, "{run}");
+    assert!(run.stdout.contains("2 clones (memfd): p50 "), "{run}");
+    assert!(!run.stdout.contains("KVM floor"), "{run}");
+    let run = vmfork(&["clone", &dir, "-n", "2", "--floor"]);
+    assert_eq!(run.status, 0, "{run}");
+    assert!(run.stdout.contains("; KVM floor "), "{run}");
 }
 
 #[test]

@@ -104,10 +104,20 @@ fn only_the_clone_whose_page_server_died_fails_and_others_still_answer() {
     let scratch = Scratch::new("uffd-others");
     let dir = template(&scratch, "t");
     // Clone 4 of 4 dies; clones 1-3 were up, print their pong lines, and
-    // the error names clone 4 alone.
+    // the error names clone 4 alone. (--json: no progress lines on stderr
+    // for the clones that came up, so the error is its only line.)
     let run = injected(
         "uffd-handler-exit-after=1,clone=4",
-        &["clone", &dir, "-n", "4", "--backend", "uffd", "--console"],
+        &[
+            "clone",
+            &dir,
+            "-n",
+            "4",
+            "--backend",
+            "uffd",
+            "--console",
+            "--json",
+        ],
         Duration::from_secs(60),
     );
     assert_clean_error(&run, exit::PAGE_SERVER, "clone 4 stopped");
@@ -124,7 +134,8 @@ fn a_stalled_page_server_ends_in_the_ack_timeout_not_a_hang() {
     let dir = template(&scratch, "t");
     let run = injected(
         "uffd-handler-stall-after=1,clone=2",
-        &["clone", &dir, "-n", "3", "--backend", "uffd"],
+        // (--json: no progress line for clone 1 beside the error.)
+        &["clone", &dir, "-n", "3", "--backend", "uffd", "--json"],
         Duration::from_secs(60),
     );
     assert_clean_error(&run, exit::TIMEOUT, "clone 2 did not acknowledge");

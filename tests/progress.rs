@@ -1,10 +1,10 @@
-//! Progress output of `vmfork template build` (the `vmfork-progress`
-//! crate, progress/src/lib.rs): nothing under --json or --quiet; off a
-//! terminal, plain lines ending with a one-line summary, which is always
-//! printed, however fast the build; on a terminal (a pty from script(1)) a
-//! spinner, unstyled under NO_COLOR.
+//! Progress output of `vmfork template build` and of the clone starts of
+//! `vmfork clone` (the `vmfork-progress` crate, progress/src/lib.rs):
+//! nothing under --json or --quiet; off a terminal, plain lines ending with
+//! a one-line summary, which is always printed, however fast the work; on
+//! a terminal (a pty from script(1)) a spinner, unstyled under NO_COLOR.
 
-use vmfork_tests::{command, vmfork, vmfork_bin, Run, Scratch};
+use vmfork_tests::{build_template, command, vmfork, vmfork_bin, Run, Scratch};
 
 const PREFIX: &str = "vmfork template build: [";
 
@@ -112,6 +112,34 @@ fn spinner_on_a_terminal_without_colour_under_no_color() {
     // No SGR (colour, bold) sequence; cursor moves and line clearing are
     // not styling.
     assert!(!has_sgr(&run.stdout), "{run}");
+}
+
+/// `clone -n N` counts its clones up: plain lines ending in a summary off
+/// a terminal, none under --json, and on a terminal a bar drawn under the
+/// seccomp filter (no SIGSYS).
+#[test]
+fn clone_counts_its_clones() {
+    let scratch = Scratch::new("progress-clone");
+    let dir = build_template(&scratch.str("t"), "64M", "quiet=1");
+    let run = vmfork(&["clone", &dir, "-n", "4"]);
+    assert_eq!(run.status, 0, "{run}");
+    let lines: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("vmfork clone: ["))
+        .collect();
+    let summary = lines.last().unwrap_or_else(|| panic!("no summary: {run}"));
+    assert!(summary.contains("4 clones up (4/4, 100 %"), "{run}");
+    let run = vmfork(&["clone", &dir, "-n", "4", "--json"]);
+    assert_eq!(run.status, 0, "{run}");
+    assert!(!run.stderr.contains("vmfork clone:"), "{run}");
+    if command("script", &["-qec", "true", "/dev/null"]).status != 0 {
+        eprintln!("skipped the terminal: no script(1) with -e");
+        return;
+    }
+    let run = on_a_terminal(&["clone", &dir, "-n", "4"], "NO_COLOR=1 COLUMNS=100");
+    assert_eq!(run.status, 0, "{run}");
+    assert!(run.stdout.contains("4 clones up"), "{run}");
 }
 
 /// Whether `text` holds an `ESC [ digits;... m` sequence.

@@ -4,9 +4,11 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod fault_inject;
+pub mod fleet;
 pub mod holder;
 pub mod memfd;
 pub mod uffd;
+pub mod workers;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};

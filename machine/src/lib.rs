@@ -16,6 +16,7 @@ pub mod memory;
 pub mod persist;
 pub mod reset;
 pub mod shell;
+pub mod stop;
 pub mod vcpu;
 pub mod vm;
 

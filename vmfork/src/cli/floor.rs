@@ -1,7 +1,10 @@
-//! `vmfork floor`: the KVM floor as a command, for benchmarks.
+//! `vmfork floor`: the KVM floor as a command, for benchmarks; and the
+//! floor `vmfork clone --floor` measures beside its clones.
+
+use std::time::Duration;
 
 use clap::Args;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::args::count;
 use vmfork_machine::error::Result;
@@ -40,4 +43,24 @@ pub fn run(args: &FloorArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The floor's median over 50 fresh VMs, when `--floor` asks for it.
+pub fn measure_floor(wanted: bool) -> Result<Option<Duration>> {
+    Ok(match wanted {
+        true => Some(median(&measure(50)?)),
+        false => None,
+    })
+}
+
+/// `floor_us` and `ratio_vs_floor` for a JSON summary: the floor and the
+/// clones' p50 over it, both null when the floor was not measured.
+pub fn floor_json(p50: Duration, floor: Option<Duration>) -> (Value, Value) {
+    match floor {
+        Some(f) => (
+            json!(f.as_micros() as u64),
+            json!(p50.as_secs_f64() / f.as_secs_f64().max(1e-9)),
+        ),
+        None => (Value::Null, Value::Null),
+    }
 }

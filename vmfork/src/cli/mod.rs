@@ -12,6 +12,7 @@ macro_rules! outln {
 pub mod args;
 pub mod boot;
 pub mod clone;
+pub mod clone_args;
 pub mod clone_procs;
 pub mod ctl;
 pub mod export;
@@ -97,7 +98,7 @@ pub enum Command {
     #[command(after_help = "Examples:
   vmfork clone /tmp/tpl -n 1000 --json            1000 live clones, then stop them
   vmfork clone /tmp/tpl -n 2 --console --hold 5   show their consoles, keep them 5 s")]
-    Clone(clone::CloneArgs),
+    Clone(clone_args::CloneArgs),
     /// Send a request to a running VM's control socket.
     Ctl(ctl::CtlArgs),
     /// Serve functions over HTTP, each invocation in a fresh clone.

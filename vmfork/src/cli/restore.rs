@@ -7,13 +7,14 @@ use clap::Args;
 use serde_json::json;
 
 use super::args::{parse_duration, Parsed};
-use super::boot::{phases_json, stop_name, stop_result};
+use super::boot::{phases_json, stop_name};
 use super::isolation::IsolationArgs;
 use super::signals;
 use vmfork_machine::devices::console::Console;
 use vmfork_machine::error::Result;
 use vmfork_machine::machine::vmm_rss_kib;
 use vmfork_machine::persist::vm::ClockMode;
+use vmfork_machine::stop::stop_result;
 use vmfork_template::{api, owner};
 use vmfork_template::{LoadedTemplate, RamSource, RestoreOptions};
 

@@ -8,12 +8,13 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use super::args::{parse_duration, Parsed};
-use super::boot::{stop_result, VmArgs};
+use super::boot::VmArgs;
 use super::progress::{Progress, ProgressMode};
 use super::signals;
 use vmfork_machine::control::StopReason;
 use vmfork_machine::error::{Error, Result};
 use vmfork_machine::machine::Machine;
+use vmfork_machine::stop::stop_result;
 
 #[derive(Debug, Subcommand)]
 pub enum TemplateCommand {
