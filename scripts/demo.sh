@@ -11,6 +11,7 @@ case "${1:-}" in
     "") ;;
     *) echo "usage: scripts/demo.sh [--json]" >&2; exit 2 ;;
 esac
+command -v curl >/dev/null || bash scripts/setup-host.sh
 cargo build --release -q -p vmfork
 vmfork=target/release/vmfork
 work="$(mktemp -d "${TMPDIR:-/tmp}/vmfork-demo.XXXXXX")"

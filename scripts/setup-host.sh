@@ -8,12 +8,13 @@
 #   busybox-static      the guest rootfs userland (must be static: no libc in the image)
 #   e2fsprogs           mkfs.ext4 -d builds the DAX rootfs without root or loop devices
 #   wrk                 HTTP load generator for scripts/bench-faas.sh
+#   curl                the HTTP client of scripts/demo.sh and the README's examples
 #   gcc make bc bison flex libelf-dev libssl-dev cpio patch xz-utils
 #                       what a kernel build needs
 set -euo pipefail
 
 packages=(
-    qemu-system-x86 busybox-static linux-source-6.12 e2fsprogs wrk
+    qemu-system-x86 busybox-static linux-source-6.12 e2fsprogs wrk curl
     gcc make bc bison flex libelf-dev libssl-dev cpio patch xz-utils
 )
 
