@@ -33,6 +33,16 @@ pub enum Version {
     V2,
 }
 
+impl Version {
+    /// As reports print it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Version::V1 => "v1",
+            Version::V2 => "v2",
+        }
+    }
+}
+
 /// Where the process went, and what it cost.
 #[derive(Debug, Clone)]
 pub struct Joined {

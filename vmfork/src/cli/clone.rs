@@ -167,7 +167,7 @@ fn summary_json(
         "shells": args.shells,
         "vcpus_restored_ahead": r.vcpus_restored_ahead,
         "cgroup": cgroup.map(|c| json!({
-            "version": format!("{:?}", c.version).to_lowercase(),
+            "version": c.version.name(),
             "setup_us": c.setup_us,
             "dirs": c.dirs,
         })),

@@ -32,11 +32,21 @@ pub struct IsolationArgs {
     #[arg(long, value_name = "SIZE", requires = "cgroup", value_parser = Parsed(parse_size))]
     pub memory_max: Option<u64>,
     /// cpu.max of the cgroup as a share of one CPU, e.g. 50% or 200%.
-    #[arg(long, value_name = "PCT", requires = "cgroup")]
-    pub cpu_max: Option<String>,
+    #[arg(long, value_name = "PCT", requires = "cgroup", value_parser = Parsed(cpu_max))]
+    pub cpu_max: Option<CpuQuota>,
     /// pids.max of the cgroup (threads count: one per vCPU).
     #[arg(long, value_name = "N", requires = "cgroup", value_parser = count::<u64>(1, 1 << 22))]
     pub pids_max: Option<u64>,
+}
+
+/// `--cpu-max`: microseconds of CPU per period, or None for `max`.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuQuota(Option<u64>);
+
+fn cpu_max(text: &str) -> std::result::Result<CpuQuota, String> {
+    cgroup::parse_cpu_max(text)
+        .map(CpuQuota)
+        .map_err(|_| "a percentage of one CPU such as 50% or 200%, or max".into())
 }
 
 impl IsolationArgs {
@@ -49,10 +59,7 @@ impl IsolationArgs {
             Some(name) => Some(cgroup::join(&CgroupSpec {
                 name: name.clone(),
                 memory_max: self.memory_max,
-                cpu_quota_us: match self.cpu_max.as_deref() {
-                    Some(c) => cgroup::parse_cpu_max(c)?,
-                    None => None,
-                },
+                cpu_quota_us: self.cpu_max.and_then(|CpuQuota(quota)| quota),
                 pids_max: self.pids_max,
             })?),
             None => None,
