@@ -19,12 +19,14 @@
 
 pub mod clone_info;
 pub mod console;
+pub mod functions;
 pub mod mailbox;
 pub mod port;
 pub mod ring0;
 
 pub use clone_info::*;
 pub use console::*;
+pub use functions::*;
 pub use mailbox::*;
 pub use port::*;
 pub use ring0::*;

@@ -2,6 +2,7 @@
 
 use core::fmt;
 
+use crate::abi::UNKNOWN_FUNCTION;
 use crate::function::Function;
 use crate::misbehave::Test;
 
@@ -82,9 +83,7 @@ pub fn parse(cmdline: &'static [u8]) -> Result<Config, BadWord> {
                 }
             }
             b"function" => {
-                cfg.function = Some(Function::parse(value).ok_or(bad(
-                    "unknown function (echo, sha256, json-upper, counter, crash, spin, triple-fault, no-ack, port-flood, mmio-flood, interrupt-storm, page-table-write)",
-                ))?)
+                cfg.function = Some(Function::parse(value).ok_or(bad(UNKNOWN_FUNCTION))?)
             }
             b"test" => {
                 cfg.test = match value {

@@ -12,69 +12,9 @@ use crate::abi::{
 };
 use crate::{json, misbehave, sha256};
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Function {
-    Echo,
-    Sha256,
-    JsonUpper,
-    /// Answers how many times this guest instance has been invoked: global
-    /// state that shows whether requests share an instance.
-    Counter,
-    /// Executes `ud2`: a guest crash in the middle of a request.
-    Crash,
-    /// Never answers: a request that runs past any timeout.
-    Spin,
-    /// Triple-faults the guest mid-request (misbehave::triple_fault).
-    TripleFault,
-    /// Takes the INVOKE and never acknowledges it: parked, not spinning.
-    NoAck,
-    /// Floods unclaimed ports, forever (misbehave::port_flood).
-    PortFlood,
-    /// Floods unbacked guest-physical addresses, forever.
-    MmioFlood,
-    /// Self-IPIs from ring 0, forever (misbehave::interrupt_storm).
-    InterruptStorm,
-    /// Writes one of its own page-table entries, then answers normally:
-    /// a clone whose VM must not be reused as it is (clone/reset.rs).
-    PageTableWrite,
-}
-
-impl Function {
-    pub fn parse(name: &[u8]) -> Option<Function> {
-        Some(match name {
-            b"echo" => Function::Echo,
-            b"sha256" => Function::Sha256,
-            b"json-upper" => Function::JsonUpper,
-            b"counter" => Function::Counter,
-            b"crash" => Function::Crash,
-            b"spin" => Function::Spin,
-            b"triple-fault" => Function::TripleFault,
-            b"no-ack" => Function::NoAck,
-            b"port-flood" => Function::PortFlood,
-            b"mmio-flood" => Function::MmioFlood,
-            b"interrupt-storm" => Function::InterruptStorm,
-            b"page-table-write" => Function::PageTableWrite,
-            _ => return None,
-        })
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Function::Echo => "echo",
-            Function::Sha256 => "sha256",
-            Function::JsonUpper => "json-upper",
-            Function::Counter => "counter",
-            Function::Crash => "crash",
-            Function::Spin => "spin",
-            Function::TripleFault => "triple-fault",
-            Function::NoAck => "no-ack",
-            Function::PortFlood => "port-flood",
-            Function::MmioFlood => "mmio-flood",
-            Function::InterruptStorm => "interrupt-storm",
-            Function::PageTableWrite => "page-table-write",
-        }
-    }
-}
+/// The built-in functions are named once, in guest-abi, for the VMM to
+/// check `--function` against; what each does is here.
+pub use crate::abi::BuiltinFunction as Function;
 
 /// INVOKEs served since boot. It lives in guest memory, so a template
 /// taken before any request hands every clone a count of zero.

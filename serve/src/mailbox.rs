@@ -17,23 +17,6 @@ use vmfork_guest_abi::{
     REQUEST_MAGIC, RESPONSE_MAGIC, STATUS_BAD_REQUEST, STATUS_OK, STATUS_REJECTED,
 };
 
-/// The embedded guest's built-in functions (guest/app/function.rs); from
-/// `crash` on they misbehave on purpose, for tests (docs/guest-abi.md).
-pub const GUEST_FUNCTIONS: &[&str] = &[
-    "echo",
-    "sha256",
-    "json-upper",
-    "counter",
-    "crash",
-    "spin",
-    "triple-fault",
-    "no-ack",
-    "port-flood",
-    "mmio-flood",
-    "interrupt-storm",
-    "page-table-write",
-];
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Status {
     Ok,

@@ -9,6 +9,7 @@ use serde_json::json;
 use super::args::{count, format_size, parse_duration, parse_size, Parsed};
 use super::isolation::IsolationArgs;
 use super::signals;
+use vmfork_guest_abi::{BuiltinFunction, FUNCTION_NAMES};
 use vmfork_machine::boot::loader::{BootProtocol, KernelSource};
 use vmfork_machine::control::StopReason;
 use vmfork_machine::devices::console::Console;
@@ -16,7 +17,6 @@ use vmfork_machine::error::{Error, Result};
 use vmfork_machine::kvm_host::KvmHost;
 use vmfork_machine::machine::{vmm_rss_kib, Machine, MachineConfig, MAX_VCPUS};
 use vmfork_machine::stop::stop_result;
-use vmfork_serve::mailbox::GUEST_FUNCTIONS;
 use vmfork_template::{api, owner};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -127,10 +127,9 @@ impl VmArgs {
                     "--function needs the embedded guest (leave out --kernel)".into(),
                 ));
             }
-            if !GUEST_FUNCTIONS.contains(&name.as_str()) {
+            if BuiltinFunction::parse(name.as_bytes()).is_none() {
                 return Err(Error::InvalidArgument(format!(
-                    "--function {name}: unknown; the embedded guest has {}",
-                    GUEST_FUNCTIONS.join(", ")
+                    "--function {name}: unknown; the embedded guest has {FUNCTION_NAMES}"
                 )));
             }
         }
