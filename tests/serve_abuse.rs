@@ -87,7 +87,14 @@ fn request_then_close_floods_never_exceed_the_limits() {
     const MAX: i64 = 2;
     let server = Server::start(
         &fns,
-        &["--timeout", "1s", "--max-concurrency", "2", "--queue", "4"],
+        &[
+            "--timeout",
+            "500ms",
+            "--max-concurrency",
+            "2",
+            "--queue",
+            "4",
+        ],
     );
     let pid = server.pid();
     assert_eq!(server.invoke("echo", b"warm").0, 200);
@@ -96,10 +103,18 @@ fn request_then_close_floods_never_exceed_the_limits() {
         .map(|w| {
             let client = server.client.clone();
             std::thread::spawn(move || {
-                let mut answered = 0;
-                for i in 0..60 {
+                let mut unanswered = 0;
+                for i in 0..30 {
                     let mut s = connect(&client);
                     let _ = s.write_all(invoke_head("spin", 0).as_bytes());
+                    // Long enough for the request to start its VM (or
+                    // be refused), then leave.
+                    s.set_read_timeout(Some(Duration::from_millis(20)))
+                        .expect("read timeout");
+                    let mut first = [0u8; 64];
+                    if s.read(&mut first).is_ok_and(|n| n > 0) {
+                        continue;
+                    }
                     if (i + w) % 3 == 0 {
                         // Reset: the server drops the request's handler.
                         reset(s);
@@ -108,38 +123,40 @@ fn request_then_close_floods_never_exceed_the_limits() {
                         drop(s);
                     } else {
                         let _ = s.shutdown(Shutdown::Write);
-                        s.set_read_timeout(Some(Duration::from_millis(5)))
+                        s.set_read_timeout(Some(Duration::from_secs(5)))
                             .expect("read timeout");
+                        // Half-closed: its answer (200, 503 or 504) comes.
                         let mut buf = [0u8; 64];
-                        if s.read(&mut buf).is_ok_and(|n| n > 0) {
-                            answered += 1;
+                        if !s.read(&mut buf).is_ok_and(|n| n > 0) {
+                            unanswered += 1;
                         }
                     }
                 }
-                answered
+                unanswered
             })
         })
         .collect();
-    // Watch the gauges until the flood is over and its clones are gone.
+    // Watch the gauges until the flood is over and its clones are gone:
+    // a VM whose client left runs until --timeout, so the watch goes on
+    // for twice that after the last client.
     let (mut live_max, mut threads_max, mut rss_max) = (0, 0, 0);
-    let mut flooding = true;
+    let mut flood_ended = None;
     loop {
         let live = server.live_clones();
         live_max = live_max.max(live);
         threads_max = threads_max.max(proc_status(pid, "Threads:"));
         rss_max = rss_max.max(proc_status(pid, "VmRSS:"));
-        if flooding && flood.iter().all(|t| t.is_finished()) {
-            flooding = false;
+        if flood_ended.is_none() && flood.iter().all(|t| t.is_finished()) {
+            flood_ended = Some(Instant::now());
         }
-        if !flooding && live == 0 {
+        if flood_ended.is_some_and(|t| t.elapsed() > Duration::from_secs(1)) && live == 0 {
             break;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    for t in flood {
-        t.join().expect("flood thread");
-    }
+    let unanswered: usize = flood.into_iter().map(|t| t.join().expect("flood")).sum();
     eprintln!("flood: live clones <= {live_max}, threads <= {threads_max}, RSS {rss_before} -> <= {rss_max} KiB");
+    assert!(live_max > 0, "the flood ran no VM");
     assert!(
         live_max <= MAX,
         "{live_max} clones alive at once, max {MAX}"
@@ -147,6 +164,7 @@ fn request_then_close_floods_never_exceed_the_limits() {
     // Blocking threads 2 x 2 + 2 + 1, 2 workers, 16 reapers, vCPU
     // runners, main, signals: far below tokio's default 512.
     assert!(threads_max <= 48, "{threads_max} threads");
+    assert_eq!(unanswered, 0, "half-closed clients without an answer");
     assert!(
         rss_max <= rss_before + 64 * 1024,
         "RSS grew from {rss_before} to {rss_max} KiB"
