@@ -132,9 +132,10 @@ pub fn run(config: ServeConfig, stop: StopLatch) -> Result<()> {
         Ok::<_, Error>(server::serve(listener, app, config.http, vms, metrics, shutdown).await)
     })?;
     if let Drained::DeadlinePassed { running } = drained {
-        // The VMs still running end with the process.
-        tracing::warn!(
-            "the drain deadline ({:.1} s) passed with {running} invocations running; stopping now",
+        // The VMs still running end with the process. One line, whatever
+        // the log level: the operator asked for a drain and did not get it.
+        eprintln!(
+            "vmfork serve: the drain deadline ({:.1} s) passed with {running} VMs running; stopping now",
             config.http.drain_timeout.as_secs_f64()
         );
         runtime.shutdown_background();
