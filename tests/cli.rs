@@ -107,6 +107,26 @@ fn bad_values_are_invalid_arguments_naming_the_flag() {
             "--max-body",
         ),
         (
+            vec!["serve", "--template", "a=/tmp", "--header-timeout", "0"],
+            "--header-timeout",
+        ),
+        (
+            vec!["serve", "--template", "a=/tmp", "--body-timeout", "soon"],
+            "--body-timeout",
+        ),
+        (
+            vec!["serve", "--template", "a=/tmp", "--idle-timeout", "1x"],
+            "--idle-timeout",
+        ),
+        (
+            vec!["serve", "--template", "a=/tmp", "--max-connections", "0"],
+            "--max-connections",
+        ),
+        (
+            vec!["serve", "--template", "a=/tmp", "--drain-timeout", "1h"],
+            "--drain-timeout",
+        ),
+        (
             vec!["template", "build", "--out", "/tmp/x", "--timeout", "0"],
             "--timeout",
         ),

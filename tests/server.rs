@@ -81,6 +81,30 @@ impl Server {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Sends `signal` ("TERM", "INT", ...) to the server.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal}");
+    }
+
+    /// The server's exit status once it ends, or None if it is still
+    /// running after `within`.
+    pub fn exit_within(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// SIGTERM, then asserts a clean exit.
     pub fn stop(mut self) {
         let pid = self.child.id().to_string();

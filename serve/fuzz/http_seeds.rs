@@ -132,7 +132,7 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
         ("200__head-healthz", request("HEAD", "/healthz", &[], b"")),
         ("413__body-over-limit", post(&echo, &big)),
         (
-            "400__declared-huge-then-eof",
+            "413__declared-huge-refused-before-the-body",
             request("POST", &echo, &["Content-Length: 1099511627776"], b"short"),
         ),
         (

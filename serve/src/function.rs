@@ -2,11 +2,12 @@
 //! shells (pool.rs), and the path of one invocation in a fresh clone.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::limits::Slot;
 use super::mailbox::{self, Response, CMD_INVOKE, CMD_RESUME_INVOKE};
 use super::metrics::Metrics;
 use super::pool::{Finished, Recycle, ShellPool};
@@ -29,6 +30,9 @@ pub struct Function {
     next_id: AtomicU64,
     /// vCPU threads kept between this function's clones.
     runners: Arc<Runners>,
+    /// A background refill of the warm pool is running: one at a time, so
+    /// requests never pile up blocking threads making shells.
+    refilling: AtomicBool,
 }
 
 /// Where each invocation's VM comes from.
@@ -110,6 +114,7 @@ impl Function {
             source,
             next_id: AtomicU64::new(1),
             runners: Runners::new(),
+            refilling: AtomicBool::new(false),
         };
         function.refill();
         Ok(function)
@@ -146,6 +151,18 @@ impl Function {
             } => pool.owned() < *warm_target,
             Source::ColdBoot { .. } => false,
         }
+    }
+
+    /// Whether the caller should run [`Self::refill_claimed`]: the pool is
+    /// below its target and no other refill is running.
+    pub fn claim_refill(&self) -> bool {
+        self.needs_refill() && !self.refilling.swap(true, Ordering::AcqRel)
+    }
+
+    /// The refill [`Self::claim_refill`] gave to the caller.
+    pub fn refill_claimed(&self) {
+        self.refill();
+        self.refilling.store(false, Ordering::Release);
     }
 
     pub fn warm_len(&self) -> usize {
@@ -240,9 +257,11 @@ impl Function {
     /// the outcome. Then the VM is recycled here, when it answered and its
     /// pool takes it back (the caller is answered by then, and handing it
     /// to a reaper would cost another cross-thread wake-up); otherwise it
-    /// goes to `reaper` to be stopped and closed.
+    /// goes to `reaper` to be stopped and closed. `slot` is freed once the
+    /// VM is stopped (or was never started), however the caller fares.
     pub fn invoke(
         &self,
+        slot: Option<Slot>,
         body: &[u8],
         timeout: Duration,
         metrics: &Metrics,
@@ -261,7 +280,7 @@ impl Function {
             Source::Clones { pool, .. } => Some(pool.clone()),
             Source::ColdBoot { .. } => None,
         };
-        let finished = Finished::new(running, pool, reusable);
+        let finished = Finished::new(running, pool, reusable, slot);
         if finished.recycles() {
             return finished.reap(metrics);
         }

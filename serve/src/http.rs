@@ -1,20 +1,19 @@
-//! The HTTP API of `vmfork serve` (axum on tokio).
+//! The HTTP API of `vmfork serve` (an axum router; server.rs serves it).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
-use tokio::sync::Semaphore;
 
 use super::function::{Function, Outcome};
+use super::limits::Limits;
 use super::mailbox::Status;
 use super::metrics::{Counted, Metrics};
 use super::pool::Finished;
@@ -24,23 +23,23 @@ pub struct AppState {
     pub functions: Vec<Arc<Function>>,
     pub templates: Vec<String>,
     pub metrics: Arc<Metrics>,
-    pub slots: Semaphore,
-    /// Invocations running or queued for a slot.
-    pub admitted: AtomicUsize,
-    /// --max-concurrency + --queue.
-    pub admission_limit: usize,
+    /// Running VMs and admitted invocations.
+    pub limits: Arc<Limits>,
     pub timeout: Duration,
+    /// Largest request body (`--max-body`).
+    pub max_body: usize,
+    /// From the end of a request's head to the end of its body.
+    pub body_timeout: Duration,
     /// Where a finished clone goes to be stopped and closed.
     pub reaper: std::sync::mpsc::Sender<Finished>,
 }
 
-pub fn router(state: Arc<AppState>, max_body: usize) -> Router {
+pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route("/v1/functions", get(list))
         .route("/v1/functions/{name}/invoke", post(invoke))
-        .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }
 
@@ -72,27 +71,6 @@ async fn list(State(state): State<Arc<AppState>>) -> Response {
     axum::Json(json!({ "functions": list })).into_response()
 }
 
-/// One admitted invocation, running or queued for a slot; leaving (on any
-/// path, including a client that hangs up) frees its place.
-struct Admission<'a>(&'a AtomicUsize);
-
-impl<'a> Admission<'a> {
-    fn enter(state: &'a AppState) -> Option<Self> {
-        let admitted = &state.admitted;
-        if admitted.fetch_add(1, Ordering::AcqRel) >= state.admission_limit {
-            admitted.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(Admission(admitted))
-    }
-}
-
-impl Drop for Admission<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 fn text(status: StatusCode, message: impl Into<String>) -> Response {
     let mut body = message.into();
     body.push('\n');
@@ -102,47 +80,50 @@ fn text(status: StatusCode, message: impl Into<String>) -> Response {
 async fn invoke(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Response {
     let started = Instant::now();
     let Some(function) = state.functions.iter().find(|f| f.name == name).cloned() else {
         return text(StatusCode::NOT_FOUND, format!("no function named {name:?}"));
     };
-    let body = match body {
-        Ok(b) => b,
-        Err(rejection) => {
-            let status = rejection.status();
-            if status == StatusCode::PAYLOAD_TOO_LARGE {
-                state.metrics.count(Counted::TooLarge);
-            }
-            return text(status, rejection.body_text());
-        }
-    };
-    // Running plus queued invocations are bounded; past that, shed load.
-    let Some(_admitted) = Admission::enter(&state) else {
+    // A declared body over the limit is refused before a byte of it is
+    // read; a body that does not declare its length is counted as it
+    // arrives.
+    if declared_length(request.headers()).is_some_and(|n| n > state.max_body as u64) {
+        return too_large(&state);
+    }
+    // Running plus queued invocations are bounded, and so are the bodies
+    // buffered for them: admission comes before the body is read.
+    let Some(admission) = state.limits.admit() else {
         state.metrics.count(Counted::Overloaded);
         let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "overloaded, retry later");
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return r;
     };
-    let Ok(_permit) = state.slots.acquire().await else {
+    let body = match read_body(request.into_body(), &state).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    // The slot goes with the VM: it is freed when the VM is stopped, not
+    // when this handler is dropped (a client that hangs up).
+    let Some(slot) = admission.run_slot().await else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     };
     let reaper = state.reaper.clone();
     let (timeout, metrics, f) = (state.timeout, state.metrics.clone(), function.clone());
     let (reply, outcome) = tokio::sync::oneshot::channel();
     tokio::task::spawn_blocking(move || {
-        f.invoke(&body, timeout, &metrics, &reaper, |outcome| {
+        f.invoke(Some(slot), &body, timeout, &metrics, &reaper, |outcome| {
             let _ = reply.send(outcome);
         })
     });
     let outcome = outcome.await;
     // Refill the warm pool for the next request, off this one's path (a
-    // blocking task only when there is something to make).
-    if function.needs_refill() {
+    // blocking task only when there is something to make, one at a time).
+    if function.claim_refill() {
         let refill = function.clone();
-        tokio::task::spawn_blocking(move || refill.refill());
+        tokio::task::spawn_blocking(move || refill.refill_claimed());
     }
     let response = match outcome {
         Err(e) => {
@@ -196,6 +177,49 @@ async fn invoke(
     };
     state.metrics.observe(started.elapsed());
     response
+}
+
+/// The Content-Length a request declares, if any (hyper has already
+/// refused a malformed one).
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn too_large(state: &AppState) -> Response {
+    state.metrics.count(Counted::TooLarge);
+    text(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the body is over {} bytes", state.max_body),
+    )
+}
+
+/// The whole body, within `--max-body` and `--body-timeout`.
+async fn read_body(body: Body, state: &AppState) -> Result<Bytes, Response> {
+    let limited = Limited::new(body, state.max_body).collect();
+    match tokio::time::timeout(state.body_timeout, limited).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large(state)),
+        Ok(Err(e)) => Err(text(
+            StatusCode::BAD_REQUEST,
+            format!("reading the body: {e}"),
+        )),
+        Err(_) => {
+            state.metrics.count(Counted::SlowBody);
+            Err(text(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the body took longer than {:.1} s",
+                    state.body_timeout.as_secs_f64()
+                ),
+            ))
+        }
+    }
 }
 
 /// The HTTP status and metrics outcome for each status a guest may answer

@@ -3,25 +3,28 @@
 //! the guest's mailbox (docs/guest-abi.md). docs/serve.md has the API.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod connection;
 pub mod function;
 pub mod http;
+pub mod limits;
 pub mod mailbox;
 pub mod metrics;
 pub mod pool;
 pub mod progress;
+pub mod server;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
-
 use function::Function;
 use http::AppState;
+use limits::Limits;
 use metrics::Metrics;
 pub use pool::Recycle;
+use server::Drained;
+pub use server::HttpLimits;
 use vmfork_machine::control::StopLatch;
 use vmfork_machine::error::{Error, Result};
 
@@ -37,6 +40,8 @@ pub struct ServeConfig {
     pub cold_boot: bool,
     /// What becomes of a finished clone's VM (docs/serve.md).
     pub recycle: Recycle,
+    /// Connections, header/body/idle timeouts and the drain deadline.
+    pub http: HttpLimits,
 }
 
 /// Loads every function and starts the reapers: the state one server
@@ -65,17 +70,27 @@ pub fn new_state(
         functions,
         templates,
         metrics,
-        slots: Semaphore::new(config.max_concurrency),
-        admitted: AtomicUsize::new(0),
-        admission_limit: config.max_concurrency + config.queue,
+        limits: Limits::new(config.max_concurrency, config.queue),
         timeout: config.timeout,
+        max_body: config.max_body,
+        body_timeout: config.http.body_timeout,
         reaper,
     });
     Ok((state, reapers))
 }
 
+/// Blocking threads the server needs: one per running VM's invocation,
+/// as many again finishing theirs (resetting a VM after its slot is
+/// freed), one warm-pool refill per function, and the wait for the stop
+/// signal. Tasks past this wait in tokio's queue, and each of those holds
+/// a running slot, so the queue is bounded too.
+pub fn blocking_threads(config: &ServeConfig) -> usize {
+    2 * config.max_concurrency + config.templates.len() + 1
+}
+
 /// Serves until `stop` is stopped (SIGINT/SIGTERM in the CLI), then lets
-/// in-flight requests finish and stops every clone.
+/// in-flight requests finish and stops every clone, within
+/// `config.http.drain_timeout`.
 pub fn run(config: ServeConfig, stop: StopLatch) -> Result<()> {
     if config.max_body > mailbox::MAX_BODY {
         return Err(Error::InvalidArgument(format!(
@@ -87,6 +102,7 @@ pub fn run(config: ServeConfig, stop: StopLatch) -> Result<()> {
     let (state, reapers) = new_state(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .max_blocking_threads(blocking_threads(&config))
         .enable_all()
         // Workers and blocking threads alike, before they run any task:
         // invoke() runs on blocking threads and creates and starts clones,
@@ -97,8 +113,9 @@ pub fn run(config: ServeConfig, stop: StopLatch) -> Result<()> {
             )
         })
         .build()?;
-    let app = http::router(state.clone(), config.max_body);
-    runtime.block_on(async move {
+    let app = http::router(state.clone());
+    let (vms, metrics) = (state.limits.clone(), state.metrics.clone());
+    let drained = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| Error::InvalidArgument(format!("--listen {}: {e}", config.listen)))?;
@@ -112,11 +129,18 @@ pub fn run(config: ServeConfig, stop: StopLatch) -> Result<()> {
         let shutdown = async move {
             let _ = tokio::task::spawn_blocking(move || stop.wait()).await;
         };
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(Error::Io)
+        Ok::<_, Error>(server::serve(listener, app, config.http, vms, metrics, shutdown).await)
     })?;
+    if let Drained::DeadlinePassed { running } = drained {
+        // The VMs still running end with the process. One line, whatever
+        // the log level: the operator asked for a drain and did not get it.
+        eprintln!(
+            "vmfork serve: the drain deadline ({:.1} s) passed with {running} VMs running; stopping now",
+            config.http.drain_timeout.as_secs_f64()
+        );
+        runtime.shutdown_background();
+        return Ok(());
+    }
     // In-flight requests are done; drop the warm shells and let the
     // reapers finish every clone still being torn down.
     drop(state);

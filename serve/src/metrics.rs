@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
+use super::connection::Closed;
 use vmfork_machine::reset::Reset;
 
 /// Outcomes an invocation can have, one counter each.
@@ -16,11 +17,13 @@ pub enum Counted {
     Crash,
     Overloaded,
     TooLarge,
+    /// The body did not arrive within --body-timeout (408).
+    SlowBody,
     Error,
 }
 
 impl Counted {
-    pub const ALL: [Counted; 8] = [
+    pub const ALL: [Counted; 9] = [
         Counted::Ok,
         Counted::Rejected,
         Counted::BadRequest,
@@ -28,6 +31,7 @@ impl Counted {
         Counted::Crash,
         Counted::Overloaded,
         Counted::TooLarge,
+        Counted::SlowBody,
         Counted::Error,
     ];
 
@@ -41,6 +45,7 @@ impl Counted {
             Counted::Crash => "crash",
             Counted::Overloaded => "overloaded",
             Counted::TooLarge => "too_large",
+            Counted::SlowBody => "slow_body",
             Counted::Error => "error",
         }
     }
@@ -64,6 +69,10 @@ pub struct Metrics {
     recycled_remapped: AtomicU64,
     /// Pages refilled by in-place resets.
     reset_pages: AtomicU64,
+    /// Client connections open now.
+    connections: AtomicI64,
+    /// Connections the server closed itself, by `Closed` (in ALL's order).
+    closed: [AtomicU64; Closed::ALL.len()],
 }
 
 impl Metrics {
@@ -82,6 +91,14 @@ impl Metrics {
                 self.recycled_remapped.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    pub fn connections_open(&self, open: usize) {
+        self.connections.store(open as i64, Ordering::Relaxed);
+    }
+
+    pub fn connection_closed(&self, why: Closed) {
+        self.closed[why as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn observe(&self, latency: Duration) {
@@ -150,10 +167,29 @@ impl Metrics {
                 "VM shells ready for clones (made ahead with --warm, or recycled).",
                 pooled_vms as i64,
             ),
+            (
+                "vmfork_connections",
+                "Client connections open (at most --max-connections).",
+                self.connections.load(Ordering::Relaxed),
+            ),
         ];
         for (name, help, value) in gauges {
             family(&mut out, name, "gauge", help);
             let _ = writeln!(out, "{name} {value}");
+        }
+        family(
+            &mut out,
+            "vmfork_connections_closed_total",
+            "counter",
+            "Client connections the server closed itself, by reason.",
+        );
+        for (why, c) in Closed::ALL.iter().zip(&self.closed) {
+            sample(
+                &mut out,
+                "vmfork_connections_closed_total",
+                ("reason", why.label()),
+                load(c),
+            );
         }
         family(
             &mut out,
@@ -210,6 +246,9 @@ mod tests {
         for (i, outcome) in Counted::ALL.iter().enumerate() {
             assert_eq!(*outcome as usize, i, "{outcome:?}");
         }
+        for (i, why) in Closed::ALL.iter().enumerate() {
+            assert_eq!(*why as usize, i, "{why:?}");
+        }
     }
 
     #[test]
@@ -234,5 +273,11 @@ mod tests {
         assert!(text.contains("vmfork_recycled_vms_total{reset=\"remap\"} 1"));
         assert!(text.contains("vmfork_reset_pages_total 3"));
         assert!(text.contains("vmfork_pooled_vms 2"));
+        m.connection_closed(Closed::HeaderTimeout);
+        m.connections_open(3);
+        let text = m.render(10, 2);
+        assert!(text.contains("vmfork_connections_closed_total{reason=\"header_timeout\"} 1"));
+        assert!(text.contains("vmfork_connections_closed_total{reason=\"over_cap\"} 0"));
+        assert!(text.contains("vmfork_connections 3"));
     }
 }

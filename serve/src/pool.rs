@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 
+use super::limits::Slot;
 use super::metrics::Metrics;
 use vmfork_machine::control::StopReason;
 use vmfork_machine::machine::RunningMachine;
@@ -123,17 +124,27 @@ pub struct Finished {
     /// Whether the clone answered normally. One that crashed, hung or
     /// misbehaved is closed, never reused.
     reusable: bool,
+    /// Its running slot: the clone counts against `--max-concurrency`
+    /// until it is stopped.
+    slot: Option<Slot>,
 }
 
 impl Finished {
     /// `reusable`: whether the clone answered normally. One that crashed,
-    /// hung or misbehaved is closed, never reused.
-    pub fn new(running: RunningMachine, pool: Option<Arc<ShellPool>>, reusable: bool) -> Self {
+    /// hung or misbehaved is closed, never reused. `slot` is freed once
+    /// the clone is stopped.
+    pub fn new(
+        running: RunningMachine,
+        pool: Option<Arc<ShellPool>>,
+        reusable: bool,
+        slot: Option<Slot>,
+    ) -> Self {
         let recycle_into = pool.filter(|p| p.recycles());
         Finished {
             running,
             recycle_into,
             reusable,
+            slot,
         }
     }
 
@@ -143,10 +154,13 @@ impl Finished {
         self.reusable && self.recycle_into.is_some()
     }
 
-    /// Stops the clone, then recycles its VM or closes it.
+    /// Stops the clone, frees its slot, then recycles its VM or closes it.
     pub fn reap(self, metrics: &Metrics) {
         let stopped = self.running.stop(StopReason::Requested);
+        // In this order: `vmfork_live_clones` never counts more clones
+        // than slots are taken.
         metrics.live_clones.fetch_sub(1, Ordering::Relaxed);
+        drop(self.slot);
         let Some(pool) = self.recycle_into else {
             return;
         };

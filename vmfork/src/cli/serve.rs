@@ -10,7 +10,7 @@ use super::args::{count, parse_duration, parse_size, Parsed};
 use super::signals;
 use vmfork_machine::control::StopLatch;
 use vmfork_machine::error::{Error, Result};
-use vmfork_serve::{run as serve, Recycle, ServeConfig};
+use vmfork_serve::{run as serve, HttpLimits, Recycle, ServeConfig};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -45,6 +45,27 @@ pub struct ServeArgs {
     /// "Recycled VMs").
     #[arg(long, value_enum, default_value = "in-place")]
     pub recycle: RecycleArg,
+    /// Time from a request's first byte to the end of its headers; a
+    /// slower client's connection is closed.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = Parsed(parse_duration))]
+    pub header_timeout: Duration,
+    /// Time from the end of a request's headers to the end of its body;
+    /// a slower client gets 408.
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = Parsed(parse_duration))]
+    pub body_timeout: Duration,
+    /// A connection with no request and no byte moving either way for
+    /// this long is closed.
+    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = Parsed(parse_duration))]
+    pub idle_timeout: Duration,
+    /// Client connections open at once; at the limit the least recently
+    /// active idle one is closed to make room, or the new one when every
+    /// connection has a request running.
+    #[arg(long, default_value = "1024", value_name = "N", value_parser = count::<usize>(1, 1 << 20))]
+    pub max_connections: usize,
+    /// After SIGTERM/SIGINT, how long in-flight requests may take before
+    /// the server stops anyway (a second signal stops it at once).
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = Parsed(parse_duration))]
+    pub drain_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -95,8 +116,15 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             RecycleArg::Remap => Recycle::Remap,
             RecycleArg::Off => Recycle::Off,
         },
+        http: HttpLimits {
+            header_timeout: args.header_timeout,
+            body_timeout: args.body_timeout,
+            idle_timeout: args.idle_timeout,
+            max_connections: args.max_connections,
+            drain_timeout: args.drain_timeout,
+        },
     };
     let stop = StopLatch::default();
-    signals::forward_to(stop.clone());
+    signals::forward_then_exit(stop.clone(), "vmfork serve");
     serve(config, stop)
 }

@@ -26,6 +26,17 @@ pub fn block_stop_signals() {
 
 /// Spawns a thread that turns the first SIGINT/SIGTERM into a clean stop.
 pub fn forward_to(latch: StopLatch) {
+    spawn(latch, None);
+}
+
+/// Like [`forward_to`], and a second SIGINT/SIGTERM, while the clean stop
+/// is under way, ends the process at once with status 128 + the signal
+/// and one line on stderr naming `who`.
+pub fn forward_then_exit(latch: StopLatch, who: &'static str) {
+    spawn(latch, Some(who));
+}
+
+fn spawn(latch: StopLatch, exit_on_second: Option<&'static str>) {
     let spawned = std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -35,8 +46,23 @@ pub fn forward_to(latch: StopLatch) {
             let set = stop_signals();
             let mut signal = 0;
             // SAFETY: sigwait on a valid set, writing into a local.
+            if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
+                return;
+            }
+            latch.stop(StopReason::Requested);
+            let Some(who) = exit_on_second else {
+                return;
+            };
+            // SAFETY: as above.
             if unsafe { libc::sigwait(&set, &mut signal) } == 0 {
-                latch.stop(StopReason::Requested);
+                let line = format!("{who}: second stop signal, stopping at once\n");
+                // SAFETY: write(2) of a local buffer to stderr, then
+                // _exit(2): no destructors or atexit handlers run while
+                // other threads may still be using what they would free.
+                unsafe {
+                    libc::write(2, line.as_ptr().cast(), line.len());
+                    libc::_exit(128 + signal);
+                }
             }
         });
     if let Err(e) = spawned {
