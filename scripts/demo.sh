@@ -38,7 +38,11 @@ ms() { python3 -c 'import sys; print(f"{float(sys.argv[1]) / 1000:.1f}")' "$1"; 
 
 "$vmfork" --version
 "$vmfork" boot --exit-on-ready --json --quiet >"$work/boot.json"
-echo "cold boot:  embedded guest to its ready point in $(ms "$(field "$work/boot.json" ready_us)") ms (VMM RSS $(field "$work/boot.json" vmm_rss_kib) KiB)"
+if [ "$raw" = 1 ]; then
+    tail -n 1 "$work/boot.json"
+else
+    echo "cold boot:  embedded guest to its ready point in $(ms "$(field "$work/boot.json" ready_us)") ms (VMM RSS $(field "$work/boot.json" vmm_rss_kib) KiB)"
+fi
 
 "$vmfork" template build --out "$work/tpl" --json --quiet >"$work/tpl.json"
 report "$work/tpl.json" "template:   saved at the ready point in %.0f ms: %s B of state, %s B of memory written" \
@@ -47,6 +51,10 @@ report "$work/tpl.json" "template:   saved at the ready point in %.0f ms: %s B o
 "$vmfork" clone "$work/tpl" -n 100 --floor --json >"$work/clone.json"
 report "$work/clone.json" "clones:     %s live clones, p50 %s us, p99 %s us; KVM floor %s us in the same run (p50 %.2fx the floor); %s KiB private memory per clone" \
     clones clone_p50_us clone_p99_us floor_us ratio_vs_floor private_kib_per_clone
+# VM shells: the VMs and vCPUs made ahead, so a clone only maps and resumes.
+"$vmfork" clone "$work/tpl" -n 100 --shells --floor --json >"$work/shells.json"
+report "$work/shells.json" "            the same in VMs made ahead (--shells): p50 %s us, p99 %s us; floor %s us (p50 %.2fx the floor)" \
+    clone_p50_us clone_p99_us floor_us ratio_vs_floor
 
 "$vmfork" template build --function echo --out "$work/echo" --json --quiet >"$work/echo.json"
 "$vmfork" serve --template echo="$work/echo" --listen 127.0.0.1:0 >"$work/serve.out" 2>"$work/serve.err" &
