@@ -10,6 +10,7 @@
 //! and the kernel would then kill the process with no message at all.
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::names;
 use super::ThreadKind;
@@ -120,6 +121,9 @@ fn message(label: &Label, syscall: i64) -> Line {
     line
 }
 
+/// Set by the first thread to report a violation.
+static REPORTED: AtomicBool = AtomicBool::new(false);
+
 extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo_t for SA_SIGINFO handlers,
     // and for SIGSYS its union holds `_sigsys` at this layout.
@@ -130,6 +134,15 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc
         name_len: 0,
     });
     let line = message(&label, i64::from(syscall));
+    // One report per process: when two threads break their lists at once
+    // (two vCPUs, say), the later one waits, without a system call, for
+    // the first one's exit instead of printing a second line or ending
+    // the process before that line is out.
+    if REPORTED.swap(true, Ordering::AcqRel) {
+        loop {
+            std::hint::spin_loop();
+        }
+    }
     // SAFETY: write(2) from a live buffer and _exit(2): both are
     // async-signal-safe, and every list allows them.
     unsafe {
