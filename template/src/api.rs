@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use vmfork_machine::control::{
@@ -24,7 +24,7 @@ use vmfork_machine::error::{Error, Result};
 const MAX_REQUEST_BYTES: u64 = 64 * 1024;
 const REPLY_TIMEOUT: Duration = Duration::from_secs(300);
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     Snapshot {
@@ -183,8 +183,9 @@ fn dispatch(
 }
 
 /// Client side, for `vmfork ctl`.
-pub fn call(path: &Path, request: &serde_json::Value) -> Result<serde_json::Value> {
+pub fn call(path: &Path, request: &Request) -> Result<serde_json::Value> {
     let fail = |reason: String| Error::Control(format!("{}: {reason}", path.display()));
+    let request = serde_json::to_string(request).map_err(|e| fail(e.to_string()))?;
     let mut stream = UnixStream::connect(path).map_err(|e| fail(format!("cannot connect: {e}")))?;
     writeln!(stream, "{request}").map_err(|e| fail(e.to_string()))?;
     let mut line = String::new();

@@ -3,10 +3,9 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use serde_json::json;
 
 use vmfork_machine::error::Result;
-use vmfork_template::api;
+use vmfork_template::api::{self, Request};
 
 #[derive(Debug, Args)]
 pub struct CtlArgs {
@@ -48,13 +47,13 @@ pub fn run(args: &CtlArgs) -> Result<()> {
             // The VM's process may run elsewhere in the tree; give it an
             // absolute path.
             let out = std::path::absolute(out)?;
-            json!({"op": "snapshot", "out": out, "diff": diff})
+            Request::Snapshot { out, diff: *diff }
         }
-        CtlRequest::Ping => json!({"op": "ping"}),
-        CtlRequest::DirtyPages { pages } => json!({"op": "dirty_pages", "pages": pages}),
-        CtlRequest::Pause => json!({"op": "pause"}),
-        CtlRequest::Resume => json!({"op": "resume"}),
-        CtlRequest::Stop => json!({"op": "stop"}),
+        CtlRequest::Ping => Request::Ping,
+        CtlRequest::DirtyPages { pages } => Request::DirtyPages { pages: *pages },
+        CtlRequest::Pause => Request::Pause,
+        CtlRequest::Resume => Request::Resume,
+        CtlRequest::Stop => Request::Stop,
     };
     let result = api::call(&args.socket, &request)?;
     match result {
