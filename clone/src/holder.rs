@@ -5,7 +5,7 @@
 //!
 //! Protocol: a client connects; the holder sends one message whose bytes
 //! are the template directory's canonical path, a NUL, and the template's
-//! identity (hex SHA-256 of its manifest), and whose ancillary data
+//! identity (hex SHA-256 of its template.json), and whose ancillary data
 //! carries the memfd; then it closes the connection. The client refuses a
 //! reply without the NUL and identity (a holder killed mid-send) and an
 //! identity that differs from the manifest it loads itself (the directory
@@ -111,18 +111,6 @@ fn connect(sock: &Path, timeout: Duration) -> Result<UnixStream> {
     Ok(stream)
 }
 
-/// Which build of a template this is: the manifest records the creation
-/// time, kernel and layout, so a rebuild at the same path differs.
-fn identity(template: &LoadedTemplate) -> Result<String> {
-    use sha2::{Digest, Sha256};
-    let json = serde_json::to_vec(&template.manifest)
-        .map_err(|e| Error::Control(format!("template holder: encoding the manifest: {e}")))?;
-    Ok(Sha256::digest(&json)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
-}
-
 fn holder_err(sock: &Path, reason: String) -> Error {
     Error::Control(format!("template holder {}: {reason}", sock.display()))
 }
@@ -137,7 +125,7 @@ pub fn serve(dir: &Path, sock: &Path, stop: Arc<AtomicBool>) -> Result<u64> {
     let sealed = SealedMemory::load(&template)?;
     let mut path = template.dir.to_string_lossy().into_owned().into_bytes();
     path.push(0);
-    path.extend_from_slice(identity(&template)?.as_bytes());
+    path.extend_from_slice(template.sha256.as_bytes());
     if path.len() > MAX_PATH_BYTES {
         return Err(holder_err(sock, "template path too long".into()));
     }
@@ -189,7 +177,7 @@ pub fn fetch(sock: &Path) -> Result<(LoadedTemplate, SealedMemory)> {
     };
     let dir = PathBuf::from(String::from_utf8_lossy(dir).into_owned());
     let template = LoadedTemplate::load(&dir)?;
-    if identity(&template)?.as_bytes() != id {
+    if template.sha256.as_bytes() != id {
         return Err(holder_err(
             sock,
             format!(
