@@ -226,3 +226,35 @@ fn a_holder_of_a_rebuilt_template_is_refused() {
     let _ = holder.kill();
     let _ = holder.wait();
 }
+
+#[test]
+fn a_holder_run_by_another_user_is_refused() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: running the holder as another user needs root");
+        return;
+    }
+    let scratch = Scratch::new("holder-peer");
+    let dir = template(&scratch, "t");
+    // A directory the other user may create its socket in.
+    let socks = scratch.path("socks");
+    std::fs::create_dir(&socks).expect("mkdir");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&socks, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let sock = socks.join("holder.sock").to_string_lossy().into_owned();
+    let bin = vmfork_bin().display().to_string();
+    let mut holder = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", &bin])
+        .args(["template", "serve", &dir, "--sock", &sock])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("holder as nobody");
+    wait_for_path(&sock);
+    // The holder would choose this root client's template and memory.
+    let run = vmfork(&["clone", "--holder", &sock, "-n", "1"]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_clean_error(&run, exit::CONTROL, "runs as uid 65534");
+    assert!(run.elapsed < Duration::from_secs(10), "{run}");
+}

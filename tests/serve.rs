@@ -165,9 +165,15 @@ fn guests_not_known_to_take_resume_invoke_are_invoked_after_resuming() {
         &from_file,
     ]);
     assert_eq!(run.status, 0, "{run}");
+    // The embedded guest, in a folder anyone may write: its manifest's
+    // kernel digest is only a claim, so it decides nothing.
+    let untrusted = template(&scratch, "untrusted", "counter");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&untrusted, std::fs::Permissions::from_mode(0o777)).expect("chmod");
     let fns = [
         ("embedded", template(&scratch, "embedded", "counter")),
         ("file", from_file),
+        ("untrusted", untrusted),
     ];
     let server = Server::start(&fns, &[]);
     let (code, _, list) = server.request("GET", "/v1/functions", b"");
@@ -181,7 +187,15 @@ fn guests_not_known_to_take_resume_invoke_are_invoked_after_resuming() {
     };
     assert_eq!(resumes("embedded"), Some(serde_json::Value::Bool(true)));
     assert_eq!(resumes("file"), Some(serde_json::Value::Bool(false)));
-    for name in ["embedded", "file", "embedded", "file"] {
+    assert_eq!(resumes("untrusted"), Some(serde_json::Value::Bool(false)));
+    for name in [
+        "embedded",
+        "file",
+        "untrusted",
+        "embedded",
+        "file",
+        "untrusted",
+    ] {
         let (code, headers, body) = server.invoke(name, b"");
         assert_eq!((code, body.as_slice()), (200, &b"1"[..]), "{name}");
         assert_eq!(

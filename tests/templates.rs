@@ -252,7 +252,9 @@ fn damaged_templates_are_refused_clearly() {
     });
     assert_clean_error(&restore(&dir), exit::TEMPLATE, "checksum");
 
-    // A truncated memory file.
+    // A truncated memory file: refused before it is mapped or copied, by
+    // every way a template's memory is used (a mapping of it would raise
+    // SIGBUS past the end).
     let dir = corrupt_copy(&scratch, |d| {
         let f = std::fs::OpenOptions::new()
             .write(true)
@@ -261,6 +263,10 @@ fn damaged_templates_are_refused_clearly() {
         f.set_len(4096 * 10).expect("truncate");
     });
     assert_clean_error(&restore(&dir), exit::TEMPLATE, "truncated");
+    for backend in ["file", "memfd", "uffd"] {
+        let run = vmfork(&["clone", &dir, "-n", "1", "--backend", backend]);
+        assert_clean_error(&run, exit::TEMPLATE, "truncated");
+    }
 
     // A wrong format version in the manifest names both versions.
     let dir = corrupt_copy(&scratch, |d| {
@@ -271,7 +277,7 @@ fn damaged_templates_are_refused_clearly() {
     });
     let run = restore(&dir);
     assert_clean_error(&run, exit::TEMPLATE, "999");
-    assert!(run.stderr.contains("version 2"), "{run}");
+    assert!(run.stderr.contains("version 3"), "{run}");
 
     // A manifest that is consistent in itself but not with the state it
     // sits beside (here, the state file's size) is refused too.
@@ -281,7 +287,7 @@ fn damaged_templates_are_refused_clearly() {
         m["state_bytes"] = serde_json::json!(m["state_bytes"].as_u64().unwrap_or(0) + 1);
         std::fs::write(d.join("template.json"), m.to_string()).expect("write");
     });
-    assert_clean_error(&restore(&dir), exit::TEMPLATE, "disagree");
+    assert_clean_error(&restore(&dir), exit::TEMPLATE, "state is");
 
     // A wrong version inside the state header, with a valid checksum (as a
     // future vmfork would write it), also names both versions.
@@ -312,6 +318,116 @@ fn damaged_templates_are_refused_clearly() {
     // Not a template at all.
     let run = restore(&scratch.str("nothing-here"));
     assert_clean_error(&run, exit::TEMPLATE, "nothing-here");
+}
+
+/// `vmfork ARGS`, killed (and failed) if still running after `limit`:
+/// for files that could make a restore wait forever.
+fn vmfork_within(args: &[&str], limit: Duration) -> vmfork_tests::Run {
+    let start = Instant::now();
+    let mut child = Command::new(vmfork_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn vmfork");
+    while child.try_wait().expect("try_wait").is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let run = vmfork_tests::finish(child.wait_with_output().expect("output"), start);
+            panic!("vmfork hung (killed after {limit:?}): {run}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    vmfork_tests::finish(child.wait_with_output().expect("output"), start)
+}
+
+fn mkfifo(path: &std::path::Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: mkfifo with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+}
+
+#[test]
+fn symlinked_and_fifo_template_files_are_refused_at_once() {
+    let scratch = Scratch::new("special");
+    build(&scratch, "t", "touch_mib=1");
+    let limit = Duration::from_secs(20);
+    for file in ["state", "memory", "template.json"] {
+        // A symlink to the very file it replaces: refused all the same,
+        // since a template file is opened only as itself.
+        let dir = corrupt_copy(&scratch, |d| {
+            std::fs::remove_file(d.join(file)).expect("rm");
+            std::os::unix::fs::symlink(scratch.path("t").join(file), d.join(file))
+                .expect("symlink");
+        });
+        let run = vmfork_within(&["restore", &dir, "--exit-on-ready"], limit);
+        assert_clean_error(&run, exit::TEMPLATE, "symbolic link");
+        // A FIFO nobody writes: opening it for reading would wait forever.
+        let dir = corrupt_copy(&scratch, |d| {
+            std::fs::remove_file(d.join(file)).expect("rm");
+            mkfifo(&d.join(file));
+        });
+        for args in [
+            vec!["restore", &dir, "--exit-on-ready"],
+            vec!["clone", &dir, "-n", "1"],
+        ] {
+            let run = vmfork_within(&args, limit);
+            assert_clean_error(
+                &run,
+                exit::TEMPLATE,
+                &format!("{file} is not a regular file"),
+            );
+            assert!(run.elapsed < Duration::from_secs(5), "{run}");
+        }
+    }
+}
+
+#[test]
+fn a_diff_is_refused_against_any_base_but_its_own() {
+    let scratch = Scratch::new("diff-base");
+    build(&scratch, "base", "touch_mib=2");
+    let vm = LiveVm::restore(&scratch.str("base"), scratch.str("api.sock"));
+    assert_eq!(vm.ctl(&["ping"]).status, 0);
+    assert_eq!(vm.ctl(&["pause"]).status, 0);
+    let diff = vm.ctl(&["snapshot", "--diff", "--out", &scratch.str("d")]);
+    assert_eq!(diff.status, 0, "{diff}");
+    assert_eq!(vm.ctl(&["resume"]).status, 0);
+    vm.stop();
+    let run = restore(&scratch.str("d"));
+    assert_eq!(run.status, 0, "the diff on its own base: {run}");
+    let manifest = |dir: &str| -> serde_json::Value {
+        let text = std::fs::read(scratch.path(dir).join("template.json")).expect("manifest");
+        serde_json::from_slice(&text).expect("json")
+    };
+    let recorded = manifest("d")["base_sha256"]
+        .as_str()
+        .expect("base_sha256")
+        .to_string();
+    assert_eq!(recorded.len(), 64, "{recorded}");
+
+    // Another template named as the base (the path is only a hint).
+    build(&scratch, "other", "touch_mib=2");
+    let dir = scratch.path("d-elsewhere");
+    std::fs::create_dir(&dir).expect("mkdir");
+    for f in ["state", "memory"] {
+        std::fs::copy(scratch.path("d").join(f), dir.join(f)).expect("copy");
+    }
+    let mut m = manifest("d");
+    m["base"] = serde_json::json!(scratch.str("other"));
+    std::fs::write(dir.join("template.json"), m.to_string()).expect("write");
+    let run = restore(&dir.to_string_lossy());
+    assert_clean_error(&run, exit::TEMPLATE, "not the template it was made from");
+
+    // The base rebuilt at its own path: same command line, same size, a
+    // different build; the diff's pages on it would be a VM that never was.
+    std::fs::remove_dir_all(scratch.path("base")).expect("rm base");
+    build(&scratch, "base", "touch_mib=2");
+    let run = restore(&scratch.str("d"));
+    assert_clean_error(&run, exit::TEMPLATE, "rebuilt or replaced");
+    assert!(run.stderr.contains(&recorded[..12]), "{run}");
+    let run = vmfork(&["clone", &scratch.str("d"), "-n", "1"]);
+    assert_clean_error(&run, exit::TEMPLATE, "rebuilt or replaced");
 }
 
 #[test]

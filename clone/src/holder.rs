@@ -5,8 +5,10 @@
 //!
 //! Protocol: a client connects; the holder sends one message whose bytes
 //! are the template directory's canonical path, a NUL, and the template's
-//! identity (hex SHA-256 of its manifest), and whose ancillary data
-//! carries the memfd; then it closes the connection. The client refuses a
+//! identity (hex SHA-256 of its template.json), and whose ancillary data
+//! carries the memfd; then it closes the connection. The client first
+//! refuses a holder that runs as another user than its own or root
+//! (SO_PEERCRED): the holder decides what its clones run. It refuses a
 //! reply without the NUL and identity (a holder killed mid-send) and an
 //! identity that differs from the manifest it loads itself (the directory
 //! was rebuilt since the holder loaded it: its memfd is another build's
@@ -111,16 +113,44 @@ fn connect(sock: &Path, timeout: Duration) -> Result<UnixStream> {
     Ok(stream)
 }
 
-/// Which build of a template this is: the manifest records the creation
-/// time, kernel and layout, so a rebuild at the same path differs.
-fn identity(template: &LoadedTemplate) -> Result<String> {
-    use sha2::{Digest, Sha256};
-    let json = serde_json::to_vec(&template.manifest)
-        .map_err(|e| Error::Control(format!("template holder: encoding the manifest: {e}")))?;
-    Ok(Sha256::digest(&json)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+/// The uid of the process that listens at the other end of `stream`
+/// (SO_PEERCRED: its credentials when it called listen(2)).
+fn peer_uid(stream: &UnixStream) -> std::io::Result<u32> {
+    // SAFETY: an all-zero ucred is valid; getsockopt fills at most `len`
+    // bytes of it, and `len` is checked after.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt(2) on our own socket into a ucred of `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if len as usize != std::mem::size_of::<libc::ucred>() {
+        return Err(std::io::Error::other("short SO_PEERCRED answer"));
+    }
+    Ok(cred.uid)
+}
+
+/// A holder chooses which directory a client loads and which memory its
+/// clones run on, so only this process's own user (`own`) and root may
+/// be one: anyone else who can create a socket the client is pointed at
+/// is refused.
+fn check_holder_uid(sock: &Path, holder: u32, own: u32) -> Result<()> {
+    if holder == own || holder == 0 {
+        return Ok(());
+    }
+    Err(holder_err(
+        sock,
+        format!("it runs as uid {holder}, not as this user ({own}) or root; refusing its template"),
+    ))
 }
 
 fn holder_err(sock: &Path, reason: String) -> Error {
@@ -137,7 +167,7 @@ pub fn serve(dir: &Path, sock: &Path, stop: Arc<AtomicBool>) -> Result<u64> {
     let sealed = SealedMemory::load(&template)?;
     let mut path = template.dir.to_string_lossy().into_owned().into_bytes();
     path.push(0);
-    path.extend_from_slice(identity(&template)?.as_bytes());
+    path.extend_from_slice(template.sha256.as_bytes());
     if path.len() > MAX_PATH_BYTES {
         return Err(holder_err(sock, "template path too long".into()));
     }
@@ -167,6 +197,10 @@ pub fn serve(dir: &Path, sock: &Path, stop: Arc<AtomicBool>) -> Result<u64> {
 /// sealed memfd, whose seals and size are checked before use.
 pub fn fetch(sock: &Path) -> Result<(LoadedTemplate, SealedMemory)> {
     let stream = connect(sock, REPLY_TIMEOUT)?;
+    let holder = peer_uid(&stream)
+        .map_err(|e| holder_err(sock, format!("who runs it (SO_PEERCRED): {e}")))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    check_holder_uid(sock, holder, unsafe { libc::geteuid() })?;
     stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
     let mut buf = vec![0u8; MAX_PATH_BYTES];
     let (n, file): (usize, Option<File>) = stream.recv_with_fd(&mut buf).map_err(|e| {
@@ -189,7 +223,7 @@ pub fn fetch(sock: &Path) -> Result<(LoadedTemplate, SealedMemory)> {
     };
     let dir = PathBuf::from(String::from_utf8_lossy(dir).into_owned());
     let template = LoadedTemplate::load(&dir)?;
-    if identity(&template)?.as_bytes() != id {
+    if template.sha256.as_bytes() != id {
         return Err(holder_err(
             sock,
             format!(
@@ -235,6 +269,29 @@ mod tests {
             .to_string();
         assert!(err.contains("accepted no connection"), "{err}");
         assert!(start.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn only_a_holder_of_our_own_user_or_root_is_believed() {
+        let sock = Path::new("/run/h.sock");
+        assert!(check_holder_uid(sock, 1000, 1000).is_ok());
+        assert!(check_holder_uid(sock, 0, 1000).is_ok());
+        assert!(check_holder_uid(sock, 0, 0).is_ok());
+        for (holder, own) in [(1001, 1000), (65534, 0), (1000, 65534)] {
+            let err = check_holder_uid(sock, holder, own).expect_err("another user");
+            assert_eq!(err.exit_code(), 17, "{err}");
+            let message = err.to_string();
+            assert!(
+                message.contains(&format!("uid {holder}")) && !message.contains('\n'),
+                "{message}"
+            );
+        }
+        // The peer uid of a socket is read as it is: here our own.
+        let (a, _b) = UnixStream::pair().expect("socketpair");
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        assert_eq!(peer_uid(&a).expect("SO_PEERCRED"), me);
+        assert!(check_holder_uid(sock, peer_uid(&a).expect("uid"), me).is_ok());
     }
 
     #[test]

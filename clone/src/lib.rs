@@ -131,12 +131,17 @@ impl CloneFactory {
                         "--backend file needs a full template; use memfd for a diff".into(),
                     ));
                 }
+                // The memory file the load checked, not a fresh open of
+                // whatever the path names now.
                 let path = template.dir.join(vmfork_template::manifest::MEMORY_FILE);
-                let file = std::fs::File::open(&path).map_err(|source| Error::Image {
-                    what: "template memory",
-                    path,
-                    source,
-                })?;
+                let file = template.memory_layers[0]
+                    .file
+                    .try_clone()
+                    .map_err(|source| Error::Image {
+                        what: "template memory",
+                        path,
+                        source,
+                    })?;
                 Source::File(file)
             }
         };

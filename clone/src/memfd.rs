@@ -13,7 +13,6 @@ use std::sync::Arc;
 use vmfork_snapshot::state::MemoryState;
 
 use vmfork_machine::error::{Error, Result};
-use vmfork_template::manifest::MEMORY_FILE;
 use vmfork_template::LoadedTemplate;
 
 pub struct SealedMemory {
@@ -58,8 +57,8 @@ fn copy_data_extents(src: &File, dst: &File, len: u64) -> Result<()> {
 
 impl SealedMemory {
     pub fn load(template: &LoadedTemplate) -> Result<SealedMemory> {
-        let (root_dir, root) = &template.memory_layers[0];
-        let size = root.file_size();
+        let root = &template.memory_layers[0];
+        let size = root.layout.file_size();
         // SAFETY: memfd_create with a static NUL-terminated name; the fd is
         // checked and owned by the File below.
         let fd = unsafe {
@@ -75,12 +74,12 @@ impl SealedMemory {
         let file = unsafe { File::from_raw_fd(fd) };
         file.set_len(size)
             .map_err(io_err("sizing the template memfd"))?;
-        let src =
-            File::open(root_dir.join(MEMORY_FILE)).map_err(io_err("opening template memory"))?;
-        copy_data_extents(&src, &file, size)?;
-        for (dir, layer) in &template.memory_layers[1..] {
-            let diff = File::open(dir.join(MEMORY_FILE)).map_err(io_err("opening diff memory"))?;
-            for &(offset, len) in &layer.dirty_ranges {
+        // The files the template load opened and checked (regular, of the
+        // size the state needs), not whatever the paths name now.
+        copy_data_extents(&root.file, &file, size)?;
+        for layer in &template.memory_layers[1..] {
+            let diff = &layer.file;
+            for &(offset, len) in &layer.layout.dirty_ranges {
                 let mut buf = vec![0u8; len as usize];
                 diff.read_exact_at(&mut buf, offset)
                     .map_err(io_err("reading diff memory"))?;

@@ -299,6 +299,13 @@ impl Shared {
         };
         let mut state = self.lock();
         loop {
+            // Stopped before this thread first took the lock: the wake-up
+            // came before anyone waited for it, and waiting now would
+            // hold up `stop` for a whole tick (5 s in plain mode, seen
+            // as `clone` taking 5 s to report a refused template).
+            if state.stop {
+                return;
+            }
             let wait = every.saturating_sub(state.last_line.elapsed());
             state = self
                 .wake

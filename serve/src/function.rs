@@ -357,9 +357,13 @@ impl Function {
 
 /// Whether clones of `template` can resume with RESUME_INVOKE: its guest
 /// is the one embedded in this build (whose ABI is known to have it) and
-/// was saved parked in its `in`.
+/// was saved parked in its `in`. The recorded digest says so only for a
+/// trusted template (docs/security.md, "Templates"); any other gets
+/// INVOKE after RESUMED, which every guest understands.
 fn takes_resume_invoke(template: &LoadedTemplate) -> Result<bool> {
-    let kernel = &template.manifest.kernel;
+    let Some(kernel) = template.trusted_kernel() else {
+        return Ok(false);
+    };
     Ok(kernel.source == EMBEDDED_KERNEL
         && kernel.sha256 == embedded_guest_sha256()?
         && template.resumes_parked())

@@ -66,11 +66,17 @@ fn inconsistency(m: &Manifest) -> Option<String> {
     let hex = |s: &str| s.len() == 64 && s.chars().all(|c| "0123456789abcdef".contains(c));
     let diff = m.kind == TemplateKind::Diff;
     let rules = [
-        (
-            m.format_version == vmfork_snapshot::FORMAT_VERSION,
-            "version",
-        ),
+        (m.format_version == 3, "version"),
         (diff == m.base.is_some(), "base only on a diff"),
+        (
+            diff == m.base_sha256.is_some(),
+            "base digest only on a diff",
+        ),
+        (m.base_sha256.as_deref().is_none_or(hex), "base digest"),
+        (
+            m.base.as_ref().is_none_or(|b| b.is_absolute()),
+            "relative base",
+        ),
         (
             diff == m.dirty_pages.is_some(),
             "dirty pages only on a diff",
@@ -244,6 +250,7 @@ impl Target for ManifestTarget {
             b"\"format_version\"",
             b"\"kind\"",
             b"\"base\"",
+            b"\"base_sha256\"",
             b"\"vcpus\"",
             b"\"mem_size\"",
             b"\"memory_regions\"",
@@ -312,10 +319,11 @@ fn nth_node<'a>(v: &'a mut Value, n: &mut usize) -> Option<&'a mut Value> {
     }
 }
 
-const FIELDS: [&str; 8] = [
+const FIELDS: [&str; 9] = [
     "vcpus",
     "mem_size",
     "base",
+    "base_sha256",
     "dirty_pages",
     "memory_regions",
     "kind",

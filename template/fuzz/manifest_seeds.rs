@@ -3,15 +3,18 @@
 //! every kind of JSON error. Names are `<class>__<what>.json`.
 
 use serde_json::{json, Value};
-use vmfork_template::manifest::{HostInfo, KernelInfo, Manifest, MemoryRegionInfo, TemplateKind};
+use vmfork_template::manifest::{
+    HostInfo, KernelInfo, Manifest, MemoryRegionInfo, TemplateKind, FORMAT_VERSION,
+};
 
 use super::GIB;
 
 fn sample(mem_size: u64) -> Manifest {
     Manifest {
-        format_version: vmfork_snapshot::FORMAT_VERSION,
+        format_version: FORMAT_VERSION,
         kind: TemplateKind::Full,
         base: None,
+        base_sha256: None,
         vcpus: 1,
         mem_size,
         memory_regions: if mem_size > 3 * GIB {
@@ -66,6 +69,8 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
     let diff = |v: &mut Value| {
         v["kind"] = json!("diff");
         v["base"] = json!("/srv/templates/base");
+        v["base_sha256"] =
+            json!("9f1c2b7e44d0a6b1c3e5f7a9b2d4c6e8f0a1b3c5d7e9f1a3b5c7d9e1f3a5b7c9");
         v["dirty_pages"] = json!(37);
     };
     let big = Manifest {
@@ -139,10 +144,26 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
         ("version__zero", edited(set("format_version", json!(0)))),
         (
             "version__next",
-            edited(set(
-                "format_version",
-                json!(vmfork_snapshot::FORMAT_VERSION + 1),
-            )),
+            edited(set("format_version", json!(FORMAT_VERSION + 1))),
+        ),
+        (
+            // What vmfork wrote before diffs recorded their base's digest.
+            "version__two-full",
+            edited(set("format_version", json!(2))),
+        ),
+        (
+            "version__two-diff",
+            edited(|v| {
+                diff(v);
+                v["format_version"] = json!(2);
+                v.as_object_mut().map(|m| m.remove("base_sha256"));
+            }),
+        ),
+        (
+            "ok__full-without-base-sha256-field",
+            edited(|v| {
+                v.as_object_mut().map(|m| m.remove("base_sha256"));
+            }),
         ),
         (
             "invalid__diff-without-base",
@@ -157,6 +178,38 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
                 diff(v);
                 v["dirty_pages"] = Value::Null;
             }),
+        ),
+        (
+            "invalid__diff-without-base-sha256",
+            edited(|v| {
+                diff(v);
+                v["base_sha256"] = Value::Null;
+            }),
+        ),
+        (
+            "invalid__diff-base-sha256-short",
+            edited(|v| {
+                diff(v);
+                v["base_sha256"] = json!("9f1c");
+            }),
+        ),
+        (
+            "invalid__diff-base-sha256-uppercase",
+            edited(|v| {
+                diff(v);
+                v["base_sha256"] = json!("AB".repeat(32));
+            }),
+        ),
+        (
+            "invalid__diff-relative-base",
+            edited(|v| {
+                diff(v);
+                v["base"] = json!("templates/base");
+            }),
+        ),
+        (
+            "invalid__full-with-base-sha256",
+            edited(set("base_sha256", json!("ab".repeat(32)))),
         ),
         (
             "invalid__full-with-base",

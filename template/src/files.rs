@@ -1,8 +1,11 @@
-//! Writing a template directory atomically, and the sparse memory file.
+//! Writing a template directory atomically, the sparse memory file, and
+//! opening a template's files for reading with the checks that keep a
+//! symlink, FIFO, device or truncated file out (docs/security.md,
+//! "Templates").
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File, Metadata, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use vmfork_machine::error::{Error, Result};
@@ -41,7 +44,12 @@ impl TemplateWriter {
             fs::remove_dir_all(&tmp)
                 .map_err(|e| bad(format!("clearing {}: {e}", tmp.display())))?;
         }
-        fs::create_dir(&tmp).map_err(|e| bad(format!("creating {}: {e}", tmp.display())))?;
+        // Writable by its owner only whatever the umask, so that what
+        // vmfork builds is trusted (docs/security.md, "Templates").
+        fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&tmp)
+            .map_err(|e| bad(format!("creating {}: {e}", tmp.display())))?;
         Ok(TemplateWriter {
             target: target.to_path_buf(),
             tmp,
@@ -62,7 +70,13 @@ impl TemplateWriter {
 
     /// Writes a whole small file and fsyncs it.
     pub fn write_file(&self, file: &str, bytes: &[u8]) -> Result<()> {
-        let mut f = File::create(self.path(file)).map_err(|e| self.err(file, e))?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(self.path(file))
+            .map_err(|e| self.err(file, e))?;
         f.write_all(bytes).map_err(|e| self.err(file, e))?;
         f.sync_all().map_err(|e| self.err(file, e))
     }
@@ -72,6 +86,7 @@ impl TemplateWriter {
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(0o644)
             .open(self.path(file))
             .map_err(|e| self.err(file, e))
     }
@@ -104,6 +119,58 @@ impl Drop for TemplateWriter {
             let _ = fs::remove_dir_all(&self.tmp);
         }
     }
+}
+
+/// Opens `dir/name` for reading as a template file: never through a
+/// symlink (`O_NOFOLLOW`), never waiting on a FIFO (`O_NONBLOCK`, which
+/// changes nothing for a regular file), and only a regular file of
+/// exactly `len` bytes when `len` is given. The size is checked on the
+/// open descriptor, before anything is read or mapped, so a truncated
+/// `memory` is refused instead of raising SIGBUS on its mapping.
+/// Returns the file and its metadata, for [`trusted_owner`].
+pub fn open_template_file(dir: &Path, name: &str, len: Option<u64>) -> Result<(File, Metadata)> {
+    let bad = |reason: String| Error::Template {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(dir.join(name))
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => bad(format!(
+                "{name} is a symbolic link; template files must be regular files"
+            )),
+            _ => bad(format!(
+                "no readable {name} ({e}); not a template, or an incomplete one"
+            )),
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| bad(format!("reading {name}: {e}")))?;
+    // A device such as /dev/zero reports length 0 and never ends; a FIFO
+    // would block the first read.
+    if !meta.is_file() {
+        return Err(bad(format!("{name} is not a regular file")));
+    }
+    match len {
+        Some(expected) if meta.len() != expected => Err(bad(format!(
+            "{name} is {} bytes, expected {expected} (truncated or wrong file)",
+            meta.len()
+        ))),
+        _ => Ok((file, meta)),
+    }
+}
+
+/// Whether only this process's user or root could have written what
+/// `meta` describes: owned by one of them, and not group- or
+/// world-writable. A template's recorded facts (its kernel digest) are
+/// believed only when this holds for every one of its files and
+/// directories (docs/security.md, "Templates").
+pub fn trusted_owner(meta: &Metadata) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    (meta.uid() == me || meta.uid() == 0) && meta.mode() & 0o022 == 0
 }
 
 fn is_zero(page: &[u8]) -> bool {
@@ -176,6 +243,51 @@ mod tests {
     }
 
     #[test]
+    fn template_files_must_be_regular_and_of_their_size() {
+        let dir = scratch("open");
+        let reason = |name: &str, len| match open_template_file(&dir, name, len) {
+            Err(Error::Template { reason, .. }) => reason,
+            other => panic!("{name}: {other:?}"),
+        };
+        fs::write(dir.join("real"), b"12345").expect("write");
+        assert!(open_template_file(&dir, "real", Some(5)).is_ok());
+        assert!(reason("real", Some(6)).contains("truncated"));
+        std::os::unix::fs::symlink(dir.join("real"), dir.join("link")).expect("symlink");
+        assert!(reason("link", None).contains("symbolic link"));
+        let fifo = std::ffi::CString::new(dir.join("fifo").into_os_string().into_encoded_bytes())
+            .expect("path");
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let start = std::time::Instant::now();
+        assert!(reason("fifo", None).contains("not a regular file"));
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
+        assert!(reason("missing", None).contains("no readable"));
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn only_owner_or_root_writable_files_are_trusted() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = scratch("trust");
+        let path = dir.join("f");
+        fs::write(&path, b"x").expect("write");
+        for (mode, trusted) in [(0o644, true), (0o600, true), (0o664, false), (0o646, false)] {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).expect("chmod");
+            let meta = fs::metadata(&path).expect("meta");
+            assert_eq!(trusted_owner(&meta), trusted, "mode {mode:o}");
+        }
+        // Another user's file, even one only it may write, is not ours to
+        // believe (only root can give a file away to test this).
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
+            std::os::unix::fs::chown(&path, Some(65534), None).expect("chown");
+            assert!(!trusted_owner(&fs::metadata(&path).expect("meta")));
+        }
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
     fn unfinished_writer_leaves_nothing_and_commit_is_atomic() {
         let dir = scratch("writer");
         let target = dir.join("tpl");
@@ -188,6 +300,11 @@ mod tests {
         w.write_file("a", b"x").expect("write");
         w.commit().expect("commit");
         assert_eq!(fs::read(target.join("a")).expect("read"), b"x");
+        // What vmfork writes is its own to trust.
+        assert!(trusted_owner(&fs::metadata(&target).expect("dir")));
+        assert!(trusted_owner(
+            &fs::metadata(target.join("a")).expect("file")
+        ));
         assert!(TemplateWriter::create(&target).is_err(), "no overwrite");
         let _ = fs::remove_dir_all(dir);
     }

@@ -11,7 +11,7 @@ pub mod manifest;
 pub mod owner;
 mod restore;
 
-pub use restore::{restore, restore_vcpus, LoadedTemplate, RamSource, RestoreOptions};
+pub use restore::{restore, restore_vcpus, LoadedTemplate, MemoryLayer, RamSource, RestoreOptions};
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -41,10 +41,11 @@ pub struct SnapshotReport {
 /// pages changed since the machine was restored are written, and the
 /// template records its base.
 pub fn snapshot(machine: &mut Machine, out: &Path, diff: bool) -> Result<SnapshotReport> {
-    let base = match (diff, &machine.origin().template) {
-        (false, _) => None,
-        (true, Some(base)) => Some(base.clone()),
-        (true, None) => {
+    let origin = machine.origin();
+    let base = match (diff, &origin.template, &origin.template_sha256) {
+        (false, ..) => None,
+        (true, Some(base), Some(sha256)) => Some((base.clone(), sha256.clone())),
+        (true, ..) => {
             return Err(Error::Snapshot(
                 "--diff needs a VM restored from a template (a cold-booted VM has no base)".into(),
             ))
@@ -100,13 +101,14 @@ pub fn snapshot(machine: &mut Machine, out: &Path, diff: bool) -> Result<Snapsho
         .map_err(|e| Error::Snapshot(format!("encoding state: {e}")))?;
     writer.write_file(STATE_FILE, &encoded)?;
     let manifest = Manifest {
-        format_version: vmfork_snapshot::FORMAT_VERSION,
+        format_version: manifest::FORMAT_VERSION,
         kind: if base.is_some() {
             TemplateKind::Diff
         } else {
             TemplateKind::Full
         },
-        base,
+        base_sha256: base.as_ref().map(|(_, sha256)| sha256.clone()),
+        base: base.map(|(dir, _)| dir),
         vcpus: state.vcpus.len() as u32,
         mem_size: state.memory.mem_size,
         memory_regions: state

@@ -1,8 +1,8 @@
 //! `template.json`: the human-readable description of a template, written
 //! last so that its presence means every other file is complete.
 
+use std::fs::Metadata;
 use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -13,12 +13,24 @@ pub use vmfork_machine::boot::loader::KernelInfo;
 use vmfork_machine::error::{Error, Result};
 use vmfork_machine::machine::{MAX_MEM_SIZE, MAX_VCPUS, MIN_MEM_SIZE};
 
+use crate::files::open_template_file;
+
 pub const MANIFEST_FILE: &str = "template.json";
 pub const STATE_FILE: &str = "state";
 pub const MEMORY_FILE: &str = "memory";
 /// A manifest is a few hundred bytes; refuse to parse anything huge.
 const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 const PAGE: u64 = 4096;
+
+/// The template format: the manifest's fields and the files beside it.
+/// Version 3 added `base_sha256`; versions 1 and 2 were the state file's
+/// (`vmfork_snapshot::FORMAT_VERSION`), whose number the manifest carried
+/// until then. Bump this with any change to the manifest's fields or
+/// their meaning, and with every bump of the state format.
+pub const FORMAT_VERSION: u32 = 3;
+// The state format this template format holds; a state format bump must
+// bump FORMAT_VERSION too, and then update this line.
+const _: () = assert!(vmfork_snapshot::FORMAT_VERSION == 2);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -48,8 +60,14 @@ pub struct MemoryRegionInfo {
 pub struct Manifest {
     pub format_version: u32,
     pub kind: TemplateKind,
-    /// For a diff template: the template whose memory it patches.
+    /// For a diff template: the template whose memory it patches, by its
+    /// absolute path...
     pub base: Option<PathBuf>,
+    /// ...and that template's identity when the diff was made (the hex
+    /// SHA-256 of its `template.json`): a diff is refused against any
+    /// other build of its base.
+    #[serde(default)]
+    pub base_sha256: Option<String>,
     pub vcpus: u32,
     pub mem_size: u64,
     pub memory_regions: Vec<MemoryRegionInfo>,
@@ -63,32 +81,22 @@ pub struct Manifest {
 
 impl Manifest {
     /// Reads and checks `dir/template.json`. Whatever the file holds (or
-    /// whatever it is: a FIFO, a device, a directory), the answer is a
-    /// manifest vmfork could have written, or a one-line error.
+    /// whatever it is: a symlink, a FIFO, a device, a directory), the
+    /// answer is a manifest vmfork could have written, or a one-line error.
     pub fn read(dir: &Path) -> Result<Manifest> {
-        let path = dir.join(MANIFEST_FILE);
+        Self::read_identified(dir).map(|(manifest, ..)| manifest)
+    }
+
+    /// [`Manifest::read`], with the template's identity: the hex SHA-256
+    /// of the manifest's bytes (which record its creation time, kernel,
+    /// sizes and, for a diff, its own base's identity, so every build
+    /// differs), and the manifest file's metadata.
+    pub fn read_identified(dir: &Path) -> Result<(Manifest, String, Metadata)> {
         let bad = |reason: String| Error::Template {
             path: dir.to_path_buf(),
             reason,
         };
-        // O_NONBLOCK: opening a FIFO read-only would otherwise wait for a
-        // writer forever; on a regular file it changes nothing.
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&path)
-            .map_err(|e| {
-                bad(format!(
-                    "no readable {MANIFEST_FILE} ({e}); not a template, or an incomplete one"
-                ))
-            })?;
-        let meta = file
-            .metadata()
-            .map_err(|e| bad(format!("reading {MANIFEST_FILE}: {e}")))?;
-        // A device such as /dev/zero reports length 0 and never ends.
-        if !meta.is_file() {
-            return Err(bad(format!("{MANIFEST_FILE} is not a regular file")));
-        }
+        let (file, meta) = open_template_file(dir, MANIFEST_FILE, None)?;
         if meta.len() > MAX_MANIFEST_BYTES {
             return Err(bad(format!(
                 "{MANIFEST_FILE} is {} bytes, too large",
@@ -105,7 +113,8 @@ impl Manifest {
                 "{MANIFEST_FILE} grew past {MAX_MANIFEST_BYTES} bytes"
             )));
         }
-        Self::parse(dir, &text)
+        let manifest = Self::parse(dir, &text)?;
+        Ok((manifest, sha256_hex(&text), meta))
     }
 
     /// Parses and checks the text of a manifest; `dir` only names the
@@ -130,18 +139,23 @@ impl Manifest {
     /// Every field must be one vmfork could have written: what `snapshot`
     /// records of a machine that cold boot accepted.
     fn validate(&self) -> std::result::Result<(), String> {
-        let ours = vmfork_snapshot::FORMAT_VERSION;
-        if self.format_version != ours {
+        if self.format_version != FORMAT_VERSION {
             return Err(format!(
-                "template format version {}, this vmfork reads version {ours}",
+                "template format version {}, this vmfork reads version {FORMAT_VERSION} (rebuild the template with this vmfork)",
                 self.format_version
             ));
         }
-        match (&self.kind, &self.base, self.dirty_pages) {
-            (TemplateKind::Full, None, None) => {}
-            (TemplateKind::Diff, Some(base), Some(pages)) => {
+        match (&self.kind, &self.base, &self.base_sha256, self.dirty_pages) {
+            (TemplateKind::Full, None, None, None) => {}
+            (TemplateKind::Diff, Some(base), Some(base_sha256), Some(pages)) => {
                 if base.as_os_str().is_empty() {
                     return Err("a diff template's base is an empty path".into());
+                }
+                if !base.is_absolute() {
+                    return Err("a diff template's base is not an absolute path".into());
+                }
+                if !is_sha256_hex(base_sha256) {
+                    return Err("the base's digest is not 64 lowercase hex digits".into());
                 }
                 if pages > self.mem_size / PAGE {
                     return Err(format!(
@@ -152,7 +166,7 @@ impl Manifest {
             }
             _ => {
                 return Err(
-                    "a diff template needs a base and a dirty page count, and only a diff has them"
+                    "a diff template needs a base, its digest and a dirty page count, and only a diff has them"
                         .into(),
                 )
             }
@@ -199,12 +213,7 @@ impl Manifest {
         if k.source.is_empty() {
             return Err("no kernel source".into());
         }
-        if k.sha256.len() != 64
-            || !k
-                .sha256
-                .bytes()
-                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        {
+        if !is_sha256_hex(&k.sha256) {
             return Err("the kernel digest is not 64 lowercase hex digits".into());
         }
         if k.cmdline.len() >= CMDLINE_MAX_SIZE || k.cmdline.contains('\0') {
@@ -215,6 +224,19 @@ impl Manifest {
         }
         Ok(())
     }
+}
+
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// `text` on one line (control characters escaped) and at most `max`
@@ -263,9 +285,10 @@ mod tests {
 
     fn sample(mem_size: u64) -> Manifest {
         Manifest {
-            format_version: vmfork_snapshot::FORMAT_VERSION,
+            format_version: FORMAT_VERSION,
             kind: TemplateKind::Full,
             base: None,
+            base_sha256: None,
             vcpus: 2,
             mem_size,
             memory_regions: ram_ranges(mem_size)
@@ -307,6 +330,7 @@ mod tests {
         let mut diff = sample(32 << 20);
         diff.kind = TemplateKind::Diff;
         diff.base = Some("/srv/base".into());
+        diff.base_sha256 = Some("cd".repeat(32));
         diff.dirty_pages = Some(10);
         assert_eq!(parse(&diff).expect("valid diff"), diff);
     }
@@ -316,7 +340,7 @@ mod tests {
         let m = || sample(32 << 20);
         rejects(
             Manifest {
-                format_version: 1,
+                format_version: 2,
                 ..m()
             },
             "format version",
@@ -337,6 +361,13 @@ mod tests {
         );
         rejects(
             Manifest {
+                base_sha256: Some("cd".repeat(32)),
+                ..m()
+            },
+            "diff template",
+        );
+        rejects(
+            Manifest {
                 kind: TemplateKind::Diff,
                 ..m()
             },
@@ -345,11 +376,27 @@ mod tests {
         let diff = |base: &str, pages| Manifest {
             kind: TemplateKind::Diff,
             base: Some(base.into()),
+            base_sha256: Some("cd".repeat(32)),
             dirty_pages: Some(pages),
             ..m()
         };
         rejects(diff("", 1), "empty path");
+        rejects(diff("b", 1), "absolute");
         rejects(diff("/b", (32 << 20) / PAGE + 1), "dirty pages");
+        rejects(
+            Manifest {
+                base_sha256: None,
+                ..diff("/b", 1)
+            },
+            "diff template",
+        );
+        rejects(
+            Manifest {
+                base_sha256: Some("CD".repeat(32)),
+                ..diff("/b", 1)
+            },
+            "base's digest",
+        );
         rejects(Manifest { vcpus: 0, ..m() }, "vCPUs");
         rejects(Manifest { vcpus: 255, ..m() }, "vCPUs");
         rejects(
@@ -471,7 +518,7 @@ mod tests {
             other => panic!("{other:?}"),
         };
         std::os::unix::fs::symlink("/dev/zero", &path).expect("symlink");
-        assert!(reason(&dir).contains("not a regular file"));
+        assert!(reason(&dir).contains("symbolic link"));
         std::fs::remove_file(&path).expect("rm");
         let fifo = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
         // SAFETY: mkfifo with a valid NUL-terminated path.
@@ -486,8 +533,12 @@ mod tests {
         assert!(reason(&dir).contains("too large"));
         std::fs::remove_file(&path).expect("rm");
         assert!(reason(&dir).contains("no readable"));
-        std::fs::write(&path, serde_json::to_vec(&sample(32 << 20)).expect("json")).expect("write");
-        assert_eq!(Manifest::read(&dir).expect("valid"), sample(32 << 20));
+        let text = serde_json::to_vec(&sample(32 << 20)).expect("json");
+        std::fs::write(&path, &text).expect("write");
+        let (manifest, id, _) = Manifest::read_identified(&dir).expect("valid");
+        assert_eq!(manifest, sample(32 << 20));
+        assert_eq!(id, sha256_hex(&text));
+        assert!(is_sha256_hex(&id));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -12,7 +12,8 @@ use vmfork_snapshot::state::{MachineState, MemoryState};
 use vmfork_snapshot::Persist;
 
 use super::clone_info::{CloneInfo, CloneInfoRestore};
-use super::manifest::{Manifest, TemplateKind, MEMORY_FILE, STATE_FILE};
+use super::files::{open_template_file, trusted_owner};
+use super::manifest::{KernelInfo, Manifest, TemplateKind, MEMORY_FILE, STATE_FILE};
 use vmfork_machine::control::Control;
 use vmfork_machine::devices::console::Console;
 use vmfork_machine::devices::serial::SerialPort;
@@ -53,12 +54,31 @@ pub struct RestoreOptions {
 pub struct LoadedTemplate {
     pub dir: PathBuf,
     pub manifest: Manifest,
+    /// The template's identity: the hex SHA-256 of its `template.json`
+    /// as loaded. A diff made from it records this as its base's.
+    pub sha256: String,
     pub state: MachineState,
     /// The template whose memory file holds every page not in a diff,
     /// followed by the diffs to apply on top, oldest first.
-    pub memory_layers: Vec<(PathBuf, MemoryState)>,
+    pub memory_layers: Vec<MemoryLayer>,
+    /// Only this process's user or root can have written the template:
+    /// each directory of its chain and every file in them is owned by one
+    /// of them and writable by no one else ([`trusted_owner`]).
+    /// Only then does its recorded kernel digest decide anything
+    /// ([`LoadedTemplate::trusted_kernel`], docs/security.md).
+    pub trusted: bool,
     /// What machines restored from it record as their origin.
     pub origin: Arc<Origin>,
+}
+
+/// One memory file of a template chain: where it is, the layout its state
+/// records, and the file itself, opened and checked (regular, not through
+/// a symlink, exactly the size the layout needs) when the template was
+/// loaded, so it is mapped or read as it was checked.
+pub struct MemoryLayer {
+    pub dir: PathBuf,
+    pub layout: MemoryState,
+    pub file: Arc<File>,
 }
 
 fn bad(dir: &Path, reason: String) -> Error {
@@ -80,9 +100,14 @@ impl LoadedTemplate {
         let dir = dir
             .canonicalize()
             .map_err(|e| bad(dir, format!("cannot open: {e}")))?;
-        let manifest = Manifest::read(&dir)?;
-        let mut state_file = File::open(dir.join(STATE_FILE))
-            .map_err(|e| bad(&dir, format!("cannot open {STATE_FILE}: {e}")))?;
+        let dir_meta =
+            std::fs::metadata(&dir).map_err(|e| bad(&dir, format!("cannot open: {e}")))?;
+        let (manifest, sha256, manifest_meta) = Manifest::read_identified(&dir)?;
+        // Every file's size is checked on its open descriptor before it is
+        // read: the state's against the manifest, the memory's against the
+        // state.
+        let (mut state_file, state_meta) =
+            open_template_file(&dir, STATE_FILE, Some(manifest.state_bytes))?;
         let state: MachineState =
             vmfork_snapshot::read_from(&mut state_file, vmfork_snapshot::MAX_STATE_LEN)
                 .map_err(|e| bad(&dir, format!("{STATE_FILE}: {e}")))?;
@@ -100,81 +125,106 @@ impl LoadedTemplate {
             .iter()
             .map(|r| (r.guest_addr, r.size))
             .collect();
-        let state_len = state_file.metadata().map(|m| m.len()).ok();
         if manifest.vcpus as usize != state.vcpus.len()
             || manifest.mem_size != state.memory.mem_size
+            || manifest.memory_bytes != state.memory.file_size()
             || recorded != regions
             || (manifest.kind == TemplateKind::Diff) != state.memory.diff
-            || state_len != Some(manifest.state_bytes)
         {
             return Err(bad(
                 &dir,
                 format!(
-                    "{} and {STATE_FILE} disagree on vCPUs, memory layout, kind or size",
+                    "{} and {STATE_FILE} disagree on vCPUs, memory layout or kind",
                     super::manifest::MANIFEST_FILE
                 ),
             ));
         }
-        let expected = state.memory.file_size();
-        let actual = std::fs::metadata(dir.join(MEMORY_FILE))
-            .map_err(|e| bad(&dir, format!("cannot open {MEMORY_FILE}: {e}")))?
-            .len();
-        if actual != expected {
-            return Err(bad(
-                &dir,
-                format!("{MEMORY_FILE} is {actual} bytes, the state says {expected} (truncated or wrong file)"),
-            ));
-        }
-        let memory_layers = match &manifest.base {
-            None => vec![(dir.clone(), state.memory.clone())],
-            Some(base) => {
-                let base = Self::load_at_depth(base, depth + 1)?;
-                let base_layout = &base.state.memory;
-                if base_layout.regions != state.memory.regions {
+        let (memory_file, memory_meta) =
+            open_template_file(&dir, MEMORY_FILE, Some(state.memory.file_size()))?;
+        let layer = MemoryLayer {
+            dir: dir.clone(),
+            layout: state.memory.clone(),
+            file: Arc::new(memory_file),
+        };
+        let mut trusted = [&dir_meta, &manifest_meta, &state_meta, &memory_meta]
+            .into_iter()
+            .all(trusted_owner);
+        let memory_layers = match (&manifest.base, &manifest.base_sha256) {
+            (Some(base_dir), Some(base_sha256)) => {
+                let base = Self::load_at_depth(base_dir, depth + 1)?;
+                // The recorded identity, not the path, names the base: a
+                // base rebuilt (or replaced) since the diff was made holds
+                // other memory, and the diff's pages on it would make a VM
+                // that never existed.
+                if &base.sha256 != base_sha256 {
+                    return Err(bad(
+                        &dir,
+                        format!(
+                            "its base {} is not the template it was made from (template.json SHA-256 {}.., the diff records {}..): rebuilt or replaced since",
+                            base.dir.display(),
+                            &base.sha256[..12],
+                            &base_sha256[..12]
+                        ),
+                    ));
+                }
+                if base.state.memory.regions != state.memory.regions {
                     return Err(bad(
                         &dir,
                         "its memory layout differs from its base's".into(),
                     ));
                 }
+                trusted &= base.trusted;
                 let mut layers = base.memory_layers;
-                layers.push((dir.clone(), state.memory.clone()));
+                layers.push(layer);
                 layers
             }
+            // Manifest validation gives a diff both and a full template
+            // neither.
+            _ => vec![layer],
         };
         let origin = Arc::new(Origin {
             kernel: manifest.kernel.clone(),
             template: Some(dir.clone()),
+            template_sha256: Some(sha256.clone()),
         });
         Ok(LoadedTemplate {
             dir,
             manifest,
+            sha256,
             state,
             memory_layers,
+            trusted,
             origin,
         })
+    }
+
+    /// The kernel the manifest records, only if the template is
+    /// [`trusted`](LoadedTemplate::trusted): anyone who can write a
+    /// template directory can write any digest into it, so an untrusted
+    /// template's digest must decide nothing (such as whether its guest
+    /// understands RESUME_INVOKE).
+    pub fn trusted_kernel(&self) -> Option<&KernelInfo> {
+        self.trusted.then_some(&self.manifest.kernel)
     }
 
     /// Guest RAM: the full template's memory file mapped private (pages are
     /// read lazily and copied only when written), then each diff's pages
     /// copied over it.
     pub fn map_memory(&self) -> Result<GuestRam> {
-        let (root_dir, root) = &self.memory_layers[0];
-        let file = File::open(root_dir.join(MEMORY_FILE))
-            .map_err(|e| bad(root_dir, format!("cannot open {MEMORY_FILE}: {e}")))?;
-        let ram = GuestRam::restore(RamArgs::File(&Arc::new(file)), root)?;
-        for (dir, layer) in &self.memory_layers[1..] {
-            apply_diff(&ram.mem, dir, layer)?;
+        let root = &self.memory_layers[0];
+        let ram = GuestRam::restore(RamArgs::File(&root.file), &root.layout)?;
+        for layer in &self.memory_layers[1..] {
+            apply_diff(&ram.mem, layer)?;
         }
         Ok(ram)
     }
 }
 
-fn apply_diff(mem: &GuestMemoryMmap, dir: &Path, layer: &MemoryState) -> Result<()> {
-    let file = File::open(dir.join(MEMORY_FILE))
-        .map_err(|e| bad(dir, format!("cannot open {MEMORY_FILE}: {e}")))?;
-    for &(offset, len) in &layer.dirty_ranges {
+fn apply_diff(mem: &GuestMemoryMmap, layer: &MemoryLayer) -> Result<()> {
+    let MemoryLayer { dir, layout, file } = layer;
+    for &(offset, len) in &layout.dirty_ranges {
         // Validation guarantees the range lies inside one region's file span.
-        let region = layer
+        let region = layout
             .regions
             .iter()
             .find(|r| offset >= r.file_offset && offset + len <= r.file_offset + r.size)

@@ -218,6 +218,8 @@ impl Group {
                     SYS_readlinkat,
                     SYS_getcwd,
                     SYS_getdents64,
+                    // Whether a template's files are this user's.
+                    SYS_geteuid,
                 ]);
                 // Opening only what exists: no O_CREAT, no O_TMPFILE.
                 l.when(

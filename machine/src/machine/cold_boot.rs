@@ -162,6 +162,7 @@ impl Machine {
             origin: Arc::new(Origin {
                 kernel: kernel_info,
                 template: None,
+                template_sha256: None,
             }),
         })
     }

@@ -49,6 +49,9 @@ pub struct Origin {
     pub kernel: KernelInfo,
     /// The template it was restored from; None for a cold boot.
     pub template: Option<PathBuf>,
+    /// That template's identity as it was loaded (the hex SHA-256 of its
+    /// `template.json`), which a diff snapshot records for its base.
+    pub template_sha256: Option<String>,
 }
 
 /// Everything a restore has rebuilt, handed over to become a Machine.

@@ -65,7 +65,7 @@ pub fn command() -> clap::Command {
         .version(format!(
             "{} (template format {})",
             env!("CARGO_PKG_VERSION"),
-            vmfork_snapshot::FORMAT_VERSION
+            vmfork_template::manifest::FORMAT_VERSION
         ))
         .color(color_choice())
 }
