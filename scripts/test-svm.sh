@@ -277,8 +277,8 @@ planned=$(grep -c '^step ' "$results/cmd.sh")
 say "booting the rig ($kver, $planned step(s)); setup ${setup_s}s, host build ${build_s}s"
 boot_start=$(date +%s)
 # One rig CPU: with -smp 2 the rig froze within minutes (both CPUs in
-# soft lockups, outside KVM); with -smp 1 it froze once in 6 runs, and ran
-# the tests about 3x faster. -nic none: no NIC, no iPXE ROM to wait for.
+# soft lockups, outside KVM); with -smp 1 it froze in 2 of 7 runs (during
+# Linux guest boots), and ran the tests about 3x faster. -nic none: no NIC, no iPXE ROM to wait for.
 qemu-system-x86_64 -accel tcg,thread=multi -smp "${SVM_SMP:-1}" -m 3072 -cpu max \
     -nographic -nic none -no-reboot -kernel "$rig/vmlinuz" -initrd "$rig/initramfs.cpio.gz" \
     -append "console=ttyS0 quiet panic=-1 ${SVM_APPEND:-}" \
