@@ -3,18 +3,21 @@
 # Idempotent and quiet when everything is present: dpkg is asked first, and
 # `apt-get update` only runs when something actually has to be installed.
 #
-#   qemu-system-x86     sanity-boots guest kernels (docs/linux-guest.md)
+#   qemu-system-x86     sanity-boots guest kernels (docs/linux-guest.md) and runs
+#                       the SVM rig of scripts/test-svm.sh (TCG, -cpu max)
 #   linux-source-6.12   the guest kernel source (/usr/src/linux-source-6.12.tar.xz)
-#   busybox-static      the guest rootfs userland (must be static: no libc in the image)
+#   busybox-static      the guest rootfs userland and the SVM rig's initramfs
+#                       (must be static: no libc in either)
+#   kmod                depmod, for the SVM rig's stock kernel modules
 #   e2fsprogs           mkfs.ext4 -d builds the DAX rootfs without root or loop devices
 #   wrk                 HTTP load generator for scripts/bench-faas.sh
 #   curl                the HTTP client of scripts/demo.sh and the README's examples
 #   gcc make bc bison flex libelf-dev libssl-dev cpio patch xz-utils
-#                       what a kernel build needs
+#                       what a kernel build needs (cpio also packs the rig's initramfs)
 set -euo pipefail
 
 packages=(
-    qemu-system-x86 busybox-static linux-source-6.12 e2fsprogs wrk curl
+    qemu-system-x86 busybox-static kmod linux-source-6.12 e2fsprogs wrk curl
     gcc make bc bison flex libelf-dev libssl-dev cpio patch xz-utils
 )
 
