@@ -7,6 +7,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use vmfork_tests::vmfork_within;
 use vmfork_tests::{assert_clean_error, exit, finish, vmfork, vmfork_bin, wait_for_path, Run};
 use vmfork_tests::{build_template, pongs, Scratch};
 
@@ -17,24 +18,7 @@ fn template(scratch: &Scratch, name: &str) -> String {
 /// `vmfork ARGS` with `VMFORK_FAULT_INJECT=spec`, killed (and failed) if it
 /// is still running after `limit`: a hang is the bug these tests look for.
 fn injected(spec: &str, args: &[&str], limit: Duration) -> Run {
-    let start = Instant::now();
-    let mut child = Command::new(vmfork_bin())
-        .args(args)
-        .env("VMFORK_FAULT_INJECT", spec)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn vmfork");
-    while child.try_wait().expect("try_wait").is_none() {
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let run = finish(child.wait_with_output().expect("output"), start);
-            panic!("vmfork hung (killed after {limit:?}) with {spec}: {run}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    finish(child.wait_with_output().expect("output"), start)
+    vmfork_within(args, &[("VMFORK_FAULT_INJECT", spec)], limit)
 }
 
 #[test]

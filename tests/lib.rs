@@ -65,6 +65,30 @@ pub fn finish(output: Output, start: Instant) -> Run {
 }
 
 /// Runs `vmfork ARGS...` to completion.
+/// `vmfork ARGS` with extra environment `envs`, killed (and the test
+/// failed) if still running after `limit`: for runs where a hang is the
+/// bug being looked for.
+pub fn vmfork_within(args: &[&str], envs: &[(&str, &str)], limit: Duration) -> Run {
+    let start = Instant::now();
+    let mut child = Command::new(vmfork_bin())
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn vmfork");
+    while child.try_wait().expect("try_wait").is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let run = finish(child.wait_with_output().expect("output"), start);
+            panic!("vmfork hung (killed after {limit:?}) with {envs:?}: {run}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    finish(child.wait_with_output().expect("output"), start)
+}
+
 pub fn vmfork(args: &[&str]) -> Run {
     let start = Instant::now();
     let output = Command::new(vmfork_bin())

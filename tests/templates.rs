@@ -5,7 +5,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vmfork_tests::{assert_clean_error, exit, field, vmfork, vmfork_bin, Run, Scratch};
+use vmfork_tests::{
+    assert_clean_error, exit, field, vmfork, vmfork_bin, vmfork_within, Run, Scratch,
+};
 
 fn build(scratch: &Scratch, name: &str, cmdline: &str) -> Run {
     let out = scratch.str(name);
@@ -320,28 +322,6 @@ fn damaged_templates_are_refused_clearly() {
     assert_clean_error(&run, exit::TEMPLATE, "nothing-here");
 }
 
-/// `vmfork ARGS`, killed (and failed) if still running after `limit`:
-/// for files that could make a restore wait forever.
-fn vmfork_within(args: &[&str], limit: Duration) -> vmfork_tests::Run {
-    let start = Instant::now();
-    let mut child = Command::new(vmfork_bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn vmfork");
-    while child.try_wait().expect("try_wait").is_none() {
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let run = vmfork_tests::finish(child.wait_with_output().expect("output"), start);
-            panic!("vmfork hung (killed after {limit:?}): {run}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    vmfork_tests::finish(child.wait_with_output().expect("output"), start)
-}
-
 fn mkfifo(path: &std::path::Path) {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
     // SAFETY: mkfifo with a valid NUL-terminated path.
@@ -361,7 +341,7 @@ fn symlinked_and_fifo_template_files_are_refused_at_once() {
             std::os::unix::fs::symlink(scratch.path("t").join(file), d.join(file))
                 .expect("symlink");
         });
-        let run = vmfork_within(&["restore", &dir, "--exit-on-ready"], limit);
+        let run = vmfork_within(&["restore", &dir, "--exit-on-ready"], &[], limit);
         assert_clean_error(&run, exit::TEMPLATE, "symbolic link");
         // A FIFO nobody writes: opening it for reading would wait forever.
         let dir = corrupt_copy(&scratch, |d| {
@@ -372,7 +352,7 @@ fn symlinked_and_fifo_template_files_are_refused_at_once() {
             vec!["restore", &dir, "--exit-on-ready"],
             vec!["clone", &dir, "-n", "1"],
         ] {
-            let run = vmfork_within(&args, limit);
+            let run = vmfork_within(&args, &[], limit);
             assert_clean_error(
                 &run,
                 exit::TEMPLATE,
