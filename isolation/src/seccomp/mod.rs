@@ -99,13 +99,23 @@ pub fn install_in_thread(kind: ThreadKind) {
 fn violate() {
     // SAFETY: socket(2) with constant arguments; a descriptor it returns
     // (only possible without filters) is closed at once.
-    unsafe {
+    let went_through = unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
         if fd >= 0 {
             libc::close(fd);
         }
+        fd >= 0
+    };
+    // Without filters the call goes through; saying so lets a test tell
+    // that from a hook that never ran.
+    if went_through {
+        eprintln!("{UNFILTERED_VIOLATION}");
     }
 }
+
+/// What the test hook prints when its forbidden call went through.
+pub const UNFILTERED_VIOLATION: &str =
+    "vmfork: test hook: socket(2) went through on a vCPU thread (no filters)";
 
 /// glibc caps its malloc arenas the first time a thread needs a new one,
 /// and may read /sys/devices/system/cpu/online to do it: in a thread whose
