@@ -189,6 +189,29 @@ pub mod exit {
     pub const PAGE_SERVER: i32 = 20;
 }
 
+/// One of the cached Linux guest artifacts (`kind` linux: vmlinux,
+/// bzImage; rootfs: rootfs), built or found in ~/.cache/vmfork by
+/// vmfork-guest-artifacts, which sits next to the vmfork binary.
+pub fn guest_artifact(kind: &str, key: &str) -> PathBuf {
+    let tool = vmfork_bin().with_file_name("vmfork-guest-artifacts");
+    let output = std::process::Command::new(&tool)
+        .arg(kind)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", tool.display()));
+    assert!(
+        output.status.success(),
+        "{} {kind} failed (run scripts/build-linux-guest.sh): {}",
+        tool.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| PathBuf::from(v))
+        .unwrap_or_else(|| panic!("no {key}= in the output of {} {kind}", tool.display()))
+}
+
 /// Whether this host's KVM is PVM (guest ring 0 emulated).
 pub fn host_is_pvm() -> bool {
     Path::new("/sys/module/kvm_pvm").exists()

@@ -4,38 +4,9 @@
 //! exactly that, and that vmfork then exits with a clear one-line error
 //! instead of hanging. On a VMX/SVM host the same kernel boots to init.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
-use vmfork_tests::{assert_clean_error, exit, host_is_pvm, vmfork, vmfork_bin, Scratch};
-
-/// The cached kernel and rootfs, built (or found in ~/.cache/vmfork) by
-/// vmfork-guest-artifacts, which sits next to the vmfork binary.
-fn artifacts(what: &str) -> Vec<(String, PathBuf)> {
-    let tool = vmfork_bin().with_file_name("vmfork-guest-artifacts");
-    let output = Command::new(&tool)
-        .arg(what)
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", tool.display()));
-    assert!(
-        output.status.success(),
-        "{} {what} failed (run scripts/build-linux-guest.sh): {}",
-        tool.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), PathBuf::from(v)))
-        .collect()
-}
-
-fn artifact(list: &[(String, PathBuf)], key: &str) -> PathBuf {
-    list.iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.clone())
-        .unwrap_or_else(|| panic!("no {key}= in artifact list {list:?}"))
-}
+use vmfork_tests::{assert_clean_error, exit, guest_artifact, host_is_pvm, vmfork, Scratch};
 
 const CONSOLE: &str = "console=ttyS0 earlyprintk=serial,ttyS0 reboot=t panic=-1";
 
@@ -56,7 +27,7 @@ fn boot_linux(kernel: &Path, extra: &[&str]) -> vmfork_tests::Run {
 
 #[test]
 fn vmlinux_prints_its_banner_on_the_serial_console() {
-    let kernel = artifact(&artifacts("linux"), "vmlinux");
+    let kernel = guest_artifact("linux", "vmlinux");
     let run = boot_linux(&kernel, &["--cmdline", CONSOLE]);
     assert!(
         run.stdout.contains("Linux version 6.12"),
@@ -70,7 +41,7 @@ fn vmlinux_prints_its_banner_on_the_serial_console() {
 
 #[test]
 fn vmlinux_boots_through_pvh_too() {
-    let kernel = artifact(&artifacts("linux"), "vmlinux");
+    let kernel = guest_artifact("linux", "vmlinux");
     let run = boot_linux(&kernel, &["--boot-protocol", "pvh", "--cmdline", CONSOLE]);
     assert!(
         run.stdout.contains("Linux version 6.12"),
@@ -85,10 +56,13 @@ fn vmlinux_boots_through_pvh_too() {
 /// range; on PVM it still stops at the emulation failure, cleanly.
 #[test]
 fn vmlinux_with_dax_rootfs_reports_pmem_range() {
-    let kernel = artifact(&artifacts("linux"), "vmlinux");
-    let rootfs = artifact(&artifacts("rootfs"), "rootfs");
+    let kernel = guest_artifact("linux", "vmlinux");
+    let rootfs = guest_artifact("rootfs", "rootfs");
     let rootfs = rootfs.to_string_lossy();
-    let run = boot_linux(&kernel, &["--rootfs", &rootfs, "--cmdline", CONSOLE]);
+    let run = boot_linux(
+        &kernel,
+        &["--rootfs", &rootfs, "--cmdline", CONSOLE, "--exit-on-ready"],
+    );
     assert!(run.stdout.contains("Linux version 6.12"), "{run}");
     // The kernel prints the e820 map early; type 12 shows as "persistent (type 12)".
     assert!(
@@ -102,13 +76,42 @@ fn vmlinux_with_dax_rootfs_reports_pmem_range() {
     }
 }
 
+/// The default guest command line (console, DAX root) boots through
+/// /init to the agent, which signals the ready port: `--exit-on-ready`
+/// ends the run there, with the root mounted read-only with DAX.
+#[test]
+fn the_agent_signals_the_ready_point_with_a_dax_root() {
+    let kernel = guest_artifact("linux", "vmlinux");
+    let rootfs = guest_artifact("rootfs", "rootfs");
+    let rootfs = rootfs.to_string_lossy();
+    let run = boot_linux(&kernel, &["--rootfs", &rootfs, "--exit-on-ready", "--json"]);
+    if host_is_pvm() {
+        assert_clean_error(&run, exit::KVM_INTERNAL_ERROR, "emulation failure");
+        return;
+    }
+    assert_eq!(run.status, 0, "{run}");
+    let root = run
+        .stdout
+        .lines()
+        .find(|l| l.contains("vmfork-linux: root "))
+        .unwrap_or_else(|| panic!("no root line: {run}"));
+    assert!(
+        root.contains(" ext4 ") && root.contains("dax=always"),
+        "{root}"
+    );
+    assert!(run.stdout.contains("vmfork-agent: READY"), "{run}");
+    let json = run.json();
+    assert_eq!(json["stop"], "ready", "{run}");
+    assert!(json["ready_us"].as_u64().is_some_and(|us| us > 0), "{run}");
+}
+
 /// The bzImage path: linux-loader parses the setup header, vmfork fills the
 /// zero page (with an initrd) and enters the 64-bit entry. The kernel is
 /// LZ4-compressed because on PVM its decompressor runs in emulated ring 0
 /// (XZ printed nothing in 7 minutes; LZ4 reaches the banner in ~25 s).
 #[test]
 fn bzimage_with_initrd_prints_its_banner() {
-    let kernel = artifact(&artifacts("linux"), "bzImage");
+    let kernel = guest_artifact("linux", "bzImage");
     let scratch = Scratch::new("bz");
     let initrd = scratch.path("initrd");
     std::fs::write(&initrd, vec![0u8; 8192]).expect("initrd");

@@ -14,11 +14,13 @@ use crate::{Backend, CloneFactory, CloneOptions};
 use vmfork_machine::control::{CommandChannel, StopLatch, StopReason};
 use vmfork_machine::devices::console::Console;
 use vmfork_machine::error::{Error, Result};
+use vmfork_machine::exec::{self, ExecOutput};
 use vmfork_machine::floor::{median, percentile};
 use vmfork_machine::kvm_host::KvmHost;
 use vmfork_machine::machine::{proc_field_kib, Machine, RunningMachine};
 use vmfork_machine::shell::VmShell;
 use vmfork_machine::stop::stop_result;
+use vmfork_machine::vcpu::run::Commander;
 use vmfork_machine::vcpu::threads::Runners;
 use vmfork_template::LoadedTemplate;
 
@@ -48,6 +50,10 @@ pub struct FleetOptions {
     /// Keep each clone's console output for [`Fleet::consoles`]; otherwise
     /// it is discarded.
     pub capture_consoles: bool,
+    /// An exec request ([`vmfork_machine::exec::ExecSpec::encode`]) every
+    /// clone runs right after its resume; [`Fleet::exec_results`] collects
+    /// what each produced.
+    pub exec: Option<Arc<Vec<u8>>>,
 }
 
 /// What a fleet cost, measured around its clones. Totals are over all
@@ -100,6 +106,9 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 struct Clone {
     id: u64,
     running: RunningMachine,
+    /// Acknowledgements before it resumed: its resume is the next one, an
+    /// exec's result the one after.
+    acks_before: u64,
     console: Arc<Mutex<Vec<u8>>>,
     /// A uffd clone's page server, to release its vCPUs if it fails.
     page_server: Option<Arc<PageServerLink>>,
@@ -231,7 +240,7 @@ impl Fleet {
         on_progress: &mut impl FnMut(u64),
     ) -> Result<()> {
         for id in 1..=opts.count {
-            self.start_one(id, shells.pop(), opts.capture_consoles)?;
+            self.start_one(id, shells.pop(), opts)?;
             if id == 1 {
                 // (The first clone of a --prefetch run came up alone, so
                 // what it touched is the working set.)
@@ -244,7 +253,8 @@ impl Fleet {
         Ok(())
     }
 
-    fn start_one(&mut self, id: u64, shell: Option<VmShell>, capture: bool) -> Result<()> {
+    fn start_one(&mut self, id: u64, shell: Option<VmShell>, opts: &FleetOptions) -> Result<()> {
+        let capture = opts.capture_consoles;
         let requested = Instant::now();
         let console = Arc::new(Mutex::new(Vec::new()));
         if shell.as_ref().is_some_and(|s| s.vcpus_restored.is_some()) {
@@ -272,17 +282,54 @@ impl Fleet {
         let acks = commands.acks();
         // Its first park ends the run on the vCPU thread: the clone is
         // up, and the guest waits in its `in` for a command a fleet never
-        // sends.
-        let running = machine.start_commanded(Some(&self.runners), Arc::new(|_| None))?;
+        // sends. With an exec, the park after the resume gets EXEC (the
+        // request is in its mailbox before it runs), and the one after
+        // that ends the run.
+        let commander: Commander = match &opts.exec {
+            None => Arc::new(|_| None),
+            Some(request) => {
+                exec::write_request(machine.memory(), request)?;
+                Arc::new(move |n| (n == acks + 1).then_some(exec::CMD_EXEC))
+            }
+        };
+        let running = machine.start_commanded(Some(&self.runners), commander)?;
         self.clones.push(Clone {
             id,
             running,
+            acks_before: acks,
             console,
             page_server,
         });
         self.latencies
             .push(await_ack(id, &commands, &latch, acks, requested)?);
         Ok(())
+    }
+
+    /// Waits for every started clone's exec (see [`FleetOptions::exec`])
+    /// until `deadline` and returns each clone's id and result, in clone
+    /// order. A clone that stopped or did not answer in time gets an error
+    /// of its own; the others are unaffected.
+    pub fn exec_results(&self, deadline: Instant) -> Vec<(u64, Result<ExecOutput>)> {
+        self.clones
+            .iter()
+            .map(|c| {
+                let commands = c.running.control().commands();
+                let result = if commands.wait_acks(c.acks_before + 2, Some(deadline)) {
+                    exec::read_result(c.running.machine().memory())
+                } else {
+                    Err(match c.running.control().latch().reason() {
+                        Some(reason) => {
+                            clone_failed(c.id, &reason, "while running the command", "")
+                        }
+                        None => Error::Timeout(format!(
+                            "clone {}: the command did not finish in time",
+                            c.id
+                        )),
+                    })
+                };
+                (c.id, result)
+            })
+            .collect()
     }
 
     /// True when every clone came up.

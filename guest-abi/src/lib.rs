@@ -19,6 +19,7 @@
 
 pub mod clone_info;
 pub mod console;
+pub mod exec;
 pub mod functions;
 pub mod mailbox;
 pub mod port;
@@ -26,6 +27,7 @@ pub mod ring0;
 
 pub use clone_info::*;
 pub use console::*;
+pub use exec::*;
 pub use functions::*;
 pub use mailbox::*;
 pub use port::*;

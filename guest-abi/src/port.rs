@@ -58,6 +58,10 @@ pub const CMD_INVOKE: u32 = 5;
 /// RESUMED, then INVOKE, acknowledged once: a clone resumed straight into
 /// its request.
 pub const CMD_RESUME_INVOKE: u32 = 6;
+/// EXEC: run the program the mailbox's request describes (the exec
+/// protocol, [`crate::exec`]) and put its result in the response. Guests
+/// with an agent (the Linux guest) answer it; the default guest does not.
+pub const CMD_EXEC: u32 = 7;
 /// What an `in` from an unclaimed port returns (all ones): no vmfork VMM
 /// is listening, e.g. under QEMU.
 pub const CMD_NO_VMM: u32 = 0xffff_ffff;

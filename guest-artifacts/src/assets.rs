@@ -27,6 +27,9 @@ pub const LINUX_PATCHES: &[Patch] = &[Patch {
     ),
 }];
 
+/// The guest agent (agent/), static, built by build.rs: `/init` execs it.
+pub const AGENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/vmfork-agent"));
+
 /// The guest's PID 1, a busybox shell script.
 pub const INIT_SCRIPT: &[u8] = include_bytes!("../rootfs/init");
 

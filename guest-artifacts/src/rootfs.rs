@@ -93,6 +93,7 @@ pub fn cache_key(busybox: &[u8]) -> String {
     let mut h = KeyHasher::new(KIND);
     h.field("busybox", busybox)
         .field("init", assets::INIT_SCRIPT)
+        .field("agent", assets::AGENT)
         .field("mkfs", MKFS_ARGS.join(" ").as_bytes())
         .field("size_mib", &SIZE_MIB.to_le_bytes())
         .field("epoch", &EPOCH.to_le_bytes());
@@ -183,7 +184,7 @@ fn populate(tree: &Path, busybox: &[u8], log: &Path) -> Result<Vec<String>> {
         chmod(&p, mode)
     };
     mk("", 0o755)?;
-    for dir in ["bin", "dev", "proc", "sys", "root", "etc", "usr"] {
+    for dir in ["bin", "dev", "proc", "sys", "root", "etc", "usr", "run"] {
         mk(dir, 0o755)?;
     }
     // Mounted over by a tmpfs in /init; sticky like any /tmp.
@@ -192,6 +193,7 @@ fn populate(tree: &Path, busybox: &[u8], log: &Path) -> Result<Vec<String>> {
     let bin = tree.join("bin");
     write_file(&bin.join("busybox"), busybox, 0o755)?;
     write_file(&tree.join("init"), assets::INIT_SCRIPT, 0o755)?;
+    write_file(&bin.join("vmfork-agent"), assets::AGENT, 0o755)?;
     // Scripts that hard-code /sbin or /usr/bin paths find busybox there too.
     link("bin", &tree.join("sbin"))?;
     link("../bin", &tree.join("usr/bin"))?;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::limits::Slot;
-use super::mailbox::{self, Response, CMD_INVOKE, CMD_RESUME_INVOKE};
+use vmfork_machine::mailbox::{self, Response, CMD_INVOKE, CMD_RESUME_INVOKE};
 use super::metrics::Metrics;
 use super::pool::{Finished, Recycle, ShellPool};
 use super::progress::{Ending, Progress};

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::function::{Function, Outcome};
 use super::limits::Limits;
-use super::mailbox::Status;
+use vmfork_machine::mailbox::Status;
 use super::metrics::{Counted, Metrics};
 use super::pool::Finished;
 use vmfork_machine::machine::vmm_rss_kib;

@@ -7,7 +7,7 @@ pub mod connection;
 pub mod function;
 pub mod http;
 pub mod limits;
-pub mod mailbox;
+pub use vmfork_machine::mailbox;
 pub mod metrics;
 pub mod pool;
 pub mod progress;

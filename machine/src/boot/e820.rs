@@ -90,6 +90,42 @@ pub fn memory_map(mem_size: u64, pmem: Option<(u64, u64)>) -> Vec<E820Entry> {
     map
 }
 
+/// Marks `start..end` reserved, splitting the RAM entries it covers, so the
+/// guest's kernel never allocates it. For a Linux guest the VMM reserves
+/// the function mailbox this way (docs/linux-guest.md): its agent reaches
+/// it through `/dev/mem`, which refuses RAM the kernel owns. The default
+/// guest reserves the mailbox itself when it has a function.
+pub fn reserve(map: &mut Vec<E820Entry>, start: u64, end: u64) {
+    let mut out = Vec::with_capacity(map.len() + 2);
+    for e in map.drain(..) {
+        let e_end = e.addr + e.size;
+        if e.kind != E820_RAM || e_end <= start || e.addr >= end {
+            out.push(e);
+            continue;
+        }
+        if e.addr < start {
+            out.push(E820Entry {
+                size: start - e.addr,
+                ..e
+            });
+        }
+        let (lo, hi) = (e.addr.max(start), e_end.min(end));
+        out.push(E820Entry {
+            addr: lo,
+            size: hi - lo,
+            kind: E820_RESERVED,
+        });
+        if e_end > end {
+            out.push(E820Entry {
+                addr: end,
+                size: e_end - end,
+                kind: E820_RAM,
+            });
+        }
+    }
+    *map = out;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,6 +167,38 @@ mod tests {
         assert_eq!(ram[3].addr, MMIO_GAP_END);
         assert_eq!(ram[3].size, GIB);
         assert_eq!(ram_end(4 * GIB), 5 * GIB);
+    }
+
+    #[test]
+    fn a_reserved_range_splits_ram() {
+        let mut map = memory_map(128 * MIB, None);
+        let ram_before: u64 = map
+            .iter()
+            .filter(|e| e.kind == E820_RAM)
+            .map(|e| e.size)
+            .sum();
+        reserve(&mut map, 4 * MIB, 8 * MIB);
+        let ram_after: u64 = map
+            .iter()
+            .filter(|e| e.kind == E820_RAM)
+            .map(|e| e.size)
+            .sum();
+        assert_eq!(ram_before - ram_after, 4 * MIB);
+        assert!(map.contains(&E820Entry {
+            addr: 4 * MIB,
+            size: 4 * MIB,
+            kind: E820_RESERVED
+        }));
+        assert!(map.contains(&E820Entry {
+            addr: HIMEM_START,
+            size: 3 * MIB,
+            kind: E820_RAM
+        }));
+        assert!(map.contains(&E820Entry {
+            addr: 8 * MIB,
+            size: 120 * MIB,
+            kind: E820_RAM
+        }));
     }
 
     #[test]

@@ -6,12 +6,12 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::config::{MachineConfig, MAX_MEM_SIZE, MAX_VCPUS, MIN_MEM_SIZE};
 use super::{Machine, Origin};
-use crate::boot::e820::{memory_map, ram_end};
+use crate::boot::e820::{memory_map, ram_end, reserve};
 use crate::boot::layout::{
     BOOT_GDT_START, BOOT_IDT_START, CMDLINE_MAX_SIZE, CMDLINE_START, PMEM_ALIGN, PML4_START,
 };
 use crate::boot::loader::KernelInfo;
-use crate::boot::loader::{load_initrd, load_kernel, Entry};
+use crate::boot::loader::{load_initrd, load_kernel, Entry, KernelSource};
 use crate::boot::{gdt, mptable, paging, params};
 use crate::control::Control;
 use crate::devices::serial::SerialPort;
@@ -99,7 +99,16 @@ impl Machine {
         mark("load_kernel");
         vm.create_platform()?;
         mark("irqchip");
-        let map = memory_map(config.mem_size, pmem.as_ref().map(|(i, a)| (*a, i.size)));
+        let mut map = memory_map(config.mem_size, pmem.as_ref().map(|(i, a)| (*a, i.size)));
+        if !matches!(config.kernel, KernelSource::Embedded(_)) {
+            // A kernel of the user's: its agent reaches the mailbox through
+            // /dev/mem, which only opens memory the kernel does not own.
+            reserve(
+                &mut map,
+                vmfork_guest_abi::MAILBOX_START,
+                vmfork_guest_abi::MAILBOX_END,
+            );
+        }
 
         let mut cmdline = config.cmdline.clone().into_bytes();
         cmdline.push(0);

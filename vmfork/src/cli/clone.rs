@@ -36,6 +36,11 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
         vmfork_isolation::seccomp::ThreadKind::Vmm
     })?;
     if args.processes > 1 {
+        if !args.exec.command.is_empty() {
+            return Err(Error::InvalidArgument(
+                "a command (-- CMD) runs in one process's clones; leave out --processes".into(),
+            ));
+        }
         return super::clone_procs::run(args, started);
     }
     // The KVM floor, measured in the same run as the clones it is compared
@@ -62,12 +67,20 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
             }
         }
     }
+    let failed_status = if fleet.all_up() && !args.exec.command.is_empty() {
+        super::clone_exec::print_results(&fleet, &args.exec)
+    } else {
+        None
+    };
     if fleet.all_up() {
         hold(args);
     }
     let report = fleet.stop()?;
     print_report(args, &report, floor, cgroup.as_ref(), started);
-    Ok(())
+    match failed_status {
+        Some(code) => Err(Error::Reported(code)),
+        None => Ok(()),
+    }
 }
 
 fn fleet_options(args: &CloneArgs) -> Result<FleetOptions> {
@@ -83,6 +96,7 @@ fn fleet_options(args: &CloneArgs) -> Result<FleetOptions> {
         prefetch: args.prefetch,
         shells: args.shells,
         capture_consoles: args.console,
+        exec: super::clone_exec::request(&args.exec)?,
     })
 }
 
@@ -126,11 +140,14 @@ fn print_report(
         outln!("{summary}");
         return;
     }
+    // With a command, stdout is the command's: the summary goes beside
+    // the clones' stderr.
+    let exec = !args.exec.command.is_empty();
     let count = r.count;
     let floor = floor.map_or(String::new(), |f| {
         format!("; KVM floor {} us", f.as_micros())
     });
-    outln!(
+    let line = format!(
         "{count} clones ({}): p50 {} us, p99 {} us, total {:.1} ms; {} KiB private and {} KiB host memory per clone{floor}",
         args.backend.name(),
         r.p50.as_micros(),
@@ -139,6 +156,11 @@ fn print_report(
         r.private_kib / count,
         r.host_kib / count,
     );
+    if exec {
+        eprintln!("{line}");
+    } else {
+        outln!("{line}");
+    }
 }
 
 fn summary_json(

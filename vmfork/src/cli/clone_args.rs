@@ -1,12 +1,13 @@
 //! The arguments of `vmfork clone`, shared by its one-process run
 //! (clone.rs) and its worker processes (clone_procs.rs).
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use super::args::{count, parse_hold, Parsed};
+use super::args::{count, parse_duration, parse_hold, parse_size, Parsed};
 use super::isolation::IsolationArgs;
 use vmfork_clone::Backend;
 
@@ -85,6 +86,54 @@ pub struct CloneArgs {
     pub json: bool,
     #[command(flatten)]
     pub isolation: IsolationArgs,
+    #[command(flatten)]
+    pub exec: ExecArgs,
+}
+
+/// `vmfork clone DIR -- CMD ARGS`: a command every clone runs through its
+/// guest agent (docs/guest-abi.md, "Running a command").
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Run CMD with ARGS in every clone (needs a guest with the agent, such
+    /// as the Linux guest); each line it prints is prefixed with the
+    /// clone's id, and vmfork exits with the first failing status.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+    /// With a command: an environment entry for it (repeatable). Its
+    /// environment is exactly these, plus a default PATH if none is given.
+    #[arg(short = 'e', long = "env", value_name = "NAME=VALUE", value_parser = Parsed(parse_env), requires = "command")]
+    pub env: Vec<String>,
+    /// With a command: its working directory in the guest.
+    #[arg(long, value_name = "DIR", requires = "command")]
+    pub cwd: Option<PathBuf>,
+    /// With a command: a file whose bytes are its stdin in every clone
+    /// (`-` for vmfork's own stdin); /dev/null otherwise.
+    #[arg(long, value_name = "FILE", requires = "command")]
+    pub stdin: Option<PathBuf>,
+    /// With a command: kill it (and its process group) after this long.
+    #[arg(long, default_value = "60", value_name = "DURATION", value_parser = Parsed(parse_duration))]
+    pub exec_timeout: Duration,
+    /// With a command: bytes of its stdout, and of its stderr, kept per
+    /// clone (at most 1M); the rest is dropped and reported.
+    #[arg(long, default_value = "1M", value_name = "SIZE", value_parser = Parsed(parse_output_cap))]
+    pub output_cap: u64,
+}
+
+fn parse_env(text: &str) -> Result<String, String> {
+    match text.split_once('=') {
+        Some((name, _)) if !name.is_empty() && !name.contains('\0') => Ok(text.to_string()),
+        _ => Err(format!("{text:?}: expected NAME=VALUE")),
+    }
+}
+
+fn parse_output_cap(text: &str) -> Result<u64, String> {
+    let size = parse_size(text)?;
+    if size > u64::from(vmfork_machine::exec::DEFAULT_OUTPUT_CAP) {
+        return Err(format!(
+            "{text}: at most 1M (two streams share the mailbox)"
+        ));
+    }
+    Ok(size)
 }
 
 const MAX_CLONES: u64 = 100_000;

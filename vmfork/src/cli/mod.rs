@@ -13,6 +13,7 @@ pub mod args;
 pub mod boot;
 pub mod clone;
 pub mod clone_args;
+pub mod clone_exec;
 pub mod clone_procs;
 pub mod ctl;
 pub mod export;

@@ -6,7 +6,7 @@
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use vmfork_machine::error::{Error, Result};
+use crate::error::{Error, Result};
 
 // The layout is defined once, for host and guest, in vmfork-guest-abi.
 pub use vmfork_guest_abi::{

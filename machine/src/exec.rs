@@ -1,0 +1,245 @@
+//! The host side of the exec protocol (docs/guest-abi.md, "Running a
+//! command"): a program to run in a guest with an agent, encoded once into
+//! a mailbox request, and the checked result read back after the guest
+//! acknowledged EXEC. The encoding itself lives in the guest-ABI crate,
+//! shared with the agent.
+
+use std::time::Duration;
+
+use vm_memory::GuestMemoryMmap;
+use vmfork_guest_abi as abi;
+use vmfork_guest_abi::{ExecRequestHeader, ExecResult, ExecWriter};
+
+use crate::error::{Error, Result};
+use crate::mailbox::{self, Status};
+
+pub use vmfork_guest_abi::CMD_EXEC;
+
+/// Output kept per stream unless asked otherwise: 1 MiB (more than half the
+/// mailbox's response half cannot fit both streams).
+pub const DEFAULT_OUTPUT_CAP: u32 = 1 << 20;
+
+/// One program to run, as a user of `vmfork clone -- CMD` (or a container,
+/// or a function) describes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecSpec {
+    /// `argv[0]` first; a program without `/` is looked up in `PATH`.
+    pub argv: Vec<Vec<u8>>,
+    /// `NAME=value` entries: the program's whole environment.
+    pub env: Vec<Vec<u8>>,
+    /// The working directory (the guest's `/` when None).
+    pub cwd: Option<Vec<u8>>,
+    /// Bytes for stdin (`/dev/null` when None).
+    pub stdin: Option<Vec<u8>>,
+    /// Bytes of stdout, and of stderr, the guest keeps.
+    pub output_cap: u32,
+    /// Killed (with its process group) past this; None for no limit.
+    pub timeout: Option<Duration>,
+}
+
+impl ExecSpec {
+    /// The mailbox request body. Fails when it does not fit the mailbox or
+    /// has no program.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        if self.argv.is_empty() {
+            return Err(Error::InvalidArgument("exec: no program given".into()));
+        }
+        let timeout_ms = match self.timeout {
+            None => 0,
+            Some(t) => u32::try_from(t.as_millis())
+                .ok()
+                .filter(|ms| *ms > 0)
+                .ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "exec: a timeout must be between 1 ms and {} ms",
+                        u32::MAX
+                    ))
+                })?,
+        };
+        let mut buf = vec![0u8; abi::MAX_BODY];
+        let mut w = ExecWriter::new(&mut buf);
+        let too_big = |_| {
+            Error::InvalidArgument(format!(
+                "exec: arguments, environment and stdin exceed the mailbox's {} bytes",
+                abi::MAX_BODY
+            ))
+        };
+        w.request_header(&ExecRequestHeader {
+            version: abi::EXEC_VERSION,
+            flags: 0,
+            output_cap: self.output_cap,
+            timeout_ms,
+        })
+        .map_err(too_big)?;
+        for arg in &self.argv {
+            w.field(abi::EXEC_FIELD_ARG, arg).map_err(too_big)?;
+        }
+        for entry in &self.env {
+            w.field(abi::EXEC_FIELD_ENV, entry).map_err(too_big)?;
+        }
+        if let Some(cwd) = &self.cwd {
+            w.field(abi::EXEC_FIELD_CWD, cwd).map_err(too_big)?;
+        }
+        if let Some(stdin) = &self.stdin {
+            w.field(abi::EXEC_FIELD_STDIN, stdin).map_err(too_big)?;
+        }
+        let len = w.len();
+        buf.truncate(len);
+        Ok(buf)
+    }
+}
+
+/// How the program ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecOutcome {
+    Exited(u8),
+    Signaled(u32),
+    /// Could not be started; the errno.
+    SpawnFailed(u32),
+    /// Killed at the request's deadline.
+    TimedOut,
+}
+
+impl ExecOutcome {
+    /// A shell's idea of an exit status: the status, 128 + signal, 127 for
+    /// a program that could not start, 124 for a timeout (as `timeout(1)`).
+    pub fn shell_status(self) -> u8 {
+        match self {
+            ExecOutcome::Exited(code) => code,
+            ExecOutcome::Signaled(sig) => 128u8.saturating_add(sig.min(127) as u8),
+            ExecOutcome::SpawnFailed(_) => 127,
+            ExecOutcome::TimedOut => 124,
+        }
+    }
+}
+
+impl std::fmt::Display for ExecOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExecOutcome::Exited(code) => write!(f, "exited with status {code}"),
+            ExecOutcome::Signaled(sig) => write!(f, "killed by signal {sig}"),
+            ExecOutcome::SpawnFailed(errno) => write!(
+                f,
+                "could not start ({})",
+                std::io::Error::from_raw_os_error(*errno as i32)
+            ),
+            ExecOutcome::TimedOut => write!(f, "timed out and was killed"),
+        }
+    }
+}
+
+/// A program's result, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    pub outcome: ExecOutcome,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+}
+
+/// Writes `request` (from [`ExecSpec::encode`]) into a stopped guest's
+/// mailbox, for an EXEC sent next.
+pub fn write_request(mem: &GuestMemoryMmap, request: &[u8]) -> Result<()> {
+    mailbox::write_request(mem, request)
+}
+
+/// Reads the result of an EXEC the guest acknowledged. Everything in it is
+/// the guest's, so all of it is checked; a guest that refused the request
+/// says why.
+pub fn read_result(mem: &GuestMemoryMmap) -> Result<ExecOutput> {
+    let response = mailbox::read_response(mem)?;
+    let body = match response.status {
+        Status::Ok => response.body,
+        Status::Rejected | Status::BadRequest => {
+            return Err(Error::InvalidArgument(format!(
+                "the guest refused the exec request: {}",
+                String::from_utf8_lossy(&response.body)
+            )))
+        }
+    };
+    let result = ExecResult::parse(&body).map_err(|e| {
+        Error::GuestCrash(format!(
+            "the guest's exec result is malformed: {}",
+            e.reason()
+        ))
+    })?;
+    let h = result.header;
+    let outcome = match h.outcome {
+        abi::EXEC_OUTCOME_EXITED => ExecOutcome::Exited(h.value.min(255) as u8),
+        abi::EXEC_OUTCOME_SIGNALED => ExecOutcome::Signaled(h.value),
+        abi::EXEC_OUTCOME_SPAWN_FAILED => ExecOutcome::SpawnFailed(h.value),
+        _ => ExecOutcome::TimedOut,
+    };
+    Ok(ExecOutput {
+        outcome,
+        stdout: result.stdout.to_vec(),
+        stderr: result.stderr.to_vec(),
+        stdout_truncated: h.flags & abi::EXEC_STDOUT_TRUNCATED != 0,
+        stderr_truncated: h.flags & abi::EXEC_STDERR_TRUNCATED != 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::{Bytes, GuestAddress};
+
+    #[test]
+    fn a_spec_encodes_to_what_the_agent_parses() {
+        let spec = ExecSpec {
+            argv: vec![b"sh".to_vec(), b"-c".to_vec(), b"echo hi".to_vec()],
+            env: vec![b"PATH=/bin".to_vec()],
+            cwd: Some(b"/tmp".to_vec()),
+            stdin: Some(b"input".to_vec()),
+            output_cap: 100,
+            timeout: Some(Duration::from_secs(2)),
+        };
+        let body = spec.encode().expect("encode");
+        let r = abi::ExecRequest::parse(&body).expect("parse");
+        assert_eq!(r.header.timeout_ms, 2000);
+        assert_eq!(r.each(abi::EXEC_FIELD_ARG).count(), 3);
+        assert_eq!(r.one(abi::EXEC_FIELD_STDIN), Some(&b"input"[..]));
+        assert!(ExecSpec::default().encode().is_err(), "no program");
+        let huge = ExecSpec {
+            argv: vec![vec![b'x'; abi::MAX_BODY]],
+            ..ExecSpec::default()
+        };
+        assert!(huge.encode().is_err(), "over the mailbox");
+    }
+
+    #[test]
+    fn results_are_read_and_checked() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).expect("memory");
+        let mut body = vec![0u8; 64];
+        let mut w = ExecWriter::new(&mut body);
+        w.result(
+            abi::EXEC_OUTCOME_SIGNALED,
+            9,
+            abi::EXEC_STDOUT_TRUNCATED,
+            b"o",
+            b"",
+        )
+        .expect("result");
+        let n = w.len();
+        let mut header = Vec::new();
+        for word in [abi::RESPONSE_MAGIC, n as u32, abi::STATUS_OK, 1] {
+            header.extend_from_slice(&word.to_le_bytes());
+        }
+        mem.write_slice(&body[..n], GuestAddress(abi::RESPONSE_DATA))
+            .expect("body");
+        mem.write_slice(&header, GuestAddress(abi::RESPONSE_HEADER))
+            .expect("header");
+        let out = read_result(&mem).expect("read");
+        assert_eq!(out.outcome, ExecOutcome::Signaled(9));
+        assert_eq!(out.outcome.shell_status(), 137);
+        assert!(out.stdout_truncated && !out.stderr_truncated);
+        // A body whose lengths do not add up is the guest's fault.
+        mem.write_slice(
+            &((n - 1) as u32).to_le_bytes(),
+            GuestAddress(abi::RESPONSE_HEADER + 4),
+        )
+        .expect("len");
+        assert!(matches!(read_result(&mem), Err(Error::GuestCrash(_))));
+    }
+}
