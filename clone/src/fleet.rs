@@ -20,7 +20,7 @@ use vmfork_machine::machine::{proc_field_kib, Machine, RunningMachine};
 use vmfork_machine::shell::VmShell;
 use vmfork_machine::stop::stop_result;
 use vmfork_machine::vcpu::threads::Runners;
-use vmfork_template::LoadedTemplate;
+use vmfork_template::{LoadOptions, LoadedTemplate};
 
 /// Where a fleet's template comes from.
 #[derive(Debug, Clone)]
@@ -48,6 +48,9 @@ pub struct FleetOptions {
     /// Keep each clone's console output for [`Fleet::consoles`]; otherwise
     /// it is discarded.
     pub capture_consoles: bool,
+    /// Hash the template's rootfs image again on load (a holder's template
+    /// was checked by the holder).
+    pub verify_rootfs: bool,
 }
 
 /// What a fleet cost, measured around its clones. Totals are over all
@@ -424,7 +427,11 @@ fn load(opts: &FleetOptions) -> Result<CloneFactory> {
             CloneFactory::with_memory(template, Some(sealed), opts.backend, opts.prefetch)
         }
         FleetSource::Template(dir) => {
-            CloneFactory::new(LoadedTemplate::load(dir)?, opts.backend, opts.prefetch)
+            let load = LoadOptions {
+                verify_rootfs: opts.verify_rootfs,
+            };
+            let template = LoadedTemplate::load_with(dir, load)?;
+            CloneFactory::new(template, opts.backend, opts.prefetch)
         }
     }
 }

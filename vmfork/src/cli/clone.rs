@@ -83,6 +83,7 @@ fn fleet_options(args: &CloneArgs) -> Result<FleetOptions> {
         prefetch: args.prefetch,
         shells: args.shells,
         capture_consoles: args.console,
+        verify_rootfs: args.verify,
     })
 }
 
