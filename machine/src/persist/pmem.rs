@@ -94,3 +94,103 @@ impl Persist for PmemSlot {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kvm_host::KvmHost;
+    use crate::memory::PMEM_SIZE_ALIGN;
+
+    fn image(name: &str) -> Arc<PmemImage> {
+        let path = std::env::temp_dir().join(format!("vmfork-pmem-{name}-{}", std::process::id()));
+        std::fs::write(&path, vec![0x5a; PMEM_SIZE_ALIGN as usize]).expect("image");
+        let image = PmemImage::open(&path).expect("open");
+        let _ = std::fs::remove_file(&path);
+        Arc::new(image)
+    }
+
+    fn vm() -> Vm {
+        Vm::new(KvmHost::get().expect("/dev/kvm")).expect("VM")
+    }
+
+    const STATE: PmemState = PmemState {
+        guest_addr: 1 << 30,
+        size: PMEM_SIZE_ALIGN,
+        slot: 0,
+    };
+
+    #[test]
+    fn a_window_saves_and_restores_through_the_state_file_encoding() {
+        let image = image("roundtrip");
+        let mut first = vm();
+        let slot = PmemSlot::restore(
+            PmemRestore {
+                vm: &mut first,
+                image: &image,
+            },
+            &STATE,
+        )
+        .expect("register");
+        let saved = slot.save().expect("save");
+        assert_eq!(saved, STATE);
+        let bytes = vmfork_snapshot::encode(&Some(saved)).expect("encode");
+        let decoded: Option<PmemState> = vmfork_snapshot::decode(&bytes).expect("decode");
+        assert_eq!(decoded, Some(STATE));
+        let registered = first.slots()[0];
+        assert_eq!(registered.host_addr, image.host_addr());
+        assert_ne!(registered.flags & kvm_bindings::KVM_MEM_READONLY, 0);
+
+        // A VM that has the slot already (a shell) keeps it.
+        let again = PmemSlot::restore(
+            PmemRestore {
+                vm: &mut first,
+                image: &image,
+            },
+            &STATE,
+        )
+        .expect("same image, same place");
+        assert!(again.same_as(&slot));
+        assert_eq!(first.slots().len(), 1);
+    }
+
+    #[test]
+    fn another_image_or_size_is_refused() {
+        let image = image("refuse");
+        let mut vm = vm();
+        let bigger = PmemState {
+            size: 2 * PMEM_SIZE_ALIGN,
+            ..STATE
+        };
+        let restore = |vm, image| PmemSlot::restore(PmemRestore { vm, image }, &bigger);
+        assert!(matches!(
+            restore(&mut vm, &image),
+            Err(Error::RootfsChanged { .. })
+        ));
+        PmemSlot::restore(
+            PmemRestore {
+                vm: &mut vm,
+                image: &image,
+            },
+            &STATE,
+        )
+        .expect("register");
+        let other = self::image("refuse-other");
+        let err = PmemSlot::restore(
+            PmemRestore {
+                vm: &mut vm,
+                image: &other,
+            },
+            &STATE,
+        );
+        assert!(matches!(err, Err(Error::Snapshot(_))));
+        let later = PmemState { slot: 3, ..STATE };
+        let err = PmemSlot::restore(
+            PmemRestore {
+                vm: &mut vm,
+                image: &image,
+            },
+            &later,
+        );
+        assert!(matches!(err, Err(Error::Snapshot(_))));
+    }
+}
