@@ -314,7 +314,11 @@ impl CloneFactory {
                     }
                     _ => None,
                 };
-                RamSource::Shell { shell, mem, server }
+                RamSource::Shell {
+                    shell: Box::new(shell),
+                    mem,
+                    server,
+                }
             }
         };
         let machine = restore(

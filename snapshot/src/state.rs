@@ -207,7 +207,9 @@ impl PmemState {
     /// them in).
     pub fn validate(&self, memory: &MemoryState) -> Result<(), InvalidState> {
         check(
-            self.size > 0 && self.size % PMEM_UNIT == 0 && self.guest_addr % PMEM_UNIT == 0,
+            self.size > 0
+                && self.size.is_multiple_of(PMEM_UNIT)
+                && self.guest_addr.is_multiple_of(PMEM_UNIT),
             || format!("pmem window {self:?} is not in whole 2 MiB units"),
         )?;
         check(self.guest_addr.checked_add(self.size).is_some(), || {

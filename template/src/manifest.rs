@@ -14,6 +14,7 @@ use vmfork_machine::error::{Error, Result};
 use vmfork_machine::machine::{MAX_MEM_SIZE, MAX_VCPUS, MIN_MEM_SIZE};
 
 use crate::files::open_template_file;
+use crate::rootfs::is_sha256_hex;
 pub use crate::rootfs::RootfsInfo;
 
 pub const MANIFEST_FILE: &str = "template.json";
@@ -233,10 +234,6 @@ impl Manifest {
         }
         Ok(())
     }
-}
-
-pub(crate) fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Hex SHA-256 of `bytes`.

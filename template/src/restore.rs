@@ -372,7 +372,8 @@ pub enum RamSource<'a> {
     /// A VM shell whose slots already map `mem` ([`VmShell::map_private`]),
     /// and the handler serving its faults for a userfaultfd clone.
     Shell {
-        shell: VmShell,
+        /// Boxed: a shell is most of a VM, and the other sources are small.
+        shell: Box<VmShell>,
         mem: GuestMemoryMmap,
         server: Option<MemoryGuard>,
     },
@@ -398,20 +399,16 @@ pub fn restore(
         RamSource::TemplateFile => (template.map_memory()?, None),
         RamSource::Memfd(file) => (GuestRam::restore(RamArgs::File(file), &state.memory)?, None),
         RamSource::Uffd { mem, server } => (mapped(mem, None, Some(server))?, None),
-        RamSource::Shell {
-            shell:
-                VmShell {
-                    vm,
-                    vcpus,
-                    serial_irq,
-                    ram,
-                    vcpus_restored,
-                    pmem,
-                    ..
-                },
-            mem,
-            server,
-        } => {
+        RamSource::Shell { shell, mem, server } => {
+            let VmShell {
+                vm,
+                vcpus,
+                serial_irq,
+                ram,
+                vcpus_restored,
+                pmem,
+                ..
+            } = *shell;
             let restored = vcpus_restored == Some(opts.resume_command);
             let shell = (vm, vcpus, serial_irq, restored, pmem);
             (mapped(mem, Some(ram), server)?, Some(shell))

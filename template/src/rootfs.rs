@@ -63,7 +63,7 @@ impl RootfsInfo {
                 self.size
             ));
         }
-        if !super::manifest::is_sha256_hex(&self.sha256) {
+        if !is_sha256_hex(&self.sha256) {
             return Err("the rootfs digest is not 64 lowercase hex digits".into());
         }
         Ok(())
@@ -91,6 +91,10 @@ impl RootfsInfo {
         image.vouch_sha256(self.sha256.clone());
         Ok(Arc::new(image))
     }
+}
+
+pub(crate) fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 #[cfg(test)]
@@ -140,7 +144,14 @@ mod tests {
         assert_eq!(info.identity(), ImageIdentity::of(&meta));
         assert_eq!(info.size, PMEM_SIZE_ALIGN);
         let bytes = std::fs::read(&path).expect("read");
-        assert_eq!(info.sha256, super::super::manifest::sha256_hex(&bytes));
+        let digest: String = {
+            use sha2::{Digest, Sha256};
+            Sha256::digest(&bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        };
+        assert_eq!(info.sha256, digest);
         assert!(info.validate().is_ok());
         let json = serde_json::to_string(&info).expect("json");
         assert_eq!(
