@@ -278,3 +278,58 @@ fn verify_catches_a_rewrite_that_keeps_size_and_mtime() {
         assert_refused(&clone(&dir, extra), &canonical, "contents changed");
     }
 }
+
+/// A VM restored from a rootfs template snapshots (full and diff) with the
+/// same image record, and both restore (verified) and clone.
+#[test]
+fn snapshots_of_a_restored_rootfs_vm_keep_its_image() {
+    let scratch = Scratch::new("rootfs-resnap");
+    let image = scratch.path("rootfs.img");
+    write_image(&image);
+    let dir = build(&scratch, &image, "t");
+    let socket = scratch.str("api.sock");
+    let mut child = std::process::Command::new(vmfork_tests::vmfork_bin())
+        .args(["restore", &dir, "--api-sock", &socket, "--quiet"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn restore");
+    vmfork_tests::wait_for_path(&socket);
+    let ctl = |args: &[&str]| {
+        let mut all = vec!["ctl", socket.as_str()];
+        all.extend_from_slice(args);
+        vmfork(&all)
+    };
+    assert_eq!(ctl(&["ping"]).status, 0);
+    let (diff, full) = (scratch.str("d"), scratch.str("f"));
+    let run = ctl(&["snapshot", "--diff", "--out", &diff]);
+    assert_eq!(run.status, 0, "{run}");
+    let run = ctl(&["snapshot", "--out", &full]);
+    assert_eq!(run.status, 0, "{run}");
+    assert_eq!(ctl(&["stop"]).status, 0);
+    assert!(child.wait().expect("wait").success());
+
+    let recorded = &manifest(&dir)["rootfs"];
+    assert!(recorded.is_object(), "{recorded}");
+    for saved in [&diff, &full] {
+        assert_eq!(&manifest(saved)["rootfs"], recorded, "{saved}");
+        let run = restore(saved, &["--verify"]);
+        assert_eq!(run.status, 0, "{saved}: {run}");
+        assert_eq!(run.json()["rootfs"]["size"], IMAGE_BYTES as u64, "{run}");
+        assert_clones_up(&clone(saved, &["--shells"]), saved);
+    }
+    // The diff's base and the diff record one image: changing it refuses
+    // both.
+    let later = std::fs::metadata(&image)
+        .expect("meta")
+        .modified()
+        .expect("mtime")
+        + Duration::from_secs(2);
+    File::options()
+        .write(true)
+        .open(&image)
+        .and_then(|f| f.set_modified(later))
+        .expect("touch");
+    let canonical = image.canonicalize().expect("canonical");
+    assert_refused(&restore(&diff, &[]), &canonical, "modified");
+}
