@@ -187,6 +187,7 @@ pub mod exit {
     pub const SECCOMP: i32 = 18;
     pub const ISOLATION: i32 = 19;
     pub const PAGE_SERVER: i32 = 20;
+    pub const ROOTFS_CHANGED: i32 = 21;
 }
 
 /// One of the cached Linux guest artifacts (`kind` linux: vmlinux,

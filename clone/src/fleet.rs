@@ -22,7 +22,7 @@ use vmfork_machine::shell::VmShell;
 use vmfork_machine::stop::stop_result;
 use vmfork_machine::vcpu::run::Commander;
 use vmfork_machine::vcpu::threads::Runners;
-use vmfork_template::LoadedTemplate;
+use vmfork_template::{LoadOptions, LoadedTemplate};
 
 /// Where a fleet's template comes from.
 #[derive(Debug, Clone)]
@@ -54,6 +54,9 @@ pub struct FleetOptions {
     /// clone runs right after its resume; [`Fleet::exec_results`] collects
     /// what each produced.
     pub exec: Option<Arc<Vec<u8>>>,
+    /// Hash the template's rootfs image again on load (a holder's template
+    /// was checked by the holder).
+    pub verify_rootfs: bool,
 }
 
 /// What a fleet cost, measured around its clones. Totals are over all
@@ -471,7 +474,11 @@ fn load(opts: &FleetOptions) -> Result<CloneFactory> {
             CloneFactory::with_memory(template, Some(sealed), opts.backend, opts.prefetch)
         }
         FleetSource::Template(dir) => {
-            CloneFactory::new(LoadedTemplate::load(dir)?, opts.backend, opts.prefetch)
+            let load = LoadOptions {
+                verify_rootfs: opts.verify_rootfs,
+            };
+            let template = LoadedTemplate::load_with(dir, load)?;
+            CloneFactory::new(template, opts.backend, opts.prefetch)
         }
     }
 }

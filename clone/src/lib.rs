@@ -192,7 +192,9 @@ impl CloneFactory {
             .iter()
             .map(|v| v.cpuid.clone())
             .collect();
-        VmShell::new(&self.template.state.memory, &cpuid)
+        let t = &self.template;
+        let pmem = t.rootfs.as_ref().zip(t.state.pmem.as_ref());
+        VmShell::new(&t.state.memory, &cpuid, pmem)
     }
 
     /// The in-place reset of this template's clones and the memfd their
@@ -312,7 +314,11 @@ impl CloneFactory {
                     }
                     _ => None,
                 };
-                RamSource::Shell { shell, mem, server }
+                RamSource::Shell {
+                    shell: Box::new(shell),
+                    mem,
+                    server,
+                }
             }
         };
         let machine = restore(

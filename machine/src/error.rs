@@ -29,6 +29,10 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A template's rootfs image is missing or not the file the template
+    /// was built with (identity, or with --verify its digest).
+    #[error("rootfs image {path}: {what} since the template was built; refusing it (rebuild the template)")]
+    RootfsChanged { path: PathBuf, what: String },
     #[error("KVM {op} failed: {source}")]
     Kvm {
         op: &'static str,
@@ -98,6 +102,7 @@ impl Error {
             Error::Control(_) => 17,
             Error::Isolation(e) => e.exit_code(),
             Error::PageServer(_) => 20,
+            Error::RootfsChanged { .. } => 21,
             Error::Reported(code) => *code,
         }
     }

@@ -8,16 +8,19 @@
 //! irqchip exists; see docs/boot.md.)
 
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
-use vmfork_snapshot::state::MemoryState;
+use vmfork_snapshot::state::{MemoryState, PmemState};
+use vmfork_snapshot::Persist;
 
 use super::reset::{InPlaceReset, Reset};
 use crate::devices::serial::{IrqTrigger, SerialPort};
 use crate::error::{Error, Result};
 use crate::kvm_host::KvmHost;
-use crate::memory::ReservedRam;
+use crate::memory::{PmemImage, ReservedRam};
+use crate::persist::pmem::{PmemRestore, PmemSlot};
 use crate::vcpu::Vcpu;
 use crate::vm::Vm;
 
@@ -26,6 +29,10 @@ pub struct VmShell {
     pub vcpus: Vec<Vcpu>,
     pub serial_irq: IrqTrigger,
     pub ram: ReservedRam,
+    /// The rootfs window of the template it was made for, registered with
+    /// the RAM slots (before the irqchip, where a slot is cheap), over the
+    /// one mapping of the image this process holds.
+    pub pmem: Option<PmemSlot>,
     layout: MemoryState,
     /// The (device, inode) of the template memfd still mapped over `ram`
     /// from a previous clone, reset in place (clone/reset.rs), with KVM's
@@ -41,10 +48,12 @@ pub struct VmShell {
 impl VmShell {
     /// `cpuid`: each vCPU's CPUID from the template. It is set before the
     /// warm-up run, because KVM only accepts an identical CPUID once a vCPU
-    /// has run, and the restore sets the template's.
+    /// has run, and the restore sets the template's. `pmem`: the template's
+    /// rootfs image and window, if it has one.
     pub fn new(
         layout: &MemoryState,
         cpuid: &[Vec<kvm_bindings::kvm_cpuid_entry2>],
+        pmem: Option<(&Arc<PmemImage>, &PmemState)>,
     ) -> Result<VmShell> {
         let host = KvmHost::get()?;
         let size = layout.file_size() as usize;
@@ -71,6 +80,13 @@ impl VmShell {
         for r in &layout.regions {
             vm.register_ram_at(r.guest_addr, r.size, addr as u64 + r.file_offset)?;
         }
+        let pmem = match pmem {
+            Some((image, state)) => Some(PmemSlot::restore(
+                PmemRestore { vm: &mut vm, image },
+                state,
+            )?),
+            None => None,
+        };
         vm.create_platform()?;
         let mut vcpus = Vec::with_capacity(cpuid.len());
         for (i, entries) in cpuid.iter().enumerate() {
@@ -89,6 +105,7 @@ impl VmShell {
             vcpus,
             serial_irq,
             ram,
+            pmem,
             layout: layout.clone(),
             template_mapped: None,
             vcpus_restored: None,
@@ -148,6 +165,7 @@ impl VmShell {
             vcpus,
             serial_irq: parts.serial_irq,
             ram,
+            pmem: parts.pmem,
             layout: layout.clone(),
             template_mapped: match (&reset, in_place) {
                 (Reset::InPlace(_), Some((in_place, _))) => Some(in_place.memfd_id()),

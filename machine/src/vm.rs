@@ -19,6 +19,7 @@ pub struct MemorySlot {
     pub slot: u32,
     pub guest_addr: u64,
     pub size: u64,
+    pub host_addr: u64,
     pub flags: u32,
 }
 
@@ -99,6 +100,7 @@ impl Vm {
             slot,
             guest_addr,
             size,
+            host_addr,
             flags,
         });
         Ok(())

@@ -86,6 +86,14 @@ impl Function {
                     dir.display()
                 )));
             }
+            // A cold boot would open the image by path on every request,
+            // past the identity check a load makes.
+            if manifest.rootfs.is_some() {
+                return Err(Error::InvalidArgument(format!(
+                    "--cold-boot: template {} has a rootfs image; serve its clones instead",
+                    dir.display()
+                )));
+            }
             Source::ColdBoot {
                 cmdline: manifest.kernel.cmdline.clone(),
                 mem_size: manifest.mem_size,

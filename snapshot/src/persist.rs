@@ -1,7 +1,8 @@
 /// The one trait through which the machine's stateful components save and
 /// restore themselves: the VM (irqchip, PIT, clock), each vCPU, the serial
 /// port, the ready port's command channel, guest RAM (its layout; the
-/// contents are the `memory` file) and the clone-info page (which saves
+/// contents are the `memory` file), the rootfs window (its slot; the image
+/// is named by the manifest) and the clone-info page (which saves
 /// nothing: it is written fresh by every restore). A snapshot is then a
 /// tree of plain serde `State` values, and a restore a walk over it in the
 /// order docs/snapshot-format.md gives.

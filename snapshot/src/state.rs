@@ -31,7 +31,25 @@ pub struct MachineState {
     pub vcpus: Vec<VcpuState>,
     pub devices: DeviceState,
     pub memory: MemoryState,
+    /// The read-only persistent-memory window of a VM booted with a
+    /// rootfs image; the image's bytes are not part of the state (the
+    /// template's manifest names the file and its identity).
+    pub pmem: Option<PmemState>,
 }
+
+/// Where a rootfs image sits in the guest: its KVM slot, guest physical
+/// address and size. The slot number is recorded so a restore can prove
+/// it rebuilt the same slot table the guest was saved with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PmemState {
+    pub guest_addr: u64,
+    pub size: u64,
+    pub slot: u32,
+}
+
+/// Linux maps persistent memory in 2 MiB subsections, so vmfork only
+/// accepts images (and windows) of whole 2 MiB units.
+pub const PMEM_UNIT: u64 = 2 << 20;
 
 /// Per-VM kernel state: the irqchip, PIT and kvmclock.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -175,7 +193,44 @@ impl MachineState {
                 )
             },
         )?;
-        self.memory.validate()
+        self.memory.validate()?;
+        if let Some(p) = &self.pmem {
+            p.validate(&self.memory)?;
+        }
+        Ok(())
+    }
+}
+
+impl PmemState {
+    /// The window must be whole 2 MiB units above every RAM region, in the
+    /// slot right after RAM's (the order cold boot and restore register
+    /// them in).
+    pub fn validate(&self, memory: &MemoryState) -> Result<(), InvalidState> {
+        check(
+            self.size > 0
+                && self.size.is_multiple_of(PMEM_UNIT)
+                && self.guest_addr.is_multiple_of(PMEM_UNIT),
+            || format!("pmem window {self:?} is not in whole 2 MiB units"),
+        )?;
+        check(self.guest_addr.checked_add(self.size).is_some(), || {
+            format!("pmem window {self:?} overflows")
+        })?;
+        let ram_end = memory
+            .regions
+            .iter()
+            .map(|r| r.guest_addr.saturating_add(r.size))
+            .max()
+            .unwrap_or(0);
+        check(self.guest_addr >= ram_end, || {
+            format!("pmem window {self:?} overlaps RAM (which ends at {ram_end:#x})")
+        })?;
+        check(self.slot as usize == memory.regions.len(), || {
+            format!(
+                "pmem window in KVM slot {}, expected {} (after the RAM slots)",
+                self.slot,
+                memory.regions.len()
+            )
+        })
     }
 }
 
@@ -278,5 +333,39 @@ mod tests {
         m.regions[0].file_offset = PAGE;
         assert!(m.validate().is_err());
         assert_eq!(memory().file_size(), 8 * PAGE);
+    }
+
+    #[test]
+    fn pmem_window_checks() {
+        let ok = PmemState {
+            guest_addr: 1 << 30,
+            size: 2 * PMEM_UNIT,
+            slot: 1,
+        };
+        assert!(ok.validate(&memory()).is_ok());
+        let bad = [
+            PmemState { size: 0, ..ok },
+            PmemState {
+                size: PMEM_UNIT + PAGE,
+                ..ok
+            },
+            PmemState {
+                guest_addr: (1 << 30) + PAGE,
+                ..ok
+            },
+            PmemState {
+                guest_addr: 0,
+                ..ok
+            },
+            PmemState {
+                guest_addr: u64::MAX - PMEM_UNIT + 1,
+                ..ok
+            },
+            PmemState { slot: 0, ..ok },
+            PmemState { slot: 7, ..ok },
+        ];
+        for p in bad {
+            assert!(p.validate(&memory()).is_err(), "{p:?} accepted");
+        }
     }
 }

@@ -4,7 +4,8 @@
 //! mutation reaches the payload decoder and the validation. Nothing may
 //! panic; every accepted state must pass validation or be refused by it.
 //! New seeds: copy a template's `state` file to
-//! snapshot/fuzz/machine-corpus/ok__NAME.bin.
+//! snapshot/fuzz/machine-corpus/ok__NAME.bin (`ok__rootfs*` from a template
+//! built with --rootfs); `version__*` are states of older format versions.
 
 use std::io::Cursor;
 use std::panic::{self, AssertUnwindSafe};
@@ -61,6 +62,15 @@ fn saved_states_decode_and_validate() {
         if name.starts_with("ok__") {
             let state = result.unwrap_or_else(|e| panic!("{name}: {e}"));
             assert!(!state.vcpus.is_empty(), "{name}");
+            // Saved from a VM booted with --rootfs: its window survives.
+            assert_eq!(state.pmem.is_some(), name.contains("rootfs"), "{name}");
+        } else if name.starts_with("version__") {
+            // States an older vmfork wrote: one line saying so.
+            let e = result.expect_err("an old state must be refused");
+            assert!(
+                e.contains("state format version") && !e.contains('\n'),
+                "{name}: {e}"
+            );
         } else {
             assert!(result.is_err(), "{name} should be refused");
         }

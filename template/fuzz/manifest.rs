@@ -66,7 +66,7 @@ fn inconsistency(m: &Manifest) -> Option<String> {
     let hex = |s: &str| s.len() == 64 && s.chars().all(|c| "0123456789abcdef".contains(c));
     let diff = m.kind == TemplateKind::Diff;
     let rules = [
-        (m.format_version == 3, "version"),
+        (m.format_version == 4, "version"),
         (diff == m.base.is_some(), "base only on a diff"),
         (
             diff == m.base_sha256.is_some(),
@@ -105,6 +105,15 @@ fn inconsistency(m: &Manifest) -> Option<String> {
         (
             m.kernel.cmdline.len() < 4096 && !m.kernel.cmdline.contains('\0'),
             "cmdline",
+        ),
+        (
+            m.rootfs.as_ref().is_none_or(|r| {
+                r.path.is_absolute()
+                    && r.size > 0
+                    && r.size.is_multiple_of(2 << 20)
+                    && hex(&r.sha256)
+            }),
+            "rootfs",
         ),
     ];
     rules

@@ -49,6 +49,7 @@ fn sample(mem_size: u64) -> Manifest {
         state_bytes: 11_791,
         memory_bytes: mem_size,
         dirty_pages: None,
+        rootfs: None,
     }
 }
 
@@ -73,6 +74,16 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
             json!("9f1c2b7e44d0a6b1c3e5f7a9b2d4c6e8f0a1b3c5d7e9f1a3b5c7d9e1f3a5b7c9");
         v["dirty_pages"] = json!(37);
     };
+    let rootfs = |v: &mut Value| {
+        v["rootfs"] = json!({
+            "path": "/srv/images/rootfs.ext4",
+            "size": 64u64 << 20,
+            "dev": 65024,
+            "ino": 10174524,
+            "mtime_ns": 1_796_478_761_170_281_250i64,
+            "sha256": "2b07811057df887086f06a67edc6ebf911de8b6741156e7a2eb1416a4b8b1b2e",
+        });
+    };
     let big = Manifest {
         vcpus: 8,
         ..sample(6 * GIB)
@@ -83,6 +94,70 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
     let deep = format!("{}1{}", "[".repeat(5000), "]".repeat(5000));
     let seeds: Vec<(&str, Vec<u8>)> = vec![
         ("ok__full", valid.clone()),
+        ("ok__rootfs", edited(rootfs)),
+        (
+            "ok__diff-with-rootfs",
+            edited(|v| {
+                diff(v);
+                rootfs(v);
+            }),
+        ),
+        (
+            "ok__full-without-rootfs-field",
+            edited(|v| {
+                v.as_object_mut().map(|m| m.remove("rootfs"));
+            }),
+        ),
+        (
+            // What vmfork wrote before templates recorded a rootfs image.
+            "version__three-full",
+            edited(|v| {
+                v["format_version"] = json!(3);
+                v.as_object_mut().map(|m| m.remove("rootfs"));
+            }),
+        ),
+        (
+            "invalid__rootfs-relative-path",
+            edited(|v| {
+                rootfs(v);
+                v["rootfs"]["path"] = json!("rootfs.img");
+            }),
+        ),
+        (
+            "invalid__rootfs-size-unaligned",
+            edited(|v| {
+                rootfs(v);
+                v["rootfs"]["size"] = json!((64 << 20) + 4096);
+            }),
+        ),
+        (
+            "invalid__rootfs-size-zero",
+            edited(|v| {
+                rootfs(v);
+                v["rootfs"]["size"] = json!(0);
+            }),
+        ),
+        (
+            "invalid__rootfs-sha256-short",
+            edited(|v| {
+                rootfs(v);
+                v["rootfs"]["sha256"] = json!("ab");
+            }),
+        ),
+        (
+            "malformed__rootfs-unknown-field",
+            edited(|v| {
+                rootfs(v);
+                v["rootfs"]["ctime_ns"] = json!(1);
+            }),
+        ),
+        (
+            "malformed__rootfs-negative-size",
+            edited(|v| {
+                rootfs(v);
+                v["rootfs"]["size"] = json!(-1);
+            }),
+        ),
         ("ok__diff", edited(diff)),
         ("ok__six-gib", pretty(&big)),
         ("ok__exactly-three-gib", pretty(&sample(3 * GIB))),

@@ -10,8 +10,11 @@ pub mod files;
 pub mod manifest;
 pub mod owner;
 mod restore;
+pub mod rootfs;
 
-pub use restore::{restore, restore_vcpus, LoadedTemplate, MemoryLayer, RamSource, RestoreOptions};
+pub use restore::{
+    restore, restore_vcpus, LoadOptions, LoadedTemplate, MemoryLayer, RamSource, RestoreOptions,
+};
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -128,6 +131,12 @@ pub fn snapshot(machine: &mut Machine, out: &Path, diff: bool) -> Result<Snapsho
         state_bytes: encoded.len() as u64,
         memory_bytes: file_size,
         dirty_pages,
+        // Hashed here once per image (a restored VM's image already knows
+        // its recorded digest), never again unless asked to verify.
+        rootfs: machine
+            .pmem()
+            .map(|p| rootfs::RootfsInfo::of(&p.image))
+            .transpose()?,
     };
     let json = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| Error::Snapshot(format!("encoding manifest: {e}")))?;

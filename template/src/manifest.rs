@@ -14,6 +14,8 @@ use vmfork_machine::error::{Error, Result};
 use vmfork_machine::machine::{MAX_MEM_SIZE, MAX_VCPUS, MIN_MEM_SIZE};
 
 use crate::files::open_template_file;
+use crate::rootfs::is_sha256_hex;
+pub use crate::rootfs::RootfsInfo;
 
 pub const MANIFEST_FILE: &str = "template.json";
 pub const STATE_FILE: &str = "state";
@@ -23,14 +25,15 @@ const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 const PAGE: u64 = 4096;
 
 /// The template format: the manifest's fields and the files beside it.
-/// Version 3 added `base_sha256`; versions 1 and 2 were the state file's
+/// Version 4 added `rootfs` (and holds state format 3, which saves the
+/// rootfs window); version 3 added `base_sha256`; versions 1 and 2 were the state file's
 /// (`vmfork_snapshot::FORMAT_VERSION`), whose number the manifest carried
 /// until then. Bump this with any change to the manifest's fields or
 /// their meaning, and with every bump of the state format.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 // The state format this template format holds; a state format bump must
 // bump FORMAT_VERSION too, and then update this line.
-const _: () = assert!(vmfork_snapshot::FORMAT_VERSION == 2);
+const _: () = assert!(vmfork_snapshot::FORMAT_VERSION == 3);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -77,6 +80,10 @@ pub struct Manifest {
     pub state_bytes: u64,
     pub memory_bytes: u64,
     pub dirty_pages: Option<u64>,
+    /// The rootfs image of a VM booted with `--rootfs`, mapped read-only
+    /// into every VM restored from the template.
+    #[serde(default)]
+    pub rootfs: Option<RootfsInfo>,
 }
 
 impl Manifest {
@@ -216,6 +223,9 @@ impl Manifest {
         if !is_sha256_hex(&k.sha256) {
             return Err("the kernel digest is not 64 lowercase hex digits".into());
         }
+        if let Some(rootfs) = &self.rootfs {
+            rootfs.validate()?;
+        }
         if k.cmdline.len() >= CMDLINE_MAX_SIZE || k.cmdline.contains('\0') {
             return Err(format!(
                 "a kernel command line of {} bytes or with NUL, which cold boot refuses",
@@ -224,10 +234,6 @@ impl Manifest {
         }
         Ok(())
     }
-}
-
-fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Hex SHA-256 of `bytes`.
@@ -305,6 +311,7 @@ mod tests {
             state_bytes: 12_000,
             memory_bytes: mem_size,
             dirty_pages: None,
+            rootfs: None,
         }
     }
 
@@ -333,6 +340,23 @@ mod tests {
         diff.base_sha256 = Some("cd".repeat(32));
         diff.dirty_pages = Some(10);
         assert_eq!(parse(&diff).expect("valid diff"), diff);
+        let mut with_rootfs = sample(32 << 20);
+        with_rootfs.rootfs = Some(RootfsInfo {
+            path: "/srv/rootfs.img".into(),
+            size: 64 << 20,
+            dev: 2049,
+            ino: 1234,
+            mtime_ns: 1_700_000_000_123_456_789,
+            sha256: "ef".repeat(32),
+        });
+        assert_eq!(parse(&with_rootfs).expect("valid rootfs"), with_rootfs);
+        let json = serde_json::to_value(&with_rootfs).expect("json");
+        assert_eq!(json["rootfs"]["mtime_ns"], 1_700_000_000_123_456_789i64);
+        let mut relative = with_rootfs;
+        if let Some(r) = relative.rootfs.as_mut() {
+            r.path = "rootfs.img".into();
+        }
+        rejects(relative, "absolute");
     }
 
     #[test]

@@ -21,9 +21,10 @@ use vmfork_machine::devices::PortIoBus;
 use vmfork_machine::error::{Error, Result};
 use vmfork_machine::kvm_host::KvmHost;
 use vmfork_machine::machine::{Machine, Origin, RestoredParts};
-use vmfork_machine::memory::{GuestRam, MemoryGuard, RamGuard};
+use vmfork_machine::memory::{GuestRam, MemoryGuard, PmemImage, RamGuard};
 use vmfork_machine::persist::devices::SerialRestore;
 use vmfork_machine::persist::memory::RamArgs;
+use vmfork_machine::persist::pmem::{PmemRestore, PmemSlot};
 use vmfork_machine::persist::vcpu::VcpuRestore;
 use vmfork_machine::persist::vm::{ClockMode, VmRestore};
 use vmfork_machine::shell::VmShell;
@@ -69,6 +70,17 @@ pub struct LoadedTemplate {
     pub trusted: bool,
     /// What machines restored from it record as their origin.
     pub origin: Arc<Origin>,
+    /// Its rootfs image, opened, checked and mapped once: every VM
+    /// restored from this load gets a read-only slot over this mapping.
+    pub rootfs: Option<Arc<PmemImage>>,
+}
+
+/// How thoroughly a load checks what the template refers to.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    /// Hash the rootfs image again and compare it with the digest recorded
+    /// at build time (its size and identity are checked on every load).
+    pub verify_rootfs: bool,
 }
 
 /// One memory file of a template chain: where it is, the layout its state
@@ -90,7 +102,18 @@ fn bad(dir: &Path, reason: String) -> Error {
 
 impl LoadedTemplate {
     pub fn load(dir: &Path) -> Result<LoadedTemplate> {
-        Self::load_at_depth(dir, 0)
+        Self::load_with(dir, LoadOptions::default())
+    }
+
+    pub fn load_with(dir: &Path, opts: LoadOptions) -> Result<LoadedTemplate> {
+        let mut template = Self::load_at_depth(dir, 0)?;
+        // Only the template restored from maps its image; a diff's bases
+        // record the same one (checked in load_at_depth).
+        template.rootfs = match &template.manifest.rootfs {
+            Some(info) => Some(info.open(opts.verify_rootfs)?),
+            None => None,
+        };
+        Ok(template)
     }
 
     fn load_at_depth(dir: &Path, depth: usize) -> Result<LoadedTemplate> {
@@ -130,11 +153,12 @@ impl LoadedTemplate {
             || manifest.memory_bytes != state.memory.file_size()
             || recorded != regions
             || (manifest.kind == TemplateKind::Diff) != state.memory.diff
+            || manifest.rootfs.as_ref().map(|r| r.size) != state.pmem.map(|p| p.size)
         {
             return Err(bad(
                 &dir,
                 format!(
-                    "{} and {STATE_FILE} disagree on vCPUs, memory layout or kind",
+                    "{} and {STATE_FILE} disagree on vCPUs, memory layout, rootfs or kind",
                     super::manifest::MANIFEST_FILE
                 ),
             ));
@@ -173,6 +197,12 @@ impl LoadedTemplate {
                         "its memory layout differs from its base's".into(),
                     ));
                 }
+                if base.manifest.rootfs != manifest.rootfs || base.state.pmem != state.pmem {
+                    return Err(bad(
+                        &dir,
+                        "its rootfs image or window differs from its base's".into(),
+                    ));
+                }
                 trusted &= base.trusted;
                 let mut layers = base.memory_layers;
                 layers.push(layer);
@@ -195,6 +225,7 @@ impl LoadedTemplate {
             memory_layers,
             trusted,
             origin,
+            rootfs: None,
         })
     }
 
@@ -341,7 +372,8 @@ pub enum RamSource<'a> {
     /// A VM shell whose slots already map `mem` ([`VmShell::map_private`]),
     /// and the handler serving its faults for a userfaultfd clone.
     Shell {
-        shell: VmShell,
+        /// Boxed: a shell is most of a VM, and the other sources are small.
+        shell: Box<VmShell>,
         mem: GuestMemoryMmap,
         server: Option<MemoryGuard>,
     },
@@ -367,21 +399,18 @@ pub fn restore(
         RamSource::TemplateFile => (template.map_memory()?, None),
         RamSource::Memfd(file) => (GuestRam::restore(RamArgs::File(file), &state.memory)?, None),
         RamSource::Uffd { mem, server } => (mapped(mem, None, Some(server))?, None),
-        RamSource::Shell {
-            shell:
-                VmShell {
-                    vm,
-                    vcpus,
-                    serial_irq,
-                    ram,
-                    vcpus_restored,
-                    ..
-                },
-            mem,
-            server,
-        } => {
+        RamSource::Shell { shell, mem, server } => {
+            let VmShell {
+                vm,
+                vcpus,
+                serial_irq,
+                ram,
+                vcpus_restored,
+                pmem,
+                ..
+            } = *shell;
             let restored = vcpus_restored == Some(opts.resume_command);
-            let shell = (vm, vcpus, serial_irq, restored);
+            let shell = (vm, vcpus, serial_irq, restored, pmem);
             (mapped(mem, Some(ram), server)?, Some(shell))
         }
     };
@@ -391,13 +420,18 @@ pub fn restore(
     };
     CloneInfo::restore(clone_info, &())?;
     mark("memory");
-    let (vm, pooled_vcpus, serial_irq, vcpus_restored) = match shell {
-        Some((vm, vcpus, serial_irq, restored)) => (vm, vcpus, Some(serial_irq), restored),
+    let (vm, pooled_vcpus, serial_irq, vcpus_restored, pmem) = match shell {
+        Some((mut vm, vcpus, serial_irq, restored, pmem)) => {
+            let pmem = restore_pmem(template, &mut vm, pmem)?;
+            (vm, vcpus, Some(serial_irq), restored, pmem)
+        }
         None => {
             let mut vm = Vm::new(host)?;
             vm.register_ram(&ram.mem)?;
+            // Before the irqchip, where a slot is cheap (Vm::new).
+            let pmem = restore_pmem(template, &mut vm, None)?;
             vm.create_platform()?;
-            (vm, Vec::new(), None, false)
+            (vm, Vec::new(), None, false, pmem)
         }
     };
     mark("create_vm");
@@ -434,9 +468,45 @@ pub fn restore(
         vcpus,
         vm,
         ram,
+        pmem,
         bus: PortIoBus::new(serial),
         control: Control::around(commands),
         phases,
         origin: template.origin.clone(),
     })
+}
+
+/// The restored VM's rootfs window over the template's one mapping of its
+/// image: registered now in a fresh VM, or, in a VM shell or recycled VM
+/// (`existing`), checked to be that same image at the same place.
+fn restore_pmem(
+    template: &LoadedTemplate,
+    vm: &mut Vm,
+    existing: Option<PmemSlot>,
+) -> Result<Option<PmemSlot>> {
+    let (state, image) = match (&template.state.pmem, &template.rootfs) {
+        (Some(state), Some(image)) => (state, image),
+        (None, None) if existing.is_none() => return Ok(None),
+        (None, None) => {
+            return Err(Error::Snapshot(
+                "this VM maps a rootfs image; the template it would run has none".into(),
+            ))
+        }
+        _ => {
+            return Err(bad(
+                &template.dir,
+                "its rootfs image is not loaded (load it with LoadedTemplate::load)".into(),
+            ))
+        }
+    };
+    if let Some(existing) = &existing {
+        if !Arc::ptr_eq(&existing.image, image) {
+            return Err(Error::Snapshot(format!(
+                "this VM maps rootfs image {}, not the template's {} as loaded here",
+                existing.image.path.display(),
+                image.path.display()
+            )));
+        }
+    }
+    PmemSlot::restore(PmemRestore { vm, image }, state).map(Some)
 }

@@ -3,6 +3,8 @@
 use std::sync::{Arc, Mutex};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmfork_snapshot::state::PmemState;
+use vmfork_snapshot::Persist;
 
 use super::config::{MachineConfig, MAX_MEM_SIZE, MAX_VCPUS, MIN_MEM_SIZE};
 use super::{Machine, Origin};
@@ -19,6 +21,7 @@ use crate::devices::PortIoBus;
 use crate::error::{Error, Result};
 use crate::kvm_host::KvmHost;
 use crate::memory::{anonymous_ram, GuestRam, PmemImage};
+use crate::persist::pmem::{PmemRestore, PmemSlot};
 use crate::vcpu::setup::{configure_vcpu, vcpu_cpuid};
 use crate::vcpu::Vcpu;
 use crate::vm::Vm;
@@ -89,17 +92,27 @@ impl Machine {
                         "KVM lacks KVM_CAP_READONLY_MEM, needed for a read-only rootfs".into(),
                     ));
                 }
-                let image = PmemImage::open(path)?;
-                let addr = ram_end(config.mem_size).next_multiple_of(PMEM_ALIGN);
-                vm.register_readonly(addr, image.size, image.host_addr())?;
-                Some((image, addr))
+                let image = Arc::new(PmemImage::open(path)?);
+                let state = PmemState {
+                    guest_addr: ram_end(config.mem_size).next_multiple_of(PMEM_ALIGN),
+                    size: image.size,
+                    slot: vm.slots().len() as u32,
+                };
+                let restore = PmemRestore {
+                    vm: &mut vm,
+                    image: &image,
+                };
+                Some(PmemSlot::restore(restore, &state)?)
             }
             None => None,
         };
         mark("load_kernel");
         vm.create_platform()?;
         mark("irqchip");
-        let mut map = memory_map(config.mem_size, pmem.as_ref().map(|(i, a)| (*a, i.size)));
+        let mut map = memory_map(
+            config.mem_size,
+            pmem.as_ref().map(|p| (p.guest_addr, p.image.size)),
+        );
         if !matches!(config.kernel, KernelSource::Embedded(_)) {
             // A kernel of the user's: its agent reaches the mailbox through
             // /dev/mem, which only opens memory the kernel does not own.
@@ -163,7 +176,7 @@ impl Machine {
             vcpus,
             vm,
             ram: GuestRam::owned(mem),
-            pmem: pmem.map(|(image, _)| image),
+            pmem,
             bus: Arc::new(Mutex::new(PortIoBus::new(serial))),
             control: Control::new(config.started, config.exit_on_ready),
             host,

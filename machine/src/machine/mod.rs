@@ -21,7 +21,8 @@ use crate::devices::unclaimed::UnclaimedCounts;
 use crate::devices::PortIoBus;
 use crate::error::{Error, Result};
 use crate::kvm_host::KvmHost;
-use crate::memory::{GuestRam, PmemImage, RamGuard};
+use crate::memory::{GuestRam, RamGuard};
+use crate::persist::pmem::PmemSlot;
 use crate::vcpu::run::{run_loop, Commander, VcpuContext};
 use crate::vcpu::threads::{Runners, VcpuThread, VcpuWork};
 use crate::vcpu::{kick, Vcpu};
@@ -33,7 +34,7 @@ pub struct Machine {
     vcpus: Vec<Vcpu>,
     vm: Vm,
     ram: GuestRam,
-    pmem: Option<PmemImage>,
+    pmem: Option<PmemSlot>,
     bus: Arc<Mutex<PortIoBus>>,
     control: Control,
     host: &'static KvmHost,
@@ -59,6 +60,7 @@ pub struct RestoredParts {
     pub vcpus: Vec<Vcpu>,
     pub vm: Vm,
     pub ram: GuestRam,
+    pub pmem: Option<PmemSlot>,
     pub bus: PortIoBus,
     pub control: Control,
     pub phases: Vec<(&'static str, u64)>,
@@ -71,7 +73,7 @@ impl Machine {
             vcpus: parts.vcpus,
             vm: parts.vm,
             ram: parts.ram,
-            pmem: None,
+            pmem: parts.pmem,
             bus: Arc::new(Mutex::new(parts.bus)),
             control: parts.control,
             host: KvmHost::get()?,
@@ -94,6 +96,11 @@ impl Machine {
 
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.ram.mem
+    }
+
+    /// The rootfs window, for a VM booted or restored with one.
+    pub fn pmem(&self) -> Option<&PmemSlot> {
+        self.pmem.as_ref()
     }
 
     /// Port and MMIO accesses no device claimed, ignored so far.
@@ -220,11 +227,6 @@ impl Machine {
                 "the machine has no stopped vCPUs to save".into(),
             ));
         }
-        if self.pmem.is_some() {
-            return Err(Error::Snapshot(
-                "snapshots of VMs with a --rootfs are not supported yet".into(),
-            ));
-        }
         self.complete_pending_io("before a snapshot")?;
         let vm = self.vm.save()?;
         let vcpus = self
@@ -243,6 +245,7 @@ impl Machine {
             vcpus,
             devices,
             memory: self.ram.save()?,
+            pmem: self.pmem.as_ref().map(Persist::save).transpose()?,
         })
     }
 }
@@ -255,17 +258,21 @@ pub struct ReusableParts {
     pub vcpus: Vec<Vcpu>,
     pub serial_irq: IrqTrigger,
     pub ram_guard: RamGuard,
+    /// The rootfs window, kept: the image mapping lives as long as the
+    /// slot that points at it.
+    pub pmem: Option<PmemSlot>,
 }
 
 impl Machine {
     /// Takes a stopped machine apart for reuse ([`crate::shell::VmShell::recycle`]).
     /// Every piece of guest-visible state is overwritten by the next
     /// restore; the one thing a restore cannot overwrite, an I/O exit KVM
-    /// has not completed yet, is completed here.
+    /// has not completed yet, is completed here. A rootfs slot stays; the
+    /// next restore checks it maps that template's image at its address.
     pub fn into_reusable(mut self) -> Result<ReusableParts> {
-        if self.vcpus.is_empty() || self.pmem.is_some() {
+        if self.vcpus.is_empty() {
             return Err(Error::Snapshot(
-                "only a stopped machine without a --rootfs can be reused".into(),
+                "only a stopped machine can be reused".into(),
             ));
         }
         self.complete_pending_io("before reusing the VM")?;
@@ -280,6 +287,7 @@ impl Machine {
             vcpus: self.vcpus,
             serial_irq,
             ram_guard: self.ram.guard,
+            pmem: self.pmem,
         })
     }
 }

@@ -3,5 +3,6 @@
 
 pub mod devices;
 pub mod memory;
+pub mod pmem;
 pub mod vcpu;
 pub mod vm;

@@ -97,6 +97,7 @@ fn fleet_options(args: &CloneArgs) -> Result<FleetOptions> {
         shells: args.shells,
         capture_consoles: args.console,
         exec: super::clone_exec::request(&args.exec)?,
+        verify_rootfs: args.verify,
     })
 }
 

@@ -81,6 +81,9 @@ pub struct CloneArgs {
     /// Print each clone's console, prefixed with its id, once all are up.
     #[arg(long)]
     pub console: bool,
+    /// Hash the template's rootfs image again before cloning (see `restore --verify`).
+    #[arg(long)]
+    pub verify: bool,
     /// Print a JSON summary on the last line of stdout.
     #[arg(long)]
     pub json: bool,

@@ -11,6 +11,7 @@ use super::clone_args::CloneArgs;
 use super::floor::{floor_json, measure_floor};
 use vmfork_clone::workers::{Workers, WorkersOptions};
 use vmfork_machine::error::{Error, Result};
+use vmfork_template::{LoadOptions, LoadedTemplate};
 
 pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
     let template = args
@@ -24,6 +25,14 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
         backend: args.backend.backend(),
     };
     opts.validate()?;
+    if args.verify {
+        // Once, here: the workers' own loads still check the image's
+        // identity, which any rewrite since changes.
+        let load = LoadOptions {
+            verify_rootfs: true,
+        };
+        LoadedTemplate::load_with(&opts.template, load)?;
+    }
     let floor = measure_floor(args.floor)?;
     let exe = std::env::current_exe()?;
     let workers = Workers::start(opts, |sock, share| worker_command(&exe, args, sock, share))?;

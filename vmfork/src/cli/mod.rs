@@ -44,7 +44,7 @@ With no --kernel it boots its embedded unikernel guest.",
 unavailable; 5 host lacks a needed KVM feature; 6 kernel unreadable; 7 kernel format; \
 8 guest memory too small; 9 bad rootfs/initrd; 10 guest shutdown/triple fault; 11 KVM internal \
 error; 12 guest crash; 13 guest exited non-zero; 14 timeout; 15 snapshot; 16 bad template; 17 control socket; \
-18 seccomp (a thread made a forbidden system call); 19 jail or cgroup setup failed; 20 a uffd clone's page server died; 1 other."
+18 seccomp (a thread made a forbidden system call); 19 jail or cgroup setup failed; 20 a uffd clone's page server died; 21 a template's rootfs image changed or is missing; 1 other."
 )]
 pub struct Cli {
     #[command(subcommand)]

@@ -16,7 +16,7 @@ use vmfork_machine::machine::vmm_rss_kib;
 use vmfork_machine::persist::vm::ClockMode;
 use vmfork_machine::stop::stop_result;
 use vmfork_template::{api, owner};
-use vmfork_template::{LoadedTemplate, RamSource, RestoreOptions};
+use vmfork_template::{LoadOptions, LoadedTemplate, RamSource, RestoreOptions};
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
@@ -35,6 +35,11 @@ pub struct RestoreArgs {
     /// Set the guest clock to the host's present instead of the snapshot's.
     #[arg(long)]
     pub clock_now: bool,
+    /// Hash the template's rootfs image again and refuse it unless it is
+    /// what the template was built with (its size and identity are checked
+    /// on every restore; its contents only with this).
+    #[arg(long)]
+    pub verify: bool,
     /// Discard the guest console.
     #[arg(long)]
     pub quiet: bool,
@@ -51,7 +56,10 @@ pub fn run(args: &RestoreArgs, started: Instant) -> Result<()> {
     // goes on right after it, before any VM exists.
     vmfork_isolation::seccomp::install(vmfork_isolation::seccomp::ThreadKind::Vmm)?;
     let timeout = args.timeout;
-    let template = LoadedTemplate::load(&args.template)?;
+    let load = LoadOptions {
+        verify_rootfs: args.verify,
+    };
+    let template = LoadedTemplate::load_with(&args.template, load)?;
     let machine = vmfork_template::restore(
         &template,
         RamSource::TemplateFile,
@@ -73,6 +81,14 @@ pub fn run(args: &RestoreArgs, started: Instant) -> Result<()> {
         },
     )?;
     let dirty_logging = machine.vm().dirty_logging();
+    let rootfs = machine.pmem().map(|p| {
+        json!({
+            "path": p.image.path,
+            "guest_addr": p.guest_addr,
+            "size": p.image.size,
+            "slot": p.slot,
+        })
+    });
     let phases = phases_json(&machine.phases);
     let control = machine.control();
     let latch = control.latch().clone();
@@ -112,6 +128,7 @@ pub fn run(args: &RestoreArgs, started: Instant) -> Result<()> {
                 "vmm_rss_kib": rss,
                 "stop": stop_name(&reason),
                 "dirty_logging": dirty_logging,
+                "rootfs": rootfs,
                 "phases_us": phases,
             })
         );
