@@ -238,7 +238,7 @@ impl Persist for Vcpu {
             None => s.regs,
         };
         fd.set_regs(&regs).map_err(Error::kvm("KVM_SET_REGS"))?;
-        fd.set_sregs(&s.sregs)
+        fd.set_sregs(&sregs_for_host(&s.sregs)?)
             .map_err(Error::kvm("KVM_SET_SREGS"))?;
         restore_xsave(fd, &s.xsave)?;
         fd.set_xcrs(&s.xcrs).map_err(Error::kvm("KVM_SET_XCRS"))?;
@@ -267,4 +267,25 @@ impl Persist for Vcpu {
             .map_err(Error::kvm("KVM_SET_VCPU_EVENTS"))?;
         Ok(vcpu)
     }
+}
+
+/// Task-register types: an available and a busy 64-bit TSS.
+const TSS_AVAILABLE: u8 = 9;
+const TSS_BUSY: u8 = 11;
+
+/// The saved special registers as this host's KVM should get them back.
+/// On SVM, KVM_GET_SREGS reports TR as busy (type 11) although the VMCB
+/// holds it as available (type 9), which is how AMD CPUs store it; a
+/// restore writes the VMCB's own value back. The difference matters to
+/// QEMU's emulated SVM (the test rig): it checks the ring-3 I/O permission
+/// bitmap only through a type-9 TR and raised #GP on every port access of
+/// a restored Linux guest's agent (measured 2026-12-05).
+fn sregs_for_host(saved: &kvm_bindings::kvm_sregs) -> Result<kvm_bindings::kvm_sregs> {
+    let mut sregs = *saved;
+    if crate::kvm_host::KvmHost::get()?.virt == crate::kvm_host::HostVirt::Svm
+        && sregs.tr.type_ == TSS_BUSY
+    {
+        sregs.tr.type_ = TSS_AVAILABLE;
+    }
+    Ok(sregs)
 }
