@@ -19,4 +19,4 @@ pub use error::{Error, Result};
 /// Part of every cache key. Bump it whenever the build steps change in a way
 /// the hashed inputs do not show (a new make flag, other mkfs options), so
 /// old cache entries are not mistaken for new ones.
-pub const BUILDER_VERSION: &str = "vmfork-guest-artifacts/2";
+pub const BUILDER_VERSION: &str = "vmfork-guest-artifacts/1";

@@ -62,9 +62,15 @@ pub struct RootfsArtifacts {
     pub from_cache: bool,
 }
 
+/// The layout of the tree and the vmfork layer, which the other fields do
+/// not show: bump it when `populate` or `image::layer_script` change (not
+/// `BUILDER_VERSION`, which would rebuild the kernel too).
+const LAYOUT: &str = "vmfork-layer/1";
+
 pub fn cache_key(busybox: &[u8]) -> String {
     let mut h = KeyHasher::new(KIND);
-    h.field("busybox", busybox)
+    h.field("layout", LAYOUT.as_bytes())
+        .field("busybox", busybox)
         .field("init", assets::INIT_SCRIPT)
         .field("agent", assets::AGENT)
         .field("mkfs", MKFS_ARGS.join(" ").as_bytes())
@@ -180,7 +186,6 @@ fn link(target: &str, at: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::TestDir;
 
     #[test]
     fn key_follows_busybox_bytes() {

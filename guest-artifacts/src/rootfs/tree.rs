@@ -335,3 +335,131 @@ impl Drop for WorkDir {
         let _ = fs::remove_dir_all(&self.0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::TestDir;
+
+    fn sample_tree(root: &Path) {
+        fs::create_dir_all(root.join("etc/conf.d")).unwrap();
+        fs::write(root.join("etc/hostname"), b"guest\n").unwrap();
+        std::os::unix::fs::symlink("etc/hostname", root.join("name")).unwrap();
+    }
+
+    fn listing(root: &Path) -> Vec<(PathBuf, u64, i64)> {
+        let mut out = Vec::new();
+        walk(root, &mut |p, m| {
+            out.push((p.to_path_buf(), m.len(), m.mtime()))
+        })
+        .unwrap();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn sizes_are_2_mib_multiples_and_grow_with_the_tree() {
+        let small = Usage {
+            blocks: 10,
+            inodes: 10,
+        };
+        let big = Usage {
+            blocks: 100_000,
+            inodes: 5_000,
+        };
+        for u in [&small, &big] {
+            assert_eq!(min_size(u) % SIZE_ALIGN, 0);
+            assert_eq!(default_size(u) % SIZE_ALIGN, 0);
+            assert!(default_size(u) >= min_size(u) + (4 << 20));
+            assert!(min_size(u) >= u.blocks * BLOCK_SIZE + u.inodes * 256);
+        }
+        assert!(min_size(&big) > min_size(&small));
+    }
+
+    #[test]
+    fn bad_inputs_are_refused_before_any_work() {
+        let dir = TestDir::new("tree-check");
+        let tree = dir.path().join("tree");
+        sample_tree(&tree);
+        let out = dir.path().join("img");
+        let opts = |d: &Path, o: &Path| TreeOptions::new(d, o);
+
+        let e = check(&opts(&dir.path().join("nope"), &out)).unwrap_err();
+        assert!(matches!(e, Error::TreeMissing(_)), "{e}");
+        let e = check(&opts(&tree.join("etc/hostname"), &out)).unwrap_err();
+        assert!(matches!(e, Error::TreeNotDirectory(_)), "{e}");
+
+        fs::write(&out, b"x").unwrap();
+        let e = check(&opts(&tree, &out)).unwrap_err();
+        assert!(e.to_string().contains("--force"), "{e}");
+        let mut forced = opts(&tree, &out);
+        forced.force = true;
+        assert!(check(&forced).is_ok());
+        let e = check(&opts(&tree, dir.path())).unwrap_err();
+        assert!(matches!(e, Error::OutputIsDirectory(_)), "{e}");
+        let e = check(&opts(&tree, &dir.path().join("no/such/img"))).unwrap_err();
+        assert!(e.to_string().contains("is not a directory"), "{e}");
+
+        let mut odd = opts(&tree, &dir.path().join("img2"));
+        odd.size = Some(3 << 20);
+        assert!(matches!(check(&odd), Err(Error::BadImageSize(_))));
+
+        fs::write(tree.join("init"), b"#!/bin/sh\n").unwrap();
+        let e = check(&opts(&tree, &dir.path().join("img2"))).unwrap_err();
+        assert!(e.to_string().contains("init"), "{e}");
+        fs::remove_file(tree.join("init")).unwrap();
+        fs::write(tree.join("proc"), b"").unwrap();
+        let e = check(&opts(&tree, &dir.path().join("img2"))).unwrap_err();
+        assert!(e.to_string().contains("must be a directory"), "{e}");
+    }
+
+    #[test]
+    fn builds_an_image_and_leaves_the_tree_alone() {
+        if require_tools(&["mkfs.ext4", "debugfs"]).is_err() || !Path::new(assets::BUSYBOX).exists()
+        {
+            eprintln!("skipped: needs mkfs.ext4, debugfs and busybox-static");
+            return;
+        }
+        let dir = TestDir::new("tree-build");
+        let tree = dir.path().join("tree");
+        sample_tree(&tree);
+        let before = listing(&tree);
+        let out = dir.path().join("root.ext4");
+        let mut opts = TreeOptions::new(&tree, &out);
+        opts.quiet = true;
+        let built = build_from_dir(&opts).unwrap();
+        assert_eq!(built.entries, 4);
+        assert_eq!(built.size % SIZE_ALIGN, 0);
+        assert_eq!(fs::metadata(&out).unwrap().len(), built.size);
+        assert_eq!(listing(&tree), before, "the tree was modified");
+        // Nothing left beside the image.
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+
+        // A size below what the tree needs is refused with the need.
+        let mut tight = TreeOptions::new(&tree, dir.path().join("tight.ext4"));
+        tight.size = Some(SIZE_ALIGN);
+        tight.quiet = true;
+        match build_from_dir(&tight) {
+            Err(Error::ImageTooSmall { needed, .. }) => assert!(needed > SIZE_ALIGN),
+            other => panic!("{other:?}"),
+        }
+        // The minimum it names is enough.
+        let mut exact = TreeOptions::new(&tree, dir.path().join("exact.ext4"));
+        let mut usage = Usage::default();
+        walk(&tree, &mut |p, m| {
+            usage.add(p.file_name().map_or(0, |n| n.len()), m)
+        })
+        .unwrap();
+        let layer = Layer::new(Path::new(assets::BUSYBOX), &dir.path().join("log")).unwrap();
+        let (b, i) = layer.footprint();
+        usage.blocks += b;
+        usage.inodes += i + 1;
+        exact.size = Some(min_size(&usage));
+        exact.quiet = true;
+        build_from_dir(&exact).unwrap();
+    }
+}
