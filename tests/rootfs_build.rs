@@ -8,7 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use vmfork_tests::{
-    assert_clean_error, command, exit, guest_artifact, host_is_pvm, vmfork, vmfork_within, Scratch,
+    assert_clean_error, command, exit, guest_artifact, host_is_pvm, vmfork, vmfork_as_nobody,
+    vmfork_within, Scratch,
 };
 
 /// A small tree: a file with known content, a subdirectory, a symlink, an
@@ -160,6 +161,52 @@ fn bad_inputs_get_one_line_errors() {
     std::fs::write(scratch.path("tree/init"), "#!/bin/sh\n").expect("write");
     let run = build(&[&tree, "--out", &scratch.str("other.ext4")]);
     assert_clean_error(&run, exit::INVALID_ARGUMENT, "/init");
+}
+
+/// A tree unpacked by a user who is not root belongs to that user; built by
+/// them, its files belong to root in the image, and other owners stay.
+#[test]
+fn files_of_the_building_user_belong_to_root() {
+    let scratch = Scratch::new("rootfs-owners");
+    let tree = scratch.path("tree");
+    sample_tree(&tree);
+    std::fs::write(tree.join("srv/other"), "not nobody's\n").expect("write");
+    let chown = command(
+        "chown",
+        &["-hR", "65534:65534", &scratch.0.to_string_lossy()],
+    );
+    assert_eq!(chown.status, 0, "{chown}");
+    let other = command("chown", &["4242:4243", &scratch.str("tree/srv/other")]);
+    assert_eq!(other.status, 0, "{other}");
+    let img = scratch.str("root.ext4");
+    let run = vmfork_as_nobody(&[
+        "rootfs",
+        "build",
+        &tree.to_string_lossy(),
+        "--out",
+        &img,
+        "--json",
+    ]);
+    assert_eq!(run.status, 0, "{run}");
+    assert!(
+        run.json()["owners_mapped"].as_u64().is_some_and(|n| n >= 8),
+        "{run}"
+    );
+    for path in [
+        "/",
+        "/srv/data/hello.txt",
+        "/usr/bin/app",
+        "/bin",
+        "/.vmfork/init",
+    ] {
+        let stat = debugfs(&img, &format!("stat {path}"));
+        assert!(
+            stat.contains("User:     0   Group:     0"),
+            "{path}: {stat}"
+        );
+    }
+    let stat = debugfs(&img, "stat /srv/other");
+    assert!(stat.contains("User:  4242   Group:  4243"), "{stat}");
 }
 
 /// Files that are not an ext4 filesystem with 4 KiB blocks are refused
