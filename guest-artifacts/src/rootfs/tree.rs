@@ -67,6 +67,8 @@ pub struct TreeImage {
 pub struct Usage {
     pub blocks: u64,
     pub inodes: u64,
+    /// Directory entries: 8 bytes + the name, 4-aligned, each.
+    pub dirent_bytes: u64,
 }
 
 impl Usage {
@@ -79,8 +81,8 @@ impl Usage {
             // Plus an extent block per 32 MiB, generously.
             blocks(meta.len()) + meta.len() / (32 << 20)
         } else if ft.is_dir() {
-            // An entry in some directory is 8 bytes + the name, 4-aligned;
-            // charge every directory a block and its entries in its parent.
+            // A block of its own; its entries are counted in dirent_bytes,
+            // so a directory's partly filled last block is this one.
             1
         } else if ft.is_symlink() {
             // Targets under 60 bytes live in the inode.
@@ -88,9 +90,7 @@ impl Usage {
         } else {
             0
         };
-        // Its name in its directory's blocks (fractions summed in bytes
-        // would be tighter; a whole block per 128 entries is plenty).
-        self.blocks += ((8 + name_len as u64).div_ceil(4) * 4).div_ceil(32);
+        self.dirent_bytes += (8 + name_len as u64).div_ceil(4) * 4;
     }
 }
 
@@ -98,7 +98,8 @@ impl Usage {
 /// data blocks, 256-byte inodes, and about 2% + 1 MiB of ext4 metadata
 /// (bitmaps, group descriptors, blocks reserved for growth).
 pub fn min_size(usage: &Usage) -> u64 {
-    let raw = usage.blocks * BLOCK_SIZE + inode_count(usage) * 256;
+    let blocks = usage.blocks + usage.dirent_bytes.div_ceil(BLOCK_SIZE);
+    let raw = blocks * BLOCK_SIZE + inode_count(usage) * 256;
     round_up(raw + raw / 50 + (1 << 20), SIZE_ALIGN)
 }
 
@@ -362,10 +363,12 @@ mod tests {
         let small = Usage {
             blocks: 10,
             inodes: 10,
+            dirent_bytes: 100,
         };
         let big = Usage {
             blocks: 100_000,
             inodes: 5_000,
+            dirent_bytes: 100_000,
         };
         for u in [&small, &big] {
             assert_eq!(min_size(u) % SIZE_ALIGN, 0);
