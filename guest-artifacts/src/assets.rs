@@ -30,7 +30,7 @@ pub const LINUX_PATCHES: &[Patch] = &[Patch {
 /// The guest agent (agent/), static, built by build.rs: `/init` execs it.
 pub const AGENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/vmfork-agent"));
 
-/// The guest's PID 1, a busybox shell script.
+/// The guest's PID 1, a busybox shell script, installed as /.vmfork/init.
 pub const INIT_SCRIPT: &[u8] = include_bytes!("../rootfs/init");
 
 #[cfg(test)]
@@ -66,7 +66,7 @@ mod tests {
 
     #[test]
     fn init_is_a_busybox_script() {
-        assert!(INIT_SCRIPT.starts_with(b"#!/bin/busybox sh\n"));
+        assert!(INIT_SCRIPT.starts_with(b"#!/.vmfork/bin/busybox sh\n"));
         let text = std::str::from_utf8(INIT_SCRIPT).expect("utf-8");
         assert!(text.contains("vmfork-linux: init started"));
         assert!(text.contains("vmfork-linux: READY"));

@@ -89,6 +89,26 @@ fn open_log(log: &Path) -> Result<File> {
         .map_err(Error::io(format!("open {}", log.display())))
 }
 
+/// Fails with [`Error::MissingTool`] for the first of `tools` that is not
+/// an executable file in a `PATH` directory: asked up front, so a build
+/// does not get halfway before finding out.
+pub fn require_tools(tools: &[&str]) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for tool in tools {
+        let found = std::env::split_paths(&path).any(|dir| {
+            fs::metadata(dir.join(tool))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        });
+        if !found {
+            return Err(Error::MissingTool {
+                tool: (*tool).to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Starts `log` afresh for a new build.
 pub fn reset_log(log: &Path) -> Result<()> {
     open_log(log)?
@@ -131,6 +151,13 @@ mod tests {
         let dir = TestDir::new("cmd-missing");
         let log = dir.path().join("log");
         let err = run_logged(&mut Command::new("vmfork-no-such-tool"), "x", &log).unwrap_err();
+        assert!(matches!(err, Error::MissingTool { ref tool } if tool == "vmfork-no-such-tool"));
+    }
+
+    #[test]
+    fn required_tools_are_looked_up_in_path() {
+        assert!(require_tools(&["sh"]).is_ok());
+        let err = require_tools(&["sh", "vmfork-no-such-tool"]).unwrap_err();
         assert!(matches!(err, Error::MissingTool { ref tool } if tool == "vmfork-no-such-tool"));
     }
 

@@ -49,6 +49,33 @@ pub enum Error {
         missing: Vec<String>,
     },
 
+    #[error("{} does not exist; give the directory tree to build the image from", .0.display())]
+    TreeMissing(PathBuf),
+
+    #[error("{} is not a directory; give the directory tree to build the image from", .0.display())]
+    TreeNotDirectory(PathBuf),
+
+    #[error("{} already exists; pass --force to overwrite it", .0.display())]
+    OutputExists(PathBuf),
+
+    #[error("{} is a directory; --out needs an image file name", .0.display())]
+    OutputIsDirectory(PathBuf),
+
+    #[error("{}: {why}", path.display())]
+    TreeConflict { path: PathBuf, why: String },
+
+    #[error(
+        "image size {0} bytes is not a non-zero multiple of 2 MiB, which the VMM maps the image in"
+    )]
+    BadImageSize(u64),
+
+    #[error(
+        "image size {} MiB is too small for the tree: it needs at least {} MiB",
+        size >> 20,
+        needed >> 20
+    )]
+    ImageTooSmall { size: u64, needed: u64 },
+
     #[error("no cache directory: set HOME or XDG_CACHE_HOME, or pass --cache DIR")]
     NoCacheDir,
 

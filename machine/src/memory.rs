@@ -227,6 +227,7 @@ impl PmemImage {
                 what,
             });
         }
+        crate::boot::rootfs_check::check_ext4(&file).map_err(err)?;
         // SAFETY: mapping a file we hold open, read-only, at a kernel-chosen
         // address; the result is checked before use and unmapped in Drop.
         let host_addr = unsafe {

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::limits::Slot;
-use vmfork_machine::mailbox::{self, Response, CMD_INVOKE, CMD_RESUME_INVOKE};
 use super::metrics::Metrics;
 use super::pool::{Finished, Recycle, ShellPool};
 use super::progress::{Ending, Progress};
@@ -18,6 +17,7 @@ use vmfork_machine::control::StopReason;
 use vmfork_machine::devices::console::Console;
 use vmfork_machine::error::{Error, Result};
 use vmfork_machine::machine::{Machine, MachineConfig, RunningMachine};
+use vmfork_machine::mailbox::{self, Response, CMD_INVOKE, CMD_RESUME_INVOKE};
 use vmfork_machine::vcpu::threads::Runners;
 use vmfork_template::LoadedTemplate;
 

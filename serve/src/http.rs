@@ -14,10 +14,10 @@ use serde_json::json;
 
 use super::function::{Function, Outcome};
 use super::limits::Limits;
-use vmfork_machine::mailbox::Status;
 use super::metrics::{Counted, Metrics};
 use super::pool::Finished;
 use vmfork_machine::machine::vmm_rss_kib;
+use vmfork_machine::mailbox::Status;
 
 pub struct AppState {
     pub functions: Vec<Arc<Function>>,

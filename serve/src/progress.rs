@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vmfork_machine::mailbox::CMD_INVOKE;
 use vmfork_machine::machine::RunningMachine;
+use vmfork_machine::mailbox::CMD_INVOKE;
 use vmfork_machine::vcpu::run::Commander;
 
 const UNSET: u64 = u64::MAX;

@@ -1,6 +1,7 @@
 //! `vmfork-guest-artifacts linux|rootfs [--cache DIR]`: builds (or finds in
 //! the cache) the Linux guest kernel or its DAX rootfs and prints the paths
-//! as `name=path` lines on stdout. Progress (a spinner on a terminal, plain
+//! as `name=path` lines on stdout. `tree DIR --out IMG` builds a rootfs of
+//! a user's tree instead (not cached), like `vmfork rootfs build`. Progress (a spinner on a terminal, plain
 //! periodic lines otherwise, none with --quiet) and errors go to stderr.
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -9,6 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use guest_artifacts::linux::{self, LinuxOptions};
+use guest_artifacts::rootfs::tree::{self, TreeOptions};
 use guest_artifacts::rootfs::{self, RootfsOptions};
 use guest_artifacts::{cache, Error};
 
@@ -45,6 +47,24 @@ enum Cmd {
         /// Cache root [default: $XDG_CACHE_HOME/vmfork or ~/.cache/vmfork].
         #[arg(long, value_name = "DIR")]
         cache: Option<PathBuf>,
+        /// A statically linked busybox.
+        #[arg(long, value_name = "PATH", default_value = guest_artifacts::assets::BUSYBOX)]
+        busybox: PathBuf,
+    },
+    /// ext4 (4 KiB blocks) image of DIR plus vmfork's init, agent and
+    /// busybox in /.vmfork; the same as `vmfork rootfs build`. Not cached.
+    Tree {
+        /// The directory tree; only read.
+        dir: PathBuf,
+        /// The image file to write.
+        #[arg(long, value_name = "IMG")]
+        out: PathBuf,
+        /// Image size in MiB, even [default: the tree plus headroom].
+        #[arg(long, value_name = "MIB")]
+        size_mib: Option<u64>,
+        /// Overwrite IMG if it exists.
+        #[arg(long)]
+        force: bool,
         /// A statically linked busybox.
         #[arg(long, value_name = "PATH", default_value = guest_artifacts::assets::BUSYBOX)]
         busybox: PathBuf,
@@ -94,6 +114,21 @@ fn run(cmd: Cmd, quiet: bool) -> Result<(), Error> {
                 eprintln!("rootfs: cache hit {}", a.image.display());
             }
             println!("rootfs={}", a.image.display());
+        }
+        Cmd::Tree {
+            dir,
+            out,
+            size_mib,
+            force,
+            busybox,
+        } => {
+            let mut opts = TreeOptions::new(dir, out);
+            opts.size = size_mib.map(|m| m.saturating_mul(1 << 20));
+            opts.force = force;
+            opts.busybox = busybox;
+            opts.quiet = quiet;
+            let built = tree::build_from_dir(&opts)?;
+            println!("rootfs={}", built.out.display());
         }
     }
     Ok(())

@@ -9,3 +9,4 @@ pub mod loader;
 pub mod mptable;
 pub mod paging;
 pub mod params;
+pub mod rootfs_check;
