@@ -17,10 +17,14 @@ use vmfork_tests::{assert_clean_error, exit, vmfork, Run, Scratch};
 
 const IMAGE_BYTES: usize = 16 << 20;
 
-/// A rootfs image of known bytes (any regular file of whole 2 MiB units
-/// will do for the embedded guest).
+/// A rootfs image of known bytes: whole 2 MiB units with an ext4
+/// superblock's magic and 4 KiB block size, which is all the VMM checks
+/// (the embedded guest never reads it).
 fn write_image(path: &Path) -> Vec<u8> {
-    let bytes: Vec<u8> = (0..IMAGE_BYTES).map(|i| (i * 7 % 253) as u8).collect();
+    let mut bytes: Vec<u8> = (0..IMAGE_BYTES).map(|i| (i * 7 % 253) as u8).collect();
+    // s_log_block_size = 2 (4 KiB) at 1024 + 24, s_magic 0xEF53 at 1024 + 56.
+    bytes[1024 + 24..1024 + 28].copy_from_slice(&2u32.to_le_bytes());
+    bytes[1024 + 56..1024 + 58].copy_from_slice(&0xef53u16.to_le_bytes());
     std::fs::write(path, &bytes).expect("write image");
     bytes
 }
