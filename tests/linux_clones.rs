@@ -12,8 +12,11 @@ use vmfork_tests::{assert_clean_error, exit, guest_artifact, host_is_pvm, vmfork
 /// Builds a Linux template in `scratch`; None on PVM, where the build's
 /// clean exit-11 failure is what is checked instead.
 fn linux_template(scratch: &Scratch) -> Option<String> {
+    linux_template_on(scratch, &guest_artifact("rootfs", "rootfs"))
+}
+
+fn linux_template_on(scratch: &Scratch, rootfs: &std::path::Path) -> Option<String> {
     let kernel = guest_artifact("linux", "vmlinux");
-    let rootfs = guest_artifact("rootfs", "rootfs");
     let out = scratch.str("tpl");
     let run = vmfork(&[
         "template",
@@ -26,6 +29,7 @@ fn linux_template(scratch: &Scratch) -> Option<String> {
         "256M",
         "--timeout",
         "120",
+        "--quiet",
         "--out",
         &out,
     ]);
@@ -70,7 +74,7 @@ fn twenty_clones_run_a_command_and_are_unique_and_on_time() {
     };
     let script = "echo rand=$(head -c16 /dev/urandom | od -An -tx1 | tr -d ' \\n'); \
                   echo id=$(cat /run/vmfork/clone-id); \
-                  adjtimex | sed -n 's/.*time.tv_sec: *//p; s/.*time.tv_usec: *//p' | tr '\\n' ' ' | sed 's/^/clock=/'; echo";
+                  touch /tmp/now; echo clock=$(stat -c '%Y %y' /tmp/now)";
     let before = now_us();
     let run = vmfork(&["clone", &tpl, "-n", "20", "--", "sh", "-c", script]);
     let after = now_us();
@@ -93,12 +97,15 @@ fn twenty_clones_run_a_command_and_are_unique_and_on_time() {
         let own: u64 = get("id=").parse().expect("numeric clone id");
         assert_eq!(own, *id, "the clone id file names the clone");
         ids.insert(own);
-        let clock: Vec<i128> = get("clock=")
-            .split_whitespace()
-            .map(|w| w.parse().expect("number"))
-            .collect();
-        assert_eq!(clock.len(), 2, "clone {id}: {clock:?}");
-        let guest = clock[0] * 1_000_000 + clock[1];
+        // `%Y %y`: seconds, then "date hh:mm:ss.nnnnnnnnn zone" (the
+        // mtime of a file just touched: the guest's clock, to its tick).
+        let clock = get("clock=");
+        let words: Vec<&str> = clock.split_whitespace().collect();
+        assert_eq!(words.len(), 4, "clone {id}: {clock:?}");
+        let secs: i128 = words[0].parse().expect("seconds");
+        let frac = words[2].split_once('.').map_or("0", |(_, f)| f);
+        let micros: i128 = format!("{frac:0<6}")[..6].parse().expect("fraction");
+        let guest = secs * 1_000_000 + micros;
         assert!(
             guest >= before - 50_000 && guest <= after + 50_000,
             "clone {id}: clock {guest} us is not within 50 ms of the host's run [{before}, {after}]"
@@ -168,4 +175,36 @@ fn exec_carries_status_streams_stdin_env_and_cwd() {
     assert_eq!(run.status, 124, "{run}");
     assert!(run.stderr.contains("timed out"), "{run}");
     assert!(run.elapsed < Duration::from_secs(25), "{run}");
+}
+
+/// A Linux template is bound to its rootfs image and to its own files: a
+/// changed image and a truncated `state` are both refused with one line,
+/// before any VM runs.
+#[test]
+fn a_changed_rootfs_or_truncated_state_is_refused() {
+    let scratch = Scratch::new("linux-refuse");
+    let image = scratch.path("rootfs.ext4");
+    std::fs::copy(guest_artifact("rootfs", "rootfs"), &image).expect("copy rootfs");
+    let Some(tpl) = linux_template_on(&scratch, &image) else {
+        return;
+    };
+    let run = vmfork(&["clone", &tpl, "--", "true"]);
+    assert_eq!(run.status, 0, "{run}");
+    // A truncated state file, then the same file whole again.
+    let state = std::path::Path::new(&tpl).join("state");
+    let bytes = std::fs::read(&state).expect("state");
+    std::fs::write(&state, &bytes[..bytes.len() / 2]).expect("truncate state");
+    let run = vmfork(&["clone", &tpl, "--", "true"]);
+    assert_clean_error(&run, exit::TEMPLATE, "state");
+    std::fs::write(&state, &bytes).expect("restore state");
+    let run = vmfork(&["clone", &tpl, "--", "true"]);
+    assert_eq!(run.status, 0, "{run}");
+    // Same bytes, new inode: a replaced image is a different one.
+    let copy = scratch.path("copy.ext4");
+    std::fs::copy(&image, &copy).expect("copy");
+    std::fs::rename(&copy, &image).expect("replace");
+    for args in [vec!["restore", &tpl], vec!["clone", &tpl, "--", "true"]] {
+        let run = vmfork(&args);
+        assert_clean_error(&run, exit::ROOTFS_CHANGED, "rootfs");
+    }
 }
