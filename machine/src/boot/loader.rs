@@ -82,6 +82,10 @@ pub struct LoadedKernel {
     pub setup_header: Option<setup_header>,
     pub kernel_end: u64,
     pub is_bzimage: bool,
+    /// A Linux kernel (any bzImage, or an ELF with "Linux" notes), whose
+    /// agent reaches the mailbox through /dev/mem: the e820 map reserves
+    /// the mailbox for it.
+    pub is_linux: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,11 +151,13 @@ fn load_from<F: Read + ReadVolatile + Seek>(
     let load_err =
         |e: linux_loader::loader::Error| Error::KernelLoad(format!("{}: {e}", path.display()));
     let ram_top = mem.last_addr().0 + 1;
-    let needed_end = match format {
-        Format::Elf => elf_load_end(image),
+    let (needed_end, is_linux) = match format {
+        Format::Elf => elf_facts(image).map(|f| (f.load_end, f.linux_note)),
         // A bzImage's protected-mode part goes at 1 MiB and needs at least
         // its own size there (more once decompressed, which the kernel checks).
-        Format::BzImage => image.seek(SeekFrom::End(0)).map(|size| HIMEM_START + size),
+        Format::BzImage => image
+            .seek(SeekFrom::End(0))
+            .map(|size| (HIMEM_START + size, true)),
     }
     .map_err(|source| Error::KernelUnreadable {
         path: path.to_path_buf(),
@@ -189,6 +195,7 @@ fn load_from<F: Read + ReadVolatile + Seek>(
                 setup_header: None,
                 kernel_end: result.kernel_end,
                 is_bzimage: false,
+                is_linux,
             })
         }
         Format::BzImage => {
@@ -208,6 +215,7 @@ fn load_from<F: Read + ReadVolatile + Seek>(
                 setup_header: result.setup_header,
                 kernel_end: result.kernel_end,
                 is_bzimage: true,
+                is_linux,
             })
         }
     }
@@ -218,37 +226,80 @@ fn read_up_to<R: Read + Seek>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usiz
     read_up_to_at_current(r, buf)
 }
 
-/// The highest physical address any PT_LOAD segment occupies, so that a
-/// kernel too large for RAM is reported as such. A malformed header yields
-/// 0 here and is left to the loader to reject.
-fn elf_load_end<R: Read + Seek>(r: &mut R) -> std::io::Result<u64> {
+/// What an ELF kernel's program headers say before it is loaded.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct ElfFacts {
+    /// The highest physical address any PT_LOAD segment occupies, so that a
+    /// kernel too large for RAM is reported as such.
+    load_end: u64,
+    /// A PT_NOTE segment holds a note owned by "Linux" (every vmlinux has
+    /// some: build salt, LTO info).
+    linux_note: bool,
+}
+
+/// Reads [`ElfFacts`]. A malformed header yields zeros here and is left to
+/// the loader to reject.
+fn elf_facts<R: Read + Seek>(r: &mut R) -> std::io::Result<ElfFacts> {
     const PT_LOAD: u32 = 1;
+    const PT_NOTE: u32 = 4;
+    let mut facts = ElfFacts::default();
     let mut ehdr = [0u8; 64];
     r.seek(SeekFrom::Start(0))?;
     if read_up_to(r, &mut ehdr)? < 64 {
-        return Ok(0);
+        return Ok(facts);
     }
     let phoff = u64::from_le_bytes(ehdr[0x20..0x28].try_into().unwrap_or_default());
     let phentsize = u64::from(u16::from_le_bytes([ehdr[0x36], ehdr[0x37]]));
     let phnum = u64::from(u16::from_le_bytes([ehdr[0x38], ehdr[0x39]]));
     if phentsize < 56 {
-        return Ok(0);
+        return Ok(facts);
     }
-    let mut end = 0u64;
+    let mut notes = Vec::new();
     for i in 0..phnum {
         let mut ph = [0u8; 56];
         r.seek(SeekFrom::Start(phoff.saturating_add(i * phentsize)))?;
         if read_up_to_at_current(r, &mut ph)? < 56 {
-            return Ok(0);
+            return Ok(ElfFacts::default());
         }
         let kind = u32::from_le_bytes([ph[0], ph[1], ph[2], ph[3]]);
-        let paddr = u64::from_le_bytes(ph[0x18..0x20].try_into().unwrap_or_default());
-        let memsz = u64::from_le_bytes(ph[0x28..0x30].try_into().unwrap_or_default());
-        if kind == PT_LOAD {
-            end = end.max(paddr.saturating_add(memsz));
+        let word = |at: usize| u64::from_le_bytes(ph[at..at + 8].try_into().unwrap_or_default());
+        match kind {
+            PT_LOAD => facts.load_end = facts.load_end.max(word(0x18).saturating_add(word(0x28))),
+            PT_NOTE => notes.push((word(0x08), word(0x20))),
+            _ => {}
         }
     }
-    Ok(end)
+    for (offset, size) in notes {
+        // Notes are small; a huge one is not a kernel's and is skipped.
+        let mut bytes = vec![0u8; size.min(64 << 10) as usize];
+        r.seek(SeekFrom::Start(offset))?;
+        let n = read_up_to_at_current(r, &mut bytes)?;
+        facts.linux_note |= has_note_owner(&bytes[..n], b"Linux");
+    }
+    Ok(facts)
+}
+
+/// Whether an ELF note segment holds a note owned by `owner`.
+fn has_note_owner(mut notes: &[u8], owner: &[u8]) -> bool {
+    let align4 = |n: usize| n.div_ceil(4) * 4;
+    while notes.len() >= 12 {
+        let word = |at: usize| {
+            u32::from_le_bytes([notes[at], notes[at + 1], notes[at + 2], notes[at + 3]]) as usize
+        };
+        let (namesz, descsz) = (word(0), word(4));
+        let name = notes.get(12..12 + namesz);
+        if name.is_some_and(|n| n.strip_suffix(b"\0") == Some(owner)) {
+            return true;
+        }
+        let next = 12usize
+            .saturating_add(align4(namesz))
+            .saturating_add(align4(descsz));
+        match notes.get(next..) {
+            Some(rest) => notes = rest,
+            None => return false,
+        }
+    }
+    false
 }
 
 fn read_up_to_at_current<R: Read>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -310,6 +361,37 @@ pub fn load_initrd(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn note(owner: &[u8], desc: &[u8]) -> Vec<u8> {
+        let mut n = Vec::new();
+        n.extend_from_slice(&(owner.len() as u32 + 1).to_le_bytes());
+        n.extend_from_slice(&(desc.len() as u32).to_le_bytes());
+        n.extend_from_slice(&1u32.to_le_bytes());
+        n.extend_from_slice(owner);
+        n.push(0);
+        n.resize(n.len().div_ceil(4) * 4, 0);
+        n.extend_from_slice(desc);
+        n.resize(n.len().div_ceil(4) * 4, 0);
+        n
+    }
+
+    #[test]
+    fn linux_notes_are_found_and_others_are_not() {
+        let mut notes = note(b"Xen", &[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert!(!has_note_owner(&notes, b"Linux"));
+        notes.extend(note(b"Linux", &[0]));
+        assert!(has_note_owner(&notes, b"Linux"));
+        // A name size past the end, or garbage, is no note.
+        assert!(!has_note_owner(&[0xff; 40], b"Linux"));
+        assert!(!has_note_owner(&notes[..20], b"Linux"));
+    }
+
+    #[test]
+    fn the_embedded_guest_is_not_linux() {
+        let facts = elf_facts(&mut std::io::Cursor::new(crate::EMBEDDED_GUEST)).expect("facts");
+        assert!(!facts.linux_note);
+        assert!(facts.load_end > HIMEM_START);
+    }
 
     #[test]
     fn sniff_recognises_formats() {

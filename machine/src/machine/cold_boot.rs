@@ -13,7 +13,7 @@ use crate::boot::layout::{
     BOOT_GDT_START, BOOT_IDT_START, CMDLINE_MAX_SIZE, CMDLINE_START, PMEM_ALIGN, PML4_START,
 };
 use crate::boot::loader::KernelInfo;
-use crate::boot::loader::{load_initrd, load_kernel, Entry, KernelSource};
+use crate::boot::loader::{load_initrd, load_kernel, Entry};
 use crate::boot::{gdt, mptable, paging, params};
 use crate::control::Control;
 use crate::devices::serial::SerialPort;
@@ -113,9 +113,9 @@ impl Machine {
             config.mem_size,
             pmem.as_ref().map(|p| (p.guest_addr, p.image.size)),
         );
-        if !matches!(config.kernel, KernelSource::Embedded(_)) {
-            // A kernel of the user's: its agent reaches the mailbox through
-            // /dev/mem, which only opens memory the kernel does not own.
+        if kernel.is_linux {
+            // Its agent reaches the mailbox through /dev/mem, which only
+            // opens memory the kernel does not own.
             reserve(
                 &mut map,
                 vmfork_guest_abi::MAILBOX_START,
