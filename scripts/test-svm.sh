@@ -34,7 +34,7 @@ RIG_VERSION=1
 # Seconds: the kernel's boot to the first heartbeat, a heartbeat gap that
 # means frozen, one test, and the whole run inside the rig.
 BOOT_LIMIT=${SVM_BOOT_LIMIT:-300}
-FROZEN_AFTER=${SVM_FROZEN_AFTER:-60}
+FROZEN_AFTER=${SVM_FROZEN_AFTER:-30}
 TEST_LIMIT=${SVM_TEST_LIMIT:-600}
 RUN_LIMIT=${SVM_RUN_LIMIT:-1800}
 
@@ -241,10 +241,10 @@ trap cleanup EXIT
 step() {
     local name=$1; shift
     # A rig restarted after a freeze skips what is recorded, and a step that
-    # froze it twice counts as failed instead of running a third time.
+    # froze it three times counts as failed instead of running again.
     if grep -q -e "^ok $name " -e "^FAILED $name " $r/results 2>/dev/null; then return 0; fi
-    if [ "$(grep -c -x "FROZE $name" $r/results 2>/dev/null)" -ge 2 ]; then
-        echo "FAILED $name 0s (froze the rig twice)" >>$r/results
+    if [ "$(grep -c -x "FROZE $name" $r/results 2>/dev/null)" -ge 3 ]; then
+        echo "FAILED $name 0s (froze the rig three times)" >>$r/results
         return 0
     fi
     echo "$name" >$r/current
@@ -300,6 +300,39 @@ show_results() {
         shown=$n
     fi
 }
+# Where the rig's one CPU is when it froze, from QEMU's monitor: three
+# samples of its registers and the instructions at RIP, so a report can
+# tell a loop in the L2 guest from one in the rig's kernel.
+cpu_state() {
+    python3 - "$results/monitor.sock" <<'PY' >&2 || true
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(5)
+s.connect(sys.argv[1])
+def cmd(c):
+    s.sendall(c.encode() + b"\n")
+    time.sleep(0.5)
+    out = b""
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+            if len(chunk) < 65536:
+                break
+    except socket.timeout:
+        pass
+    return out.decode(errors="replace")
+cmd("")
+for i in range(3):
+    regs = cmd("info registers")
+    keep = [l for l in regs.splitlines() if l.startswith(("RAX", "RSI", "RIP", "CS ", "CR0", "EFER", "CR3"))]
+    print("svm: cpu sample %d: %s" % (i, " | ".join(" ".join(l.split()) for l in keep)))
+    print("svm:   " + " / ".join(l.strip() for l in cmd("x/4i $pc").splitlines() if "0x" in l))
+PY
+}
+
 # Boots the rig once and watches it; sets verdict ("" when the command
 # finished), first_hb and last_hb.
 run_rig() {
@@ -314,6 +347,7 @@ run_rig() {
         -append "console=ttyS0 quiet panic=-1 ${SVM_APPEND:-}" \
         -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
         -virtfs "local,path=$results,mount_tag=xfer,security_model=none" \
+        -monitor "unix:$results/monitor.sock,server=on,wait=off" \
         </dev/null >>"$results/console.log" 2>&1 &
     qemu_pid=$!
     verdict=""
@@ -338,6 +372,7 @@ run_rig() {
             verdict="the rig ran over ${RUN_LIMIT}s, running: ${last_hb#* }"
         fi
         if [ -n "$verdict" ]; then
+            [ "$verdict" = froze ] && cpu_state
             kill "$qemu_pid" 2>/dev/null || true
             break
         fi
@@ -356,12 +391,18 @@ run_rig() {
 }
 boot_s=""
 freezes=()
-for attempt in $(seq 0 "${SVM_RESTARTS:-3}"); do
+for attempt in $(seq 0 "${SVM_RESTARTS:-5}"); do
     run_rig
     [ "$verdict" = froze ] || break
     running="${last_hb#* }"
     freezes+=("${running:-(between steps)}")
     say "the rig froze (no heartbeat for ${FROZEN_AFTER}s) running: ${running:-nothing}; restarting it"
+    # How far the step got: for a Linux guest, the last lines of its console.
+    frozen_log="$results/logs/${running//[^A-Za-z0-9_.-]/_}.log"
+    if [ -n "$running" ] && [ -s "$frozen_log" ]; then
+        tail -n 4 "$frozen_log" | sed 's/^/svm:   | /' >&2
+        mv "$frozen_log" "$frozen_log.froze-${#freezes[@]}"
+    fi
     if [ -n "$running" ] && [ "$running" != "$last_hb" ]; then echo "FROZE $running" >>"$results/results"; fi
     shown=$(wc -l <"$results/results" 2>/dev/null || echo 0)
     verdict="the rig froze ${#freezes[@]} time(s), the last time running: ${running:-nothing}"

@@ -208,3 +208,41 @@ fn a_changed_rootfs_or_truncated_state_is_refused() {
         assert_clean_error(&run, exit::ROOTFS_CHANGED, "rootfs");
     }
 }
+
+/// Every clone backend, with and without VM shells, starts Linux clones
+/// that run a command and know their id; the rootfs slot is shared, so a
+/// clone's private memory stays far below the image's size.
+#[test]
+fn every_backend_with_and_without_shells_runs_linux_clones() {
+    let scratch = Scratch::new("linux-backends");
+    let Some(tpl) = linux_template(&scratch) else {
+        return;
+    };
+    for backend in ["memfd", "file", "uffd"] {
+        for shells in [false, true] {
+            let mut args = vec!["clone", &tpl, "-n", "2", "--backend", backend, "--json"];
+            if shells {
+                args.push("--shells");
+            }
+            args.extend(["--", "cat", "/run/vmfork/clone-id"]);
+            let run = vmfork(&args);
+            assert_eq!(run.status, 0, "{backend} shells={shells}: {run}");
+            let ids: Vec<&str> = run
+                .stdout
+                .lines()
+                .filter(|l| l.starts_with("clone "))
+                .collect();
+            assert_eq!(
+                ids,
+                ["clone 1: 1", "clone 2: 2"],
+                "{backend} shells={shells}: {run}"
+            );
+            let json = run.json();
+            let private = json["private_kib_per_clone"].as_u64().expect("private_kib");
+            assert!(
+                private < 16 << 10,
+                "{backend}: {private} KiB private per clone"
+            );
+        }
+    }
+}

@@ -8,7 +8,8 @@
 //!   `CLOCK_REALTIME` from the host, and the clone id in
 //!   `/run/vmfork/clone-id`;
 //! - runs EXEC requests from the mailbox (the exec protocol);
-//! - ends the VM on EXIT, after a sync.
+//! - ends the VM on EXIT, after a sync, and likewise when `poweroff`,
+//!   `halt` or `reboot` signal it (the VMM cannot power-cycle a guest).
 //!
 //! It must never exit: PID 1 exiting panics the kernel.
 
@@ -135,6 +136,7 @@ fn main() {
         urandom,
         invocations: 0,
     };
+    sys::end_vm_on_power_signals();
     say("READY");
     sys::outl(abi::READY_PORT, abi::READY);
     let mut acknowledge = false;

@@ -22,6 +22,7 @@ extern "C" {
     fn waitpid(pid: c_int, status: *mut c_int, options: c_int) -> c_int;
     fn kill(pid: c_int, sig: c_int) -> c_int;
     fn sync();
+    fn signal(sig: c_int, handler: extern "C" fn(c_int)) -> usize;
 }
 
 const CLOCK_REALTIME: c_int = 0;
@@ -116,4 +117,26 @@ pub fn kill_group(pgid: u32, signal: c_int) {
 pub fn sync_all() {
     // SAFETY: no arguments, no memory.
     unsafe { sync() }
+}
+
+/// The signals busybox's `poweroff`, `halt` and `reboot` send PID 1
+/// (SIGUSR2, SIGUSR1, SIGTERM).
+const POWER_SIGNALS: [c_int; 3] = [12, 10, 15];
+
+/// Makes `poweroff`, `halt` and `reboot` (the commands, which signal PID 1)
+/// end the VM cleanly: the VMM cannot power-cycle a guest, so all three
+/// sync and write `EX` 0 straight from the handler, which only makes
+/// system calls and one port write, both async-signal-safe.
+pub fn end_vm_on_power_signals() {
+    extern "C" fn handler(_sig: c_int) {
+        sync_all();
+        outl(vmfork_guest_abi::READY_PORT, vmfork_guest_abi::EXIT_TAG);
+    }
+    for sig in POWER_SIGNALS {
+        // SAFETY: installs a handler that only makes async-signal-safe
+        // calls; no Rust state is touched from it.
+        unsafe {
+            signal(sig, handler);
+        }
+    }
 }
