@@ -178,3 +178,31 @@ fn bad_rootfs_image() {
     let run = vmfork(&["boot", "--rootfs", "/nonexistent.img", "--exit-on-ready"]);
     assert_clean_error(&run, exit::IMAGE, "/nonexistent.img");
 }
+
+/// A command for clones of a guest without an agent (the embedded guest
+/// takes EXEC as an unknown command and acknowledges it) is refused with
+/// the reason, not reported as a crash or a hang; so are bad exec flags.
+#[test]
+fn a_command_for_a_guest_without_an_agent() {
+    let scratch = Scratch::new("exec-no-agent");
+    let tpl = vmfork_tests::build_template(&scratch.str("tpl"), "64M", "quiet=1");
+    let run = vmfork(&["clone", &tpl, "-n", "2", "--", "true"]);
+    assert_eq!(run.status, exit::INVALID_ARGUMENT, "{run}");
+    let lines: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("no vmfork agent"))
+        .collect();
+    assert_eq!(lines.len(), 2, "one line per clone: {run}");
+    assert!(lines[0].starts_with("vmfork: clone 1: "), "{run}");
+    assert!(!run.stderr.contains("panicked"), "{run}");
+
+    let run = vmfork(&["clone", &tpl, "--env", "NOEQUALS", "--", "true"]);
+    assert_clean_error(&run, exit::INVALID_ARGUMENT, "NAME=VALUE");
+    let run = vmfork(&["clone", &tpl, "--output-cap", "2M", "--", "true"]);
+    assert_clean_error(&run, exit::INVALID_ARGUMENT, "at most 1M");
+    let run = vmfork(&["clone", &tpl, "--env", "A=1"]);
+    assert_eq!(run.status, exit::USAGE, "--env without a command: {run}");
+    let run = vmfork(&["clone", &tpl, "-n", "2", "--processes", "2", "--", "true"]);
+    assert_clean_error(&run, exit::INVALID_ARGUMENT, "--processes");
+}

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmfork_guest_abi as abi;
 use vmfork_guest_abi::{ExecRequestHeader, ExecResult, ExecWriter};
 
@@ -139,15 +139,29 @@ pub struct ExecOutput {
 }
 
 /// Writes `request` (from [`ExecSpec::encode`]) into a stopped guest's
-/// mailbox, for an EXEC sent next.
+/// mailbox, for an EXEC sent next, and clears the response header, so a
+/// guest that acknowledges EXEC without answering it (one with no agent)
+/// is told apart from one that answered badly.
 pub fn write_request(mem: &GuestMemoryMmap, request: &[u8]) -> Result<()> {
-    mailbox::write_request(mem, request)
+    mailbox::write_request(mem, request)?;
+    mem.write_slice(&[0u8; 16], GuestAddress(abi::RESPONSE_HEADER))
+        .map_err(|e| Error::GuestMemory(format!("mailbox: {e}")))
 }
 
 /// Reads the result of an EXEC the guest acknowledged. Everything in it is
 /// the guest's, so all of it is checked; a guest that refused the request
 /// says why.
 pub fn read_result(mem: &GuestMemoryMmap) -> Result<ExecOutput> {
+    let mut magic = [0u8; 4];
+    mem.read_slice(&mut magic, GuestAddress(abi::RESPONSE_HEADER))
+        .map_err(|e| Error::GuestMemory(format!("mailbox: {e}")))?;
+    if magic == [0; 4] {
+        return Err(Error::InvalidArgument(
+            "the guest acknowledged the command without running it: it has no vmfork agent \
+             (a command needs a guest that runs one, such as the Linux guest; the embedded guest does not)"
+                .into(),
+        ));
+    }
     let response = mailbox::read_response(mem)?;
     let body = match response.status {
         Status::Ok => response.body,
@@ -183,7 +197,6 @@ pub fn read_result(mem: &GuestMemoryMmap) -> Result<ExecOutput> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::{Bytes, GuestAddress};
 
     #[test]
     fn a_spec_encodes_to_what_the_agent_parses() {
@@ -231,6 +244,22 @@ mod tests {
         mem.write_slice(&header, GuestAddress(abi::RESPONSE_HEADER))
             .expect("header");
         let out = read_result(&mem).expect("read");
+        // What write_request leaves when no agent answers.
+        write_request(
+            &mem,
+            &ExecSpec {
+                argv: vec![b"x".to_vec()],
+                ..ExecSpec::default()
+            }
+            .encode()
+            .expect("encode"),
+        )
+        .expect("request");
+        assert!(
+            matches!(read_result(&mem), Err(Error::InvalidArgument(m)) if m.contains("no vmfork agent"))
+        );
+        mem.write_slice(&header, GuestAddress(abi::RESPONSE_HEADER))
+            .expect("header again");
         assert_eq!(out.outcome, ExecOutcome::Signaled(9));
         assert_eq!(out.outcome.shell_status(), 137);
         assert!(out.stdout_truncated && !out.stderr_truncated);

@@ -112,7 +112,8 @@ mod tests {
 
     fn image(dir: &Path) -> PathBuf {
         let path = dir.join("rootfs.img");
-        let bytes: Vec<u8> = (0..PMEM_SIZE_ALIGN).map(|i| (i % 251) as u8).collect();
+        let mut bytes: Vec<u8> = (0..PMEM_SIZE_ALIGN).map(|i| (i % 251) as u8).collect();
+        vmfork_machine::boot::rootfs_check::stamp_superblock(&mut bytes);
         std::fs::write(&path, bytes).expect("write image");
         path
     }

@@ -103,7 +103,9 @@ mod tests {
 
     fn image(name: &str) -> Arc<PmemImage> {
         let path = std::env::temp_dir().join(format!("vmfork-pmem-{name}-{}", std::process::id()));
-        std::fs::write(&path, vec![0x5a; PMEM_SIZE_ALIGN as usize]).expect("image");
+        let mut bytes = vec![0x5a; PMEM_SIZE_ALIGN as usize];
+        crate::boot::rootfs_check::stamp_superblock(&mut bytes);
+        std::fs::write(&path, bytes).expect("image");
         let image = PmemImage::open(&path).expect("open");
         let _ = std::fs::remove_file(&path);
         Arc::new(image)
