@@ -130,8 +130,12 @@ mount -t devtmpfs dev /host/dev
 mkdir -p /host/dev/pts /host/dev/shm
 mount -t devpts devpts /host/dev/pts
 mount -t tmpfs shm /host/dev/shm
-mount -t tmpfs tmp /host/tmp
+# The host's /tmp stays visible (read-only, like the rest): a checkout
+# there (CI clones into one) must be found at its own path. Writable
+# scratch space is a tmpfs at /run/tmp, which TMPDIR points at.
 mount -t tmpfs run /host/run
+mkdir -p /host/run/tmp
+chmod 1777 /host/run/tmp
 mkdir -p /host/run/svm
 mount -t 9p -o "$opts" xfer /host/run/svm || { echo "svm-rig: no results share"; poweroff -f; }
 r=/host/run/svm
@@ -231,7 +235,7 @@ cleanup() {
 trap cleanup EXIT
 
 {
-    echo "export HOME=${HOME@Q} TMPDIR=/tmp NO_COLOR=1"
+    echo "export HOME=${HOME@Q} TMPDIR=/run/tmp NO_COLOR=1"
     if [ -n "${XDG_CACHE_HOME:-}" ]; then echo "export XDG_CACHE_HOME=${XDG_CACHE_HOME@Q}"; fi
     echo "cd ${repo@Q} || exit 1"
     echo "r=/run/svm"
