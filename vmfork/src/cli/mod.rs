@@ -99,7 +99,9 @@ pub enum Command {
     /// Start N clones of a template, each in well under a millisecond.
     #[command(after_help = "Examples:
   vmfork clone /tmp/tpl -n 1000 --json            1000 live clones, then stop them
-  vmfork clone /tmp/tpl -n 2 --console --hold 5   show their consoles, keep them 5 s")]
+  vmfork clone /tmp/tpl -n 2 --console --hold 5   show their consoles, keep them 5 s
+  vmfork clone /tmp/linux-tpl -n 20 -- cat /run/vmfork/clone-id
+                                                  run a command in each clone (guests with the agent)")]
     Clone(clone_args::CloneArgs),
     /// Send a request to a running VM's control socket.
     Ctl(ctl::CtlArgs),
