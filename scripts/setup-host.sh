@@ -9,6 +9,7 @@
 #   busybox-static      the guest rootfs userland and the SVM rig's initramfs
 #                       (must be static: no libc in either)
 #   kmod                depmod, for the SVM rig's stock kernel modules
+#   initramfs-tools-core  mkinitramfs, the initrd of the distribution kernel (scripts/distro-kernel.sh)
 #   e2fsprogs           mkfs.ext4 -d builds the DAX rootfs without root or loop devices
 #   wrk                 HTTP load generator for scripts/bench-faas.sh
 #   curl                the HTTP client of scripts/demo.sh and the README's examples
@@ -17,7 +18,7 @@
 set -euo pipefail
 
 packages=(
-    qemu-system-x86 busybox-static kmod linux-source-6.12 e2fsprogs wrk curl
+    qemu-system-x86 busybox-static kmod linux-source-6.12 e2fsprogs wrk curl initramfs-tools-core
     gcc make bc bison flex libelf-dev libssl-dev cpio patch xz-utils
 )
 

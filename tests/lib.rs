@@ -213,6 +213,26 @@ pub fn guest_artifact(kind: &str, key: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("no {key}= in the output of {} {kind}", tool.display()))
 }
 
+/// A distribution's kernel and its initrd (Debian's, prepared and cached by
+/// scripts/distro-kernel.sh, which scripts/test-svm.sh runs on the host
+/// before the rig boots): (vmlinuz, initrd.img).
+pub fn distro_kernel() -> (PathBuf, PathBuf) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/distro-kernel.sh");
+    let output = Command::new("bash")
+        .arg(&script)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+    assert!(
+        output.status.success(),
+        "{} failed: {}",
+        script.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let dir = PathBuf::from(stdout.trim());
+    (dir.join("vmlinuz"), dir.join("initrd.img"))
+}
+
 /// Whether this host's KVM is PVM (guest ring 0 emulated).
 pub fn host_is_pvm() -> bool {
     Path::new("/sys/module/kvm_pvm").exists()

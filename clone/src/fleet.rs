@@ -420,7 +420,11 @@ impl Fleet {
         let (mut crashed, mut stuck) = (Vec::new(), Vec::new());
         for c in &self.clones {
             let latch = c.running.control().latch();
-            let reason = latch.reason().filter(|r| *r != StopReason::Requested);
+            // A clone that ended itself with status 0 (poweroff, halt or
+            // reboot in a Linux guest) while held did nothing wrong.
+            let reason = latch
+                .reason()
+                .filter(|r| !matches!(r, StopReason::Requested | StopReason::GuestExit(0)));
             let unacknowledged = c.running.control().commands().first_ack_at().is_none();
             let failed = reason.is_some();
             if let Some(r) = reason {
@@ -512,6 +516,9 @@ fn clone_failed(id: u64, reason: &StopReason, when: &str, also: &str) -> Error {
         StopReason::PageServerDied(why) => {
             Error::PageServer(format!("clone {id} stopped {when}: {why}{also}"))
         }
+        StopReason::GuestExit(0) => Error::GuestEnded(format!(
+            "clone {id} ended itself with status 0 {when} (poweroff, halt or reboot in the guest){also}"
+        )),
         other => {
             // The same words `vmfork boot` would use for this stop.
             let why = match stop_result(other) {

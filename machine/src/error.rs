@@ -44,6 +44,10 @@ pub enum Error {
     MpTable(String),
     #[error("{what} at RIP={rip:#x}")]
     GuestShutdown { what: String, rip: u64 },
+    /// The guest ended the VM cleanly (`EX` 0: poweroff, halt or reboot
+    /// through its agent) while something was still expected of it.
+    #[error("{0}")]
+    GuestEnded(String),
     #[error("{0}")]
     GuestEmulation(String),
     #[error("guest crashed: {0}")]
@@ -92,7 +96,7 @@ impl Error {
             Error::KernelFormat { .. } | Error::KernelLoad(_) => 7,
             Error::MemoryTooSmall(_) | Error::MpTable(_) => 8,
             Error::Image { .. } => 9,
-            Error::GuestShutdown { .. } => 10,
+            Error::GuestShutdown { .. } | Error::GuestEnded(_) => 10,
             Error::GuestEmulation(_) => 11,
             Error::GuestCrash(_) => 12,
             Error::GuestExitStatus(_) => 13,

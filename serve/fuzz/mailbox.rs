@@ -281,9 +281,12 @@ impl GuestChannel {
             return;
         }
         let event = self.bus.write(port, data);
-        let reset = port == 0x64 && data.first() == Some(&0xfe);
+        // The i8042's reset pulse, or the reset bit of the chipset's reset
+        // control register.
+        let reset = (port == 0x64 && data.first() == Some(&0xfe))
+            || (port == 0xcf9 && data.len() == 1 && data[0] & 0x04 != 0);
         o.check(
-            event == reset.then_some(PlatformEvent::ResetRequested),
+            matches!(event, Some(PlatformEvent::ResetRequested(_))) == reset,
             "port-write",
             || format!("write {data:02x?} to {port:#x} raised {event:?}"),
         );

@@ -29,7 +29,7 @@ pub const MAGIC: [u8; 8] = *b"VMFORKST";
 /// Version of everything inside the frame (header fields after the magic,
 /// payload encoding, state layout). Bump it whenever a saved state would not
 /// decode the same way in the new build.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// `std::env::consts::ARCH` NUL-padded (or cut) to 8 bytes: register state
 /// from one architecture means nothing on another.
 pub const ARCH_TAG: [u8; 8] = arch_tag(std::env::consts::ARCH);

@@ -111,10 +111,17 @@ pub struct ReadyPortState {
     pub parked: bool,
 }
 
+/// The PCI host bridge's address latch (configuration mechanism #1).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PciHostState {
+    pub config_address: u32,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceState {
     pub serial: SerialState,
     pub ready_port: ReadyPortState,
+    pub pci_host: PciHostState,
 }
 
 /// Guest RAM layout and where its bytes are. RAM region `i` occupies

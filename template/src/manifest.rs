@@ -25,15 +25,16 @@ const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 const PAGE: u64 = 4096;
 
 /// The template format: the manifest's fields and the files beside it.
-/// Version 4 added `rootfs` (and holds state format 3, which saves the
-/// rootfs window); version 3 added `base_sha256`; versions 1 and 2 were the state file's
+/// Version 5 holds state format 4 (the PCI host bridge's latch); version
+/// 4 added `rootfs` (and holds state format 3, which saves the rootfs
+/// window); version 3 added `base_sha256`; versions 1 and 2 were the state file's
 /// (`vmfork_snapshot::FORMAT_VERSION`), whose number the manifest carried
 /// until then. Bump this with any change to the manifest's fields or
 /// their meaning, and with every bump of the state format.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 // The state format this template format holds; a state format bump must
 // bump FORMAT_VERSION too, and then update this line.
-const _: () = assert!(vmfork_snapshot::FORMAT_VERSION == 3);
+const _: () = assert!(vmfork_snapshot::FORMAT_VERSION == 4);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

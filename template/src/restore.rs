@@ -16,6 +16,7 @@ use super::files::{open_template_file, trusted_owner};
 use super::manifest::{KernelInfo, Manifest, TemplateKind, MEMORY_FILE, STATE_FILE};
 use vmfork_machine::control::Control;
 use vmfork_machine::devices::console::Console;
+use vmfork_machine::devices::pci_host::PciHostBridge;
 use vmfork_machine::devices::serial::SerialPort;
 use vmfork_machine::devices::PortIoBus;
 use vmfork_machine::error::{Error, Result};
@@ -456,6 +457,7 @@ pub fn restore(
         },
         &state.devices.serial,
     )?;
+    let pci_host = PciHostBridge::restore((), &state.devices.pci_host)?;
     mark("devices");
     let commands = vmfork_machine::control::CommandChannel::restore(
         vmfork_machine::persist::devices::CommandRestore {
@@ -469,7 +471,7 @@ pub fn restore(
         vm,
         ram,
         pmem,
-        bus: PortIoBus::new(serial),
+        bus: PortIoBus::restored(serial, pci_host),
         control: Control::around(commands),
         phases,
         origin: template.origin.clone(),

@@ -1,10 +1,12 @@
-//! pc-lite's devices: a UART, the console doorbell, the ready port, and
-//! what it takes to notice a guest resetting the machine. Nothing else;
+//! pc-lite's devices: a UART, the console doorbell, the ready port, an
+//! empty PCI bus (a host bridge, for distribution kernels: pci_host.rs),
+//! and what it takes to notice a guest resetting the machine. Nothing else;
 //! every other port and unbacked MMIO access is unclaimed (unclaimed.rs
 //! has the policy).
 
 pub mod console;
 pub mod console_doorbell;
+pub mod pci_host;
 pub mod ready_port;
 pub mod serial;
 pub mod unclaimed;
@@ -12,6 +14,7 @@ pub mod unclaimed;
 use vm_memory::GuestMemory;
 
 use console_doorbell::CONSOLE_PORT;
+use pci_host::{PciHostBridge, PciHostEvent};
 use serial::{SerialPort, COM1_BASE, COM1_LEN};
 use unclaimed::{Access, UnclaimedAccesses, UnclaimedCounts};
 
@@ -22,7 +25,8 @@ const I8042_RESET_CPU: u8 = 0xfe;
 /// Platform events a port write can raise, decided by the vCPU loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PlatformEvent {
-    ResetRequested,
+    /// The guest pulsed the reset line; the string names how.
+    ResetRequested(&'static str),
 }
 
 /// Port I/O other than the ready port, which the vCPU loop handles itself
@@ -31,13 +35,21 @@ pub enum PlatformEvent {
 /// it contends with no other VM.
 pub struct PortIoBus {
     pub serial: SerialPort,
+    pub pci_host: PciHostBridge,
     unclaimed: UnclaimedAccesses,
 }
 
 impl PortIoBus {
+    /// A bus for a machine at power-on.
     pub fn new(serial: SerialPort) -> Self {
+        Self::restored(serial, PciHostBridge::default())
+    }
+
+    /// A bus around restored devices.
+    pub fn restored(serial: SerialPort, pci_host: PciHostBridge) -> Self {
         PortIoBus {
             serial,
+            pci_host,
             unclaimed: UnclaimedAccesses::default(),
         }
     }
@@ -53,6 +65,10 @@ impl PortIoBus {
             console_doorbell::read_presence(data);
             return;
         }
+        if pci_host::PORTS.contains(&port) {
+            self.pci_host.read(port, data);
+            return;
+        }
         self.unclaimed.note(Access::PortRead(port));
         // Floating bus: reads of absent ports return all ones, as on a PC.
         data.fill(0xff);
@@ -66,7 +82,12 @@ impl PortIoBus {
             return None;
         }
         if port == I8042_COMMAND_PORT && data.first() == Some(&I8042_RESET_CPU) {
-            return Some(PlatformEvent::ResetRequested);
+            return Some(PlatformEvent::ResetRequested("the i8042 controller"));
+        }
+        if pci_host::PORTS.contains(&port) {
+            return self.pci_host.write(port, data).map(|PciHostEvent::Reset| {
+                PlatformEvent::ResetRequested("the reset control register (0xcf9)")
+            });
         }
         // Console doorbells need guest memory: the vCPU loop hands them
         // to `console_doorbell`, so one arriving here is unclaimed.

@@ -238,6 +238,7 @@ impl Machine {
         let devices = DeviceState {
             serial: bus.serial.save()?,
             ready_port: self.control.commands().save()?,
+            pci_host: bus.pci_host.save()?,
         };
         drop(bus);
         Ok(MachineState {

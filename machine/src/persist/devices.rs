@@ -1,14 +1,15 @@
-//! Saving and restoring the devices: the serial port and the ready port
-//! (its [`CommandChannel`]).
+//! Saving and restoring the devices: the serial port, the PCI host
+//! bridge and the ready port (its [`CommandChannel`]).
 
 use std::time::Instant;
 
 use kvm_ioctls::VmFd;
-use vmfork_snapshot::state::{ReadyPortState, SerialState};
+use vmfork_snapshot::state::{PciHostState, ReadyPortState, SerialState};
 use vmfork_snapshot::Persist;
 
 use crate::control::CommandChannel;
 use crate::devices::console::Console;
+use crate::devices::pci_host::PciHostBridge;
 use crate::devices::ready_port::CMD_RESUMED;
 use crate::devices::serial::SerialPort;
 use crate::error::{Error, Result};
@@ -58,6 +59,22 @@ impl Persist for SerialPort {
     }
 }
 
+impl Persist for PciHostBridge {
+    type State = PciHostState;
+    type RestoreArgs<'a> = ();
+    type Error = Error;
+
+    fn save(&self) -> Result<PciHostState> {
+        Ok(PciHostState {
+            config_address: self.config_address(),
+        })
+    }
+
+    fn restore(_: (), s: &PciHostState) -> Result<PciHostBridge> {
+        Ok(PciHostBridge::from_address(s.config_address))
+    }
+}
+
 pub struct CommandRestore {
     /// The instant latencies (the first acknowledgement) are measured from.
     pub started: Instant,
@@ -103,6 +120,15 @@ mod tests {
             exit_on_ack: false,
         };
         CommandChannel::restore(args, state).expect("restore")
+    }
+
+    #[test]
+    fn pci_host_latch_round_trips() {
+        let saved = PciHostState {
+            config_address: 0x8000_0008,
+        };
+        let bridge = PciHostBridge::restore((), &saved).expect("restore");
+        assert_eq!(bridge.save().ok(), Some(saved));
     }
 
     #[test]

@@ -106,8 +106,8 @@ fn step(index: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext) -> Next {
         VcpuExit::IoOut(port, data) => {
             let event = lock(ctx.bus).write(port, data);
             match event {
-                Some(PlatformEvent::ResetRequested) => Next::Stop(StopReason::GuestShutdown {
-                    what: "guest reset the machine through the i8042 controller".into(),
+                Some(PlatformEvent::ResetRequested(how)) => Next::Stop(StopReason::GuestShutdown {
+                    what: format!("guest reset the machine through {how}"),
                     rip: rip(vcpu),
                 }),
                 None => Next::Run,
