@@ -147,7 +147,7 @@ impl VmArgs {
             console: if self.quiet {
                 Console::Discard
             } else {
-                Console::Stdout(Vec::new())
+                Console::stdout()
             },
             exit_on_ready,
             started,

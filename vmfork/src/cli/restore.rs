@@ -67,7 +67,7 @@ pub fn run(args: &RestoreArgs, started: Instant) -> Result<()> {
             console: if args.quiet {
                 Console::Discard
             } else {
-                Console::Stdout(Vec::new())
+                Console::stdout()
             },
             resume_command: None,
             clock: if args.clock_now {
