@@ -52,6 +52,7 @@ plan=(
     "linux"
     "linux_clones"
     "linux_distro"
+    "program_functions"
     "boot"
     "templates build_then_restore_round_trip_and_twice snapshot_of_a_restored_vm_restores diff_snapshot_plus_base_equals_full_snapshot"
     "clones clones_are_unique_and_on_the_hosts_clock every_backend_with_and_without_shells_starts_live_clones_and_cleans_up the_floor_is_measured_only_with_floor uffd_clones_fault_lazily_and_prefetch_removes_the_faults clone_processes_share_a_template_holders_sealed_memfd clones_spread_over_worker_processes clones_of_a_diff_template_see_the_diff"

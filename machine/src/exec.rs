@@ -89,6 +89,67 @@ impl ExecSpec {
     }
 }
 
+/// The PATH a program function starts with.
+pub const DEFAULT_PATH: &str =
+    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/.vmfork/bin";
+
+/// The program a function template runs for every request (`vmfork
+/// template build --exec`, or a Wasm module's `_start`), recorded in its
+/// manifest: each request adds its own environment, stdin and limits.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecEntry {
+    pub argv: Vec<String>,
+    /// `NAME=value` entries every request starts with.
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+}
+
+impl ExecEntry {
+    /// Splits a command line as a POSIX shell would (quotes and
+    /// backslashes, no expansion): `--exec '/usr/bin/prog "an arg"'`.
+    pub fn parse(command: &str) -> Result<ExecEntry> {
+        let argv = shlex::split(command)
+            .ok_or_else(|| Error::InvalidArgument("unbalanced quotes".into()))?;
+        if argv.is_empty() {
+            return Err(Error::InvalidArgument("no program given".into()));
+        }
+        Ok(ExecEntry {
+            argv,
+            // CGI servers hand their programs a PATH; the agent's busybox
+            // comes last, so the image's own tools win.
+            env: vec![DEFAULT_PATH.into()],
+            cwd: None,
+        })
+    }
+
+    /// One request's program: this entry's, with `env` after its own
+    /// environment, `stdin`, and the request's limits.
+    pub fn spec(
+        &self,
+        env: impl IntoIterator<Item = Vec<u8>>,
+        stdin: Vec<u8>,
+        output_cap: u32,
+        timeout: Duration,
+    ) -> ExecSpec {
+        ExecSpec {
+            argv: self.argv.iter().map(|a| a.clone().into_bytes()).collect(),
+            env: self
+                .env
+                .iter()
+                .map(|e| e.clone().into_bytes())
+                .chain(env)
+                .collect(),
+            cwd: self.cwd.as_ref().map(|c| c.clone().into_bytes()),
+            stdin: Some(stdin),
+            output_cap,
+            timeout: Some(timeout),
+        }
+    }
+}
+
 /// How the program ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExecOutcome {
@@ -197,6 +258,28 @@ pub fn read_result(mem: &GuestMemoryMmap) -> Result<ExecOutput> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_exec_entry_splits_like_a_shell_and_adds_each_request() {
+        let e = ExecEntry::parse(r#"/bin/prog "an arg" 'it''s' x\ y"#).expect("parse");
+        assert_eq!(e.argv, ["/bin/prog", "an arg", "its", "x y"]);
+        assert_eq!(e.env, [DEFAULT_PATH]);
+        assert!(ExecEntry::parse("'open").is_err());
+        assert!(ExecEntry::parse("   ").is_err());
+        let spec = e.spec(
+            [b"A=1".to_vec()],
+            b"body".to_vec(),
+            64,
+            Duration::from_secs(2),
+        );
+        assert_eq!(
+            spec.env,
+            [DEFAULT_PATH.as_bytes().to_vec(), b"A=1".to_vec()]
+        );
+        assert_eq!(spec.stdin.as_deref(), Some(&b"body"[..]));
+        assert_eq!(spec.timeout, Some(Duration::from_secs(2)));
+        assert!(spec.encode().is_ok());
+    }
 
     #[test]
     fn a_spec_encodes_to_what_the_agent_parses() {

@@ -144,6 +144,7 @@ impl HttpTarget {
             cold_boot: false,
             recycle: vmfork_serve::Recycle::InPlace,
             http: HttpLimits::default(),
+            max_output: vmfork_machine::exec::DEFAULT_OUTPUT_CAP,
         };
         let (state, reapers) = new_state(&config).map_err(|e| e.to_string())?;
         let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -147,6 +147,10 @@ impl<S> Tracked<S> {
     pub fn new(inner: S, activity: Arc<Activity>) -> Self {
         Tracked { inner, activity }
     }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {

@@ -1,5 +1,8 @@
 //! One deployed function: a template, its clone factory, its pool of VM
-//! shells (pool.rs), and the path of one invocation in a fresh clone.
+//! shells (pool.rs), and the path of one invocation in a fresh clone. A
+//! function is built in (the embedded guest's, through the mailbox) or a
+//! program (its template records one: a Linux `--exec` template or a Wasm
+//! module), run through the exec protocol with CGI conventions (cgi.rs).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,6 +19,7 @@ use vmfork_machine::boot::loader::{BootProtocol, KernelSource, EMBEDDED_KERNEL};
 use vmfork_machine::control::StopReason;
 use vmfork_machine::devices::console::Console;
 use vmfork_machine::error::{Error, Result};
+use vmfork_machine::exec::{self, ExecEntry, ExecOutput, CMD_EXEC};
 use vmfork_machine::machine::{Machine, MachineConfig, RunningMachine};
 use vmfork_machine::mailbox::{self, Response, CMD_INVOKE, CMD_RESUME_INVOKE};
 use vmfork_machine::vcpu::threads::Runners;
@@ -33,6 +37,15 @@ pub struct Function {
     /// A background refill of the warm pool is running: one at a time, so
     /// requests never pile up blocking threads making shells.
     refilling: AtomicBool,
+    /// The program each request runs, for a program function.
+    program: Option<ExecEntry>,
+}
+
+/// What one invocation hands its guest: a built-in function's request
+/// body, or a program function's encoded exec request (ExecSpec::encode).
+pub enum Payload {
+    Body(axum::body::Bytes),
+    Exec(Vec<u8>),
 }
 
 /// Where each invocation's VM comes from.
@@ -62,6 +75,12 @@ pub enum Outcome {
         clone_us: u64,
         run_us: u64,
     },
+    /// A program function's program ran (whatever its outcome).
+    Ran {
+        output: ExecOutput,
+        clone_us: u64,
+        run_us: u64,
+    },
     Timeout,
     Crash(String),
     Error(String),
@@ -78,6 +97,7 @@ impl Function {
         cold_boot: bool,
     ) -> Result<Function> {
         let template = LoadedTemplate::load(dir)?;
+        let program = template.manifest.exec.clone();
         let source = if cold_boot {
             let manifest = &template.manifest;
             if manifest.kernel.source != EMBEDDED_KERNEL {
@@ -123,9 +143,15 @@ impl Function {
             next_id: AtomicU64::new(1),
             runners: Runners::new(),
             refilling: AtomicBool::new(false),
+            program,
         };
         function.refill();
         Ok(function)
+    }
+
+    /// The program each request runs, for a program function.
+    pub fn program(&self) -> Option<&ExecEntry> {
+        self.program.as_ref()
     }
 
     /// Tops the warm pool up to its target; called off the request path.
@@ -270,17 +296,17 @@ impl Function {
     pub fn invoke(
         &self,
         slot: Option<Slot>,
-        body: &[u8],
+        payload: &Payload,
         timeout: Duration,
         metrics: &Metrics,
         reaper: &Sender<Finished>,
         reply: impl FnOnce(Outcome),
     ) {
-        let (outcome, running) = self.run(body, timeout, metrics);
+        let (outcome, running) = self.run(payload, timeout, metrics);
         let Some(running) = running else {
             return reply(outcome);
         };
-        let reusable = matches!(outcome, Outcome::Done { .. });
+        let reusable = matches!(outcome, Outcome::Done { .. } | Outcome::Ran { .. });
         reply(outcome);
         // Only a clone that answered normally is recycled; one that
         // crashed, hung or misbehaved is closed.
@@ -300,7 +326,7 @@ impl Function {
     /// One invocation: its outcome, and its VM if one was started.
     fn run(
         &self,
-        body: &[u8],
+        payload: &Payload,
         timeout: Duration,
         metrics: &Metrics,
     ) -> (Outcome, Option<RunningMachine>) {
@@ -313,8 +339,16 @@ impl Function {
         // cold-booted guest initialises its heap first, so it gets its
         // request once it is parked after READY.
         let cloned = matches!(self.source, Source::Clones { .. });
+        let (command, body) = match payload {
+            Payload::Body(body) => (CMD_INVOKE, &body[..]),
+            Payload::Exec(request) => (CMD_EXEC, &request[..]),
+        };
         if cloned {
-            if let Err(e) = mailbox::write_request(machine.memory(), body) {
+            let written = match payload {
+                Payload::Body(_) => mailbox::write_request(machine.memory(), body),
+                Payload::Exec(_) => exec::write_request(machine.memory(), body),
+            };
+            if let Err(e) = written {
                 self.abandon_shell();
                 return (Outcome::Error(e.to_string()), None);
             }
@@ -322,7 +356,7 @@ impl Function {
         let latch = machine.control().latch().clone();
         let acks = machine.control().commands().acks();
         // A clone is driven from its vCPU thread; a cold boot, from here.
-        let progress = cloned.then(|| Progress::new(requested, acks));
+        let progress = cloned.then(|| Progress::new(requested, acks, command));
         let started = match &progress {
             Some(progress) => {
                 if self.resumes_into_request() {
@@ -342,7 +376,10 @@ impl Function {
         metrics.live_clones.fetch_add(1, Ordering::Relaxed);
         let outcome = if let Some(progress) = &progress {
             match progress.wait(&running, START_TIMEOUT, timeout) {
-                Ending::Answered { clone_us, run_us } => response(&running, clone_us, run_us),
+                Ending::Answered { clone_us, run_us } => match payload {
+                    Payload::Body(_) => response(&running, clone_us, run_us),
+                    Payload::Exec(_) => ran(&running, clone_us, run_us),
+                },
                 Ending::TimedOut => stopped(&latch).unwrap_or(Outcome::Timeout),
                 Ending::Returned(why) => {
                     stopped(&latch).unwrap_or_else(|| Outcome::Crash(why.into()))
@@ -391,6 +428,19 @@ fn response(running: &RunningMachine, clone_us: u64, run_us: u64) -> Outcome {
     match mailbox::read_response(running.machine().memory()) {
         Ok(response) => Outcome::Done {
             response,
+            clone_us,
+            run_us,
+        },
+        Err(e) => Outcome::Crash(e.to_string()),
+    }
+}
+
+/// A program function's result in the mailbox of a clone that
+/// acknowledged EXEC.
+fn ran(running: &RunningMachine, clone_us: u64, run_us: u64) -> Outcome {
+    match exec::read_result(running.machine().memory()) {
+        Ok(output) => Outcome::Ran {
+            output,
             clone_us,
             run_us,
         },

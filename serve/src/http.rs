@@ -5,17 +5,19 @@ use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get};
 use axum::Router;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
 
-use super::function::{Function, Outcome};
+use super::cgi::CgiRequest;
+use super::function::{Function, Outcome, Payload};
 use super::limits::Limits;
 use super::metrics::{Counted, Metrics};
 use super::pool::Finished;
+use super::server::ConnectionAddrs;
 use vmfork_machine::machine::vmm_rss_kib;
 use vmfork_machine::mailbox::Status;
 
@@ -32,6 +34,11 @@ pub struct AppState {
     pub body_timeout: Duration,
     /// Where a finished clone goes to be stopped and closed.
     pub reaper: std::sync::mpsc::Sender<Finished>,
+    /// Bytes of stdout, and of stderr, a program function may produce
+    /// (`--max-output`).
+    pub max_output: u32,
+    /// Numbers requests, for program functions' logs.
+    pub next_request: std::sync::atomic::AtomicU64,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -39,7 +46,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route("/v1/functions", get(list))
-        .route("/v1/functions/{name}/invoke", post(invoke))
+        // Program functions take any method and sub-path (CGI's PATH_INFO);
+        // built-in ones only POST.
+        .route("/v1/functions/{name}/invoke", any(invoke))
+        .route("/v1/functions/{name}/invoke/{*path}", any(invoke))
         .with_state(state)
 }
 
@@ -79,13 +89,31 @@ fn text(status: StatusCode, message: impl Into<String>) -> Response {
 
 async fn invoke(
     State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
+    Path(params): Path<std::collections::HashMap<String, String>>,
     request: Request,
 ) -> Response {
     let started = Instant::now();
+    let name = params.get("name").cloned().unwrap_or_default();
     let Some(function) = state.functions.iter().find(|f| f.name == name).cloned() else {
         return text(StatusCode::NOT_FOUND, format!("no function named {name:?}"));
     };
+    let program = function.program().is_some();
+    let path_info = params.get("path").map(|p| format!("/{p}"));
+    if !program && path_info.is_some() {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("{name} is a built-in function, with no sub-paths"),
+        );
+    }
+    if !program && request.method() != Method::POST {
+        let mut r = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{name} is a built-in function: POST /v1/functions/{name}/invoke"),
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return r;
+    }
     // A declared body over the limit is refused before a byte of it is
     // read; a body that does not declare its length is counted as it
     // arrives.
@@ -101,9 +129,39 @@ async fn invoke(
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return r;
     };
-    let body = match read_body(request.into_body(), &state).await {
+    let (parts, body) = request.into_parts();
+    let body = match read_body(body, &state).await {
         Ok(body) => body,
         Err(response) => return response,
+    };
+    let request_id = state
+        .next_request
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let payload = match function.program() {
+        None => Payload::Body(body),
+        Some(entry) => {
+            let addrs = parts.extensions.get::<ConnectionAddrs>().copied();
+            let cgi = CgiRequest {
+                script_name: format!("/v1/functions/{name}/invoke"),
+                path_info: path_info.unwrap_or_default(),
+                server_port: addrs.and_then(|a| a.local).map_or(0, |a| a.port()),
+                remote_addr: addrs.and_then(|a| a.peer),
+                method: parts.method,
+                uri: parts.uri,
+                headers: parts.headers,
+            };
+            let env = cgi.environment(body.len());
+            match entry
+                .spec(env, body.to_vec(), state.max_output, state.timeout)
+                .encode()
+            {
+                Ok(request) => Payload::Exec(request),
+                Err(e) => {
+                    state.metrics.count(Counted::TooLarge);
+                    return text(StatusCode::PAYLOAD_TOO_LARGE, e.to_string());
+                }
+            }
+        }
     };
     // The slot goes with the VM: it is freed when the VM is stopped, not
     // when this handler is dropped (a client that hangs up).
@@ -114,9 +172,16 @@ async fn invoke(
     let (timeout, metrics, f) = (state.timeout, state.metrics.clone(), function.clone());
     let (reply, outcome) = tokio::sync::oneshot::channel();
     tokio::task::spawn_blocking(move || {
-        f.invoke(Some(slot), &body, timeout, &metrics, &reaper, |outcome| {
-            let _ = reply.send(outcome);
-        })
+        f.invoke(
+            Some(slot),
+            &payload,
+            timeout,
+            &metrics,
+            &reaper,
+            |outcome| {
+                let _ = reply.send(outcome);
+            },
+        )
     });
     let outcome = outcome.await;
     // Refill the warm pool for the next request, off this one's path (a
@@ -154,6 +219,17 @@ async fn invoke(
             state.metrics.count(Counted::Error);
             text(StatusCode::INTERNAL_SERVER_ERROR, reason)
         }
+        Ok(Outcome::Ran {
+            output,
+            clone_us,
+            run_us,
+        }) => {
+            let (mut r, counted) =
+                super::program::respond(&function.name, request_id, output, state.max_output);
+            state.metrics.count(counted);
+            timing_headers(r.headers_mut(), clone_us, run_us, None);
+            r
+        }
         Ok(Outcome::Done {
             response,
             clone_us,
@@ -162,21 +238,30 @@ async fn invoke(
             let (code, outcome) = answer_for(&response.status);
             state.metrics.count(outcome);
             let mut r = (code, response.body).into_response();
-            let headers = r.headers_mut();
-            for (key, value) in [
-                ("x-vmfork-clone-us", clone_us),
-                ("x-vmfork-run-us", run_us),
-                ("x-vmfork-invocations", u64::from(response.invocations)),
-            ] {
-                if let Ok(v) = HeaderValue::from_str(&value.to_string()) {
-                    headers.insert(key, v);
-                }
-            }
+            timing_headers(
+                r.headers_mut(),
+                clone_us,
+                run_us,
+                Some(u64::from(response.invocations)),
+            );
             r
         }
     };
     state.metrics.observe(started.elapsed());
     response
+}
+
+fn timing_headers(headers: &mut HeaderMap, clone_us: u64, run_us: u64, invocations: Option<u64>) {
+    let values = [
+        ("x-vmfork-clone-us", Some(clone_us)),
+        ("x-vmfork-run-us", Some(run_us)),
+        ("x-vmfork-invocations", invocations),
+    ];
+    for (key, value) in values {
+        if let Some(v) = value.and_then(|v| HeaderValue::from_str(&v.to_string()).ok()) {
+            headers.insert(key, v);
+        }
+    }
 }
 
 /// The Content-Length a request declares, if any (hyper has already

@@ -3,6 +3,7 @@
 //! the guest's mailbox (docs/guest-abi.md). docs/serve.md has the API.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod cgi;
 pub mod connection;
 pub mod function;
 pub mod http;
@@ -10,6 +11,7 @@ pub mod limits;
 pub use vmfork_machine::mailbox;
 pub mod metrics;
 pub mod pool;
+pub mod program;
 pub mod progress;
 pub mod server;
 
@@ -42,6 +44,8 @@ pub struct ServeConfig {
     pub recycle: Recycle,
     /// Connections, header/body/idle timeouts and the drain deadline.
     pub http: HttpLimits,
+    /// Bytes of stdout, and of stderr, a program function may produce.
+    pub max_output: u32,
 }
 
 /// Loads every function and starts the reapers: the state one server
@@ -75,6 +79,8 @@ pub fn new_state(
         max_body: config.max_body,
         body_timeout: config.http.body_timeout,
         reaper,
+        max_output: config.max_output,
+        next_request: std::sync::atomic::AtomicU64::new(1),
     });
     Ok((state, reapers))
 }

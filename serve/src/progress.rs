@@ -1,5 +1,6 @@
 //! One clone's invocation driven from its vCPU's own thread: the guest
-//! acknowledges its resume, gets INVOKE, acknowledges the answer, and the
+//! acknowledges its resume, gets INVOKE (EXEC for a program function),
+//! acknowledges the answer, and the
 //! vCPU returns to its owner, which then waits for one wake-up instead of
 //! a round trip per command (see [`Commander`]). A guest resumed with
 //! RESUME_INVOKE (docs/guest-abi.md) acknowledges only the answer.
@@ -9,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vmfork_machine::machine::RunningMachine;
-use vmfork_machine::mailbox::CMD_INVOKE;
 use vmfork_machine::vcpu::run::Commander;
 
 const UNSET: u64 = u64::MAX;
@@ -27,6 +27,8 @@ pub struct Progress {
     /// Which acknowledgement after the resume is the answer: 2, or 1 for
     /// a clone resumed straight into its request.
     answer_ack: AtomicU64,
+    /// The command that starts the request: INVOKE or EXEC.
+    command: u32,
 }
 
 /// Where an invocation ended up once its owner stopped waiting.
@@ -41,13 +43,14 @@ pub enum Ending {
 }
 
 impl Progress {
-    pub fn new(requested: Instant, acks_at_start: u64) -> Arc<Progress> {
+    pub fn new(requested: Instant, acks_at_start: u64, command: u32) -> Arc<Progress> {
         Arc::new(Progress {
             requested,
             acks_at_start,
             invoked_us: AtomicU64::new(UNSET),
             answered_us: AtomicU64::new(UNSET),
             answer_ack: AtomicU64::new(2),
+            command,
         })
     }
 
@@ -89,7 +92,7 @@ impl Progress {
                     progress
                         .invoked_us
                         .store(progress.since_request(), Ordering::Release);
-                    Some(CMD_INVOKE)
+                    Some(progress.command)
                 }
                 _ => None,
             }
@@ -144,10 +147,11 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vmfork_machine::mailbox::CMD_INVOKE;
 
     #[test]
     fn commander_invokes_once_resumed_and_ends_once_answered() {
-        let progress = Progress::new(Instant::now(), 3);
+        let progress = Progress::new(Instant::now(), 3, CMD_INVOKE);
         let commander = progress.commander();
         assert_eq!(commander(4), Some(CMD_INVOKE));
         assert!(progress.invoked_at().is_some());
@@ -157,7 +161,7 @@ mod tests {
 
     #[test]
     fn a_clone_resumed_into_its_request_is_answered_at_its_first_ack() {
-        let progress = Progress::new(Instant::now(), 3);
+        let progress = Progress::new(Instant::now(), 3, CMD_INVOKE);
         let commander = progress.commander();
         progress.invoked_with_resume();
         assert_eq!(commander(4), None);
@@ -166,11 +170,11 @@ mod tests {
 
     #[test]
     fn a_park_without_its_acknowledgement_ends_the_run_unanswered() {
-        let progress = Progress::new(Instant::now(), 3);
+        let progress = Progress::new(Instant::now(), 3, CMD_INVOKE);
         let commander = progress.commander();
         assert_eq!(commander(3), None);
         assert!(progress.invoked_at().is_none());
-        let progress = Progress::new(Instant::now(), 3);
+        let progress = Progress::new(Instant::now(), 3, CMD_INVOKE);
         let commander = progress.commander();
         assert_eq!(commander(4), Some(CMD_INVOKE));
         assert_eq!(commander(4), None);

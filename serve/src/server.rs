@@ -133,6 +133,14 @@ pub async fn serve(
     }
 }
 
+/// Both ends of the connection a request came on, in every request's
+/// extensions (program functions see them as CGI variables).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionAddrs {
+    pub local: Option<std::net::SocketAddr>,
+    pub peer: Option<std::net::SocketAddr>,
+}
+
 /// Drives one connection until it ends, its clock runs out (header or
 /// idle timeout), it is evicted, or the server drains.
 async fn connection(
@@ -145,9 +153,14 @@ async fn connection(
     table: Arc<Connections>,
 ) {
     metrics.connections_open(table.len());
+    let addrs = ConnectionAddrs {
+        local: io.get_ref().local_addr().ok(),
+        peer: io.get_ref().peer_addr().ok(),
+    };
     let service = TowerToHyperService::new(app);
     let handler_activity = activity.clone();
-    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        request.extensions_mut().insert(addrs);
         let handling = handler_activity.handling();
         let answer = hyper::service::Service::call(&service, request);
         async move {

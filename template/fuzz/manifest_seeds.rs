@@ -50,6 +50,7 @@ fn sample(mem_size: u64) -> Manifest {
         memory_bytes: mem_size,
         dirty_pages: None,
         rootfs: None,
+        exec: None,
     }
 }
 

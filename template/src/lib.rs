@@ -44,6 +44,17 @@ pub struct SnapshotReport {
 /// pages changed since the machine was restored are written, and the
 /// template records its base.
 pub fn snapshot(machine: &mut Machine, out: &Path, diff: bool) -> Result<SnapshotReport> {
+    let exec = machine.origin().exec.clone();
+    snapshot_with(machine, out, diff, exec)
+}
+
+/// [`snapshot`] of a function template whose requests run `exec`.
+pub fn snapshot_with(
+    machine: &mut Machine,
+    out: &Path,
+    diff: bool,
+    exec: Option<vmfork_machine::exec::ExecEntry>,
+) -> Result<SnapshotReport> {
     let origin = machine.origin();
     let base = match (diff, &origin.template, &origin.template_sha256) {
         (false, ..) => None,
@@ -137,6 +148,7 @@ pub fn snapshot(machine: &mut Machine, out: &Path, diff: bool) -> Result<Snapsho
             .pmem()
             .map(|p| rootfs::RootfsInfo::of(&p.image))
             .transpose()?,
+        exec,
     };
     let json = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| Error::Snapshot(format!("encoding manifest: {e}")))?;

@@ -85,6 +85,11 @@ pub struct Manifest {
     /// into every VM restored from the template.
     #[serde(default)]
     pub rootfs: Option<RootfsInfo>,
+    /// For a function template that runs a program per request (CGI
+    /// conventions, docs/serve.md): the program. None for the embedded
+    /// guest's built-in functions.
+    #[serde(default)]
+    pub exec: Option<vmfork_machine::exec::ExecEntry>,
 }
 
 impl Manifest {
@@ -313,6 +318,7 @@ mod tests {
             memory_bytes: mem_size,
             dirty_pages: None,
             rootfs: None,
+            exec: None,
         }
     }
 

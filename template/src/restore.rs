@@ -217,6 +217,7 @@ impl LoadedTemplate {
             kernel: manifest.kernel.clone(),
             template: Some(dir.clone()),
             template_sha256: Some(sha256.clone()),
+            exec: manifest.exec.clone(),
         });
         Ok(LoadedTemplate {
             dir,

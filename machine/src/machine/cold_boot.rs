@@ -185,6 +185,7 @@ impl Machine {
                 kernel: kernel_info,
                 template: None,
                 template_sha256: None,
+                exec: None,
             }),
         })
     }

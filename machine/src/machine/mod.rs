@@ -53,6 +53,9 @@ pub struct Origin {
     /// That template's identity as it was loaded (the hex SHA-256 of its
     /// `template.json`), which a diff snapshot records for its base.
     pub template_sha256: Option<String>,
+    /// The program its template runs per request, if it is a function
+    /// template of that kind (a diff snapshot keeps it).
+    pub exec: Option<crate::exec::ExecEntry>,
 }
 
 /// Everything a restore has rebuilt, handed over to become a Machine.

@@ -34,6 +34,10 @@ pub struct ServeArgs {
     /// Largest request body; larger ones get 413.
     #[arg(long, default_value = "1MiB", value_name = "SIZE", value_parser = Parsed(parse_size))]
     pub max_body: u64,
+    /// Bytes of stdout, and of stderr, a program function (a Linux
+    /// `--exec` template) may write; past it the caller gets 502.
+    #[arg(long, default_value = "1MiB", value_name = "SIZE", value_parser = Parsed(parse_size))]
+    pub max_output: u64,
     /// VM shells to keep ready per function ahead of demand.
     #[arg(long, default_value = "0", value_name = "N", value_parser = count::<usize>(0, 10_000))]
     pub warm: usize,
@@ -111,6 +115,16 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         })?,
         warm: args.warm,
         cold_boot: args.cold_boot,
+        max_output: u32::try_from(args.max_output)
+            .ok()
+            .filter(|n| *n <= vmfork_machine::exec::DEFAULT_OUTPUT_CAP)
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "--max-output {}: at most {} bytes (the mailbox holds both streams)",
+                    args.max_output,
+                    vmfork_machine::exec::DEFAULT_OUTPUT_CAP
+                ))
+            })?,
         recycle: match args.recycle {
             RecycleArg::InPlace => Recycle::InPlace,
             RecycleArg::Remap => Recycle::Remap,

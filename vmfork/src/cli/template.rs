@@ -13,6 +13,7 @@ use super::progress::{Progress, ProgressMode};
 use super::signals;
 use vmfork_machine::control::StopReason;
 use vmfork_machine::error::{Error, Result};
+use vmfork_machine::exec::ExecEntry;
 use vmfork_machine::machine::Machine;
 use vmfork_machine::stop::stop_result;
 
@@ -22,7 +23,7 @@ pub enum TemplateCommand {
     #[command(after_help = "Examples:
   vmfork template build --out /tmp/tpl --json
   vmfork template build --cmdline \"quiet=1 touch_mib=8\" --out /tmp/tpl")]
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Hold a template's memory in a sealed memfd and hand it to clone
     /// processes (`vmfork clone --holder SOCK`) until stopped.
     Serve {
@@ -56,6 +57,21 @@ pub struct BuildArgs {
     /// Print the build time and sizes as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Make a function template whose every request runs this program in a
+    /// fresh clone, with the CGI conventions of `vmfork serve` (body on
+    /// stdin, request in the environment, stdout the response; see
+    /// docs/serve.md), e.g. '/usr/bin/prog --flag'. Split as a shell would,
+    /// without expansion. Needs a guest with the vmfork agent: a Linux
+    /// kernel (--kernel) with --rootfs.
+    #[arg(long, value_name = "COMMAND", value_parser = Parsed(parse_exec))]
+    pub exec: Option<ExecEntry>,
+}
+
+fn parse_exec(s: &str) -> std::result::Result<ExecEntry, String> {
+    ExecEntry::parse(s).map_err(|e| match e {
+        Error::InvalidArgument(why) => why,
+        other => other.to_string(),
+    })
 }
 
 pub fn run(command: &TemplateCommand, started: Instant) -> Result<()> {
@@ -74,6 +90,12 @@ fn progress(message: &str) {
 
 fn build(args: &BuildArgs, started: Instant) -> Result<()> {
     let timeout = args.timeout;
+    if args.exec.is_some() && (args.vm.kernel.is_none() || args.vm.rootfs.is_none()) {
+        return Err(Error::InvalidArgument(
+            "--exec needs a guest with the vmfork agent: a Linux kernel (--kernel) with --rootfs"
+                .into(),
+        ));
+    }
     if args.out.exists() {
         return Err(Error::Template {
             path: args.out.clone(),
@@ -113,7 +135,7 @@ fn build(args: &BuildArgs, started: Instant) -> Result<()> {
         args.vm.mem >> 20,
     ));
     let mut machine = running.pause()?;
-    let report = vmfork_template::snapshot(&mut machine, &args.out, false)?;
+    let report = vmfork_template::snapshot_with(&mut machine, &args.out, false, args.exec.clone())?;
     drop(machine);
     let build_ms = started.elapsed().as_secs_f64() * 1e3;
     let on_disk = disk_usage(&args.out.join(vmfork_template::manifest::MEMORY_FILE));
