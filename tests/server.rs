@@ -42,7 +42,12 @@ impl Server {
     /// Starts `vmfork serve` on a free loopback port with `templates`
     /// (name, template directory) and `extra` flags.
     pub fn start(templates: &[(&str, String)], extra: &[&str]) -> Server {
-        let mut args = vec!["serve".to_string(), "--listen".into(), "127.0.0.1:0".into()];
+        Self::start_on("127.0.0.1:0", templates, extra)
+    }
+
+    /// [`Server::start`] listening on `listen`.
+    pub fn start_on(listen: &str, templates: &[(&str, String)], extra: &[&str]) -> Server {
+        let mut args = vec!["serve".to_string(), "--listen".into(), listen.into()];
         for (name, dir) in templates {
             args.push("--template".into());
             args.push(format!("{name}={dir}"));

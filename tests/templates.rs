@@ -279,7 +279,7 @@ fn damaged_templates_are_refused_clearly() {
     });
     let run = restore(&dir);
     assert_clean_error(&run, exit::TEMPLATE, "999");
-    assert!(run.stderr.contains("version 4"), "{run}");
+    assert!(run.stderr.contains("version 5"), "{run}");
 
     // A manifest that is consistent in itself but not with the state it
     // sits beside (here, the state file's size) is refused too.

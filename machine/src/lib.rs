@@ -19,6 +19,7 @@ pub mod persist;
 pub mod reset;
 pub mod shell;
 pub mod stop;
+pub mod units;
 pub mod vcpu;
 pub mod vm;
 

@@ -145,6 +145,10 @@ impl HttpTarget {
             recycle: vmfork_serve::Recycle::InPlace,
             http: HttpLimits::default(),
             max_output: vmfork_machine::exec::DEFAULT_OUTPUT_CAP,
+            memory: 128 << 20,
+            admin_token: None,
+            state_dir: None,
+            max_module: 1 << 20,
         };
         let (state, reapers) = new_state(&config).map_err(|e| e.to_string())?;
         let runtime = tokio::runtime::Builder::new_multi_thread()

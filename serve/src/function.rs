@@ -39,6 +39,8 @@ pub struct Function {
     refilling: AtomicBool,
     /// The program each request runs, for a program function.
     program: Option<ExecEntry>,
+    /// Its template's guest memory.
+    mem_size: u64,
 }
 
 /// What one invocation hands its guest: a built-in function's request
@@ -98,6 +100,7 @@ impl Function {
     ) -> Result<Function> {
         let template = LoadedTemplate::load(dir)?;
         let program = template.manifest.exec.clone();
+        let mem_size = template.manifest.mem_size;
         let source = if cold_boot {
             let manifest = &template.manifest;
             if manifest.kernel.source != EMBEDDED_KERNEL {
@@ -144,9 +147,15 @@ impl Function {
             runners: Runners::new(),
             refilling: AtomicBool::new(false),
             program,
+            mem_size,
         };
         function.refill();
         Ok(function)
+    }
+
+    /// Its template's guest memory.
+    pub fn mem_size(&self) -> u64 {
+        self.mem_size
     }
 
     /// The program each request runs, for a program function.

@@ -7,36 +7,42 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, put};
 use axum::Router;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
 
 use super::cgi::CgiRequest;
-use super::function::{Function, Outcome, Payload};
+use super::deploy::{Admin, Builder};
+use super::function::{Outcome, Payload};
 use super::limits::Limits;
 use super::metrics::{Counted, Metrics};
 use super::pool::Finished;
+use super::registry::{FunctionLimits, Registry};
 use super::server::ConnectionAddrs;
 use vmfork_machine::machine::vmm_rss_kib;
 use vmfork_machine::mailbox::Status;
 
 pub struct AppState {
-    pub functions: Vec<Arc<Function>>,
-    pub templates: Vec<String>,
+    pub registry: Registry,
     pub metrics: Arc<Metrics>,
     /// Running VMs and admitted invocations.
     pub limits: Arc<Limits>,
-    pub timeout: Duration,
+    /// A deployed function's limits unless its deploy says otherwise.
+    pub defaults: FunctionLimits,
+    pub admin: Admin,
+    /// Where deploys are built; None when deploying is not possible.
+    pub builder: Option<Builder>,
+    /// Where deployed functions live (deploy.rs).
+    pub state_dir: std::path::PathBuf,
+    /// Largest module a deploy may send.
+    pub max_module: usize,
     /// Largest request body (`--max-body`).
     pub max_body: usize,
     /// From the end of a request's head to the end of its body.
     pub body_timeout: Duration,
     /// Where a finished clone goes to be stopped and closed.
     pub reaper: std::sync::mpsc::Sender<Finished>,
-    /// Bytes of stdout, and of stderr, a program function may produce
-    /// (`--max-output`).
-    pub max_output: u32,
     /// Numbers requests, for program functions' logs.
     pub next_request: std::sync::atomic::AtomicU64,
 }
@@ -46,6 +52,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route("/v1/functions", get(list))
+        .route("/v1/functions/{name}", put(deploy).delete(undeploy))
         // Program functions take any method and sub-path (CGI's PATH_INFO);
         // built-in ones only POST.
         .route("/v1/functions/{name}/invoke", any(invoke))
@@ -58,7 +65,12 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(
             vmm_rss_kib(),
-            state.functions.iter().map(|f| f.pooled_vms()).sum(),
+            state
+                .registry
+                .list()
+                .iter()
+                .map(|(_, e)| e.function.pooled_vms())
+                .sum(),
         ),
     )
         .into_response()
@@ -66,19 +78,78 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 
 async fn list(State(state): State<Arc<AppState>>) -> Response {
     let list: Vec<_> = state
-        .functions
+        .registry
+        .list()
         .iter()
-        .zip(&state.templates)
-        .map(|(f, t)| {
-            json!({
-                "name": f.name,
-                "template": t,
-                "warm": f.warm_len(),
-                "resumes_into_request": f.resumes_into_request(),
-            })
-        })
+        .map(|(name, entry)| super::deploy::describe(name, entry))
         .collect();
     axum::Json(json!({ "functions": list })).into_response()
+}
+
+async fn deploy(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    request: Request,
+) -> Response {
+    if let Some(refused) = state.admin.refuse(request.headers()) {
+        return refused;
+    }
+    let Some(builder) = &state.builder else {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "deploying is not available",
+        );
+    };
+    if declared_length(request.headers()).is_some_and(|n| n > state.max_module as u64) {
+        return text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "a module is at most {} bytes (--max-module)",
+                state.max_module
+            ),
+        );
+    }
+    let query = request.uri().query().map(str::to_string);
+    let limited = Limited::new(request.into_body(), state.max_module).collect();
+    let module = match tokio::time::timeout(state.body_timeout, limited).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "a module is at most {} bytes (--max-module)",
+                    state.max_module
+                ),
+            )
+        }
+        Ok(Err(e)) => return text(StatusCode::BAD_REQUEST, format!("reading the module: {e}")),
+        Err(_) => {
+            return text(
+                StatusCode::REQUEST_TIMEOUT,
+                "the module took too long to arrive",
+            )
+        }
+    };
+    super::deploy::put(
+        &state.registry,
+        builder,
+        &name,
+        &state.defaults,
+        query.as_deref(),
+        module,
+    )
+    .await
+}
+
+async fn undeploy(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = state.admin.refuse(&headers) {
+        return refused;
+    }
+    super::deploy::delete(&state.registry, &state.state_dir, &name)
 }
 
 fn text(status: StatusCode, message: impl Into<String>) -> Response {
@@ -94,9 +165,10 @@ async fn invoke(
 ) -> Response {
     let started = Instant::now();
     let name = params.get("name").cloned().unwrap_or_default();
-    let Some(function) = state.functions.iter().find(|f| f.name == name).cloned() else {
+    let Some(entry) = state.registry.get(&name) else {
         return text(StatusCode::NOT_FOUND, format!("no function named {name:?}"));
     };
+    let (function, limits) = (entry.function.clone(), entry.limits);
     let program = function.program().is_some();
     let path_info = params.get("path").map(|p| format!("/{p}"));
     if !program && path_info.is_some() {
@@ -152,7 +224,7 @@ async fn invoke(
             };
             let env = cgi.environment(body.len());
             match entry
-                .spec(env, body.to_vec(), state.max_output, state.timeout)
+                .spec(env, body.to_vec(), limits.max_output, limits.timeout)
                 .encode()
             {
                 Ok(request) => Payload::Exec(request),
@@ -169,7 +241,7 @@ async fn invoke(
         return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     };
     let reaper = state.reaper.clone();
-    let (timeout, metrics, f) = (state.timeout, state.metrics.clone(), function.clone());
+    let (timeout, metrics, f) = (limits.timeout, state.metrics.clone(), function.clone());
     let (reply, outcome) = tokio::sync::oneshot::channel();
     tokio::task::spawn_blocking(move || {
         f.invoke(
@@ -225,7 +297,7 @@ async fn invoke(
             run_us,
         }) => {
             let (mut r, counted) =
-                super::program::respond(&function.name, request_id, output, state.max_output);
+                super::program::respond(&function.name, request_id, output, limits.max_output);
             state.metrics.count(counted);
             timing_headers(r.headers_mut(), clone_us, run_us, None);
             r

@@ -5,14 +5,17 @@
 
 pub mod cgi;
 pub mod connection;
+pub mod deploy;
 pub mod function;
 pub mod http;
 pub mod limits;
 pub use vmfork_machine::mailbox;
 pub mod metrics;
+mod module;
 pub mod pool;
 pub mod program;
 pub mod progress;
+pub mod registry;
 pub mod server;
 
 use std::net::SocketAddr;
@@ -20,11 +23,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use deploy::{Admin, BuildSettings, Builder};
 use function::Function;
 use http::AppState;
 use limits::Limits;
 use metrics::Metrics;
 pub use pool::Recycle;
+use registry::{Entry, FunctionLimits, Registry};
 use server::Drained;
 pub use server::HttpLimits;
 use vmfork_machine::control::StopLatch;
@@ -44,45 +49,100 @@ pub struct ServeConfig {
     pub recycle: Recycle,
     /// Connections, header/body/idle timeouts and the drain deadline.
     pub http: HttpLimits,
-    /// Bytes of stdout, and of stderr, a program function may produce.
+    /// Bytes of stdout, and of stderr, a program function may produce
+    /// (a deployed one's default).
     pub max_output: u32,
+    /// Guest memory of a deployed function unless its deploy says.
+    pub memory: u64,
+    /// The bearer token deploys need (`--admin-token-file`).
+    pub admin_token: Option<String>,
+    /// Where deployed functions are kept across restarts; None keeps them
+    /// in a directory of this process's, removed when it ends.
+    pub state_dir: Option<PathBuf>,
+    /// Largest module a deploy may send.
+    pub max_module: usize,
 }
 
-/// Loads every function and starts the reapers: the state one server
-/// shares between requests. Join the reaper threads after the last clone
-/// of the state is dropped; they end once every clone is closed. Tests and
-/// the HTTP fuzzer (serve/examples/fuzz_http.rs) serve it themselves.
+/// Loads every function (`--template`, then those kept in the state
+/// directory), starts the reapers and the deploy builder: the state one
+/// server shares between requests. Call it from the main thread (the
+/// builder's seccomp list narrows it). Join the threads after the last
+/// clone of the state is dropped; they end once every clone is closed and
+/// the builder's queue is gone. Tests and the HTTP fuzzer
+/// (serve/examples/fuzz_http.rs) serve it themselves.
 pub fn new_state(
     config: &ServeConfig,
 ) -> Result<(Arc<AppState>, Vec<std::thread::JoinHandle<()>>)> {
-    let mut functions = Vec::new();
-    let mut templates = Vec::new();
+    let defaults = FunctionLimits {
+        timeout: config.timeout,
+        max_output: config.max_output,
+        memory: config.memory,
+    };
+    let registry = Registry::default();
     for (name, dir) in &config.templates {
-        functions.push(Arc::new(Function::load(
+        let function = Function::load(
             name,
             dir,
             config.warm,
             config.recycle,
             config.max_concurrency,
             config.cold_boot,
-        )?));
-        templates.push(dir.display().to_string());
+        )?;
+        let limits = FunctionLimits {
+            memory: function.mem_size(),
+            ..defaults
+        };
+        registry.insert(
+            name,
+            Entry {
+                function: Arc::new(function),
+                template: dir.clone(),
+                limits,
+                deployed: false,
+            },
+        );
+    }
+    let state_dir = match &config.state_dir {
+        Some(dir) => dir.clone(),
+        None => std::env::temp_dir().join(format!("vmfork-serve-{}", std::process::id())),
+    };
+    let settings = BuildSettings {
+        state_dir: state_dir.clone(),
+        warm: config.warm,
+        recycle: config.recycle,
+        max_concurrency: config.max_concurrency,
+    };
+    if config.state_dir.is_some() {
+        deploy::restore_all(&settings, &registry)?;
     }
     let metrics = Arc::new(Metrics::default());
-    let (reaper, reapers) = pool::spawn_reapers(metrics.clone())?;
+    let (reaper, mut threads) = pool::spawn_reapers(metrics.clone())?;
+    // `--cold-boot` is a benchmark of the embedded guest: nothing to deploy.
+    let builder = if config.cold_boot {
+        None
+    } else {
+        let (builder, thread) = Builder::spawn(settings)?;
+        threads.push(thread);
+        Some(builder)
+    };
     let state = Arc::new(AppState {
-        functions,
-        templates,
+        registry,
         metrics,
         limits: Limits::new(config.max_concurrency, config.queue),
-        timeout: config.timeout,
+        defaults,
+        admin: Admin {
+            token: config.admin_token.clone(),
+            loopback: config.listen.ip().is_loopback(),
+        },
+        builder,
+        state_dir,
+        max_module: config.max_module,
         max_body: config.max_body,
         body_timeout: config.http.body_timeout,
         reaper,
-        max_output: config.max_output,
         next_request: std::sync::atomic::AtomicU64::new(1),
     });
-    Ok((state, reapers))
+    Ok((state, threads))
 }
 
 /// Blocking threads the server needs: one per running VM's invocation,
@@ -90,8 +150,12 @@ pub fn new_state(
 /// freed), one warm-pool refill per function, and the wait for the stop
 /// signal. Tasks past this wait in tokio's queue, and each of those holds
 /// a running slot, so the queue is bounded too.
+/// Refills of deployed functions' warm pools running at once, beyond one
+/// per `--template` function.
+const MAX_REFILLS: usize = 8;
+
 pub fn blocking_threads(config: &ServeConfig) -> usize {
-    2 * config.max_concurrency + config.templates.len() + 1
+    2 * config.max_concurrency + config.templates.len() + MAX_REFILLS + 1
 }
 
 /// Serves until `stop` is stopped (SIGINT/SIGTERM in the CLI), then lets
@@ -149,10 +213,15 @@ pub fn run(config: ServeConfig, stop: StopLatch) -> Result<()> {
     }
     // In-flight requests are done; drop the warm shells and let the
     // reapers finish every clone still being torn down.
+    let private_dir = config.state_dir.is_none().then(|| state.state_dir.clone());
     drop(state);
     drop(runtime);
     for r in reapers {
         let _ = r.join();
+    }
+    // Functions deployed without --state-dir last as long as the server.
+    if let Some(dir) = private_dir {
+        let _ = std::fs::remove_dir_all(dir);
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod api;
+pub mod build;
 pub mod clone_info;
 pub mod dirty;
 pub mod files;

@@ -43,10 +43,13 @@ pub enum ThreadKind {
     Reaper,
     /// Only waits and flags (restore's --timeout, holder's stop).
     Watchdog,
+    /// `serve`'s deploy builds: compiles a module and builds its template
+    /// (boots a VM, writes files); no network.
+    Builder,
 }
 
 impl ThreadKind {
-    pub const ALL: [ThreadKind; 10] = [
+    pub const ALL: [ThreadKind; 11] = [
         ThreadKind::Vmm,
         ThreadKind::Launcher,
         ThreadKind::Vcpu,
@@ -57,6 +60,7 @@ impl ThreadKind {
         ThreadKind::Signals,
         ThreadKind::Reaper,
         ThreadKind::Watchdog,
+        ThreadKind::Builder,
     ];
 
     pub fn name(self) -> &'static str {
@@ -71,6 +75,7 @@ impl ThreadKind {
             ThreadKind::Signals => "signals",
             ThreadKind::Reaper => "reaper",
             ThreadKind::Watchdog => "watchdog",
+            ThreadKind::Builder => "builder",
         }
     }
 
@@ -95,6 +100,7 @@ impl ThreadKind {
             ThreadKind::Signals => &[Base, SignalWait],
             ThreadKind::Reaper => &[Base, Teardown],
             ThreadKind::Watchdog => &[Base],
+            ThreadKind::Builder => &[Base, Threads, Files, FileWrite, Memfd, Kvm],
         }
     }
 }

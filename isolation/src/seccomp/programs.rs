@@ -31,6 +31,7 @@ pub(super) fn program(kind: ThreadKind) -> &'static [sock_filter] {
         ThreadKind::Signals => embedded!("signals"),
         ThreadKind::Reaper => embedded!("reaper"),
         ThreadKind::Watchdog => embedded!("watchdog"),
+        ThreadKind::Builder => embedded!("builder"),
     }
 }
 

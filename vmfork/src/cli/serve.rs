@@ -16,8 +16,26 @@ use vmfork_serve::{run as serve, HttpLimits, Recycle, ServeConfig};
 pub struct ServeArgs {
     /// A function: NAME=TEMPLATE_DIR (repeatable). Build templates with
     /// `vmfork template build --function sha256 --cmdline quiet=1 ...`.
-    #[arg(long = "template", value_name = "NAME=DIR", required = true)]
+    /// Without any, functions come from deploys (PUT /v1/functions/NAME)
+    /// and --state-dir.
+    #[arg(long = "template", value_name = "NAME=DIR")]
     pub templates: Vec<String>,
+    /// A file holding the bearer token deploys (PUT and DELETE
+    /// /v1/functions/NAME) need. Without it, deploying is open to anyone
+    /// who can reach a loopback listener, and off on any other.
+    #[arg(long, value_name = "PATH")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Keep deployed functions here, and serve them again after a
+    /// restart. Without it they last as long as the server.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Largest module a deploy may send.
+    #[arg(long, default_value = "32MiB", value_name = "SIZE", value_parser = Parsed(parse_size))]
+    pub max_module: u64,
+    /// Guest memory of a deployed function unless its deploy says
+    /// (`?memory=`).
+    #[arg(long, default_value = "128M", value_name = "SIZE", value_parser = Parsed(parse_size))]
+    pub memory: u64,
     /// Address to listen on (port 0 picks a free one; the address is
     /// printed on the first line of stdout).
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
@@ -115,6 +133,16 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         })?,
         warm: args.warm,
         cold_boot: args.cold_boot,
+        admin_token: args
+            .admin_token_file
+            .as_deref()
+            .map(read_token)
+            .transpose()?,
+        state_dir: args.state_dir.clone(),
+        max_module: usize::try_from(args.max_module).map_err(|_| {
+            Error::InvalidArgument(format!("--max-module {}: too large", args.max_module))
+        })?,
+        memory: args.memory,
         max_output: u32::try_from(args.max_output)
             .ok()
             .filter(|n| *n <= vmfork_machine::exec::DEFAULT_OUTPUT_CAP)
@@ -141,4 +169,21 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     let stop = StopLatch::default();
     signals::forward_then_exit(stop.clone(), "vmfork serve");
     serve(config, stop)
+}
+
+/// The token in `path`: its first line, which must not be empty.
+fn read_token(path: &std::path::Path) -> Result<String> {
+    let bad = |why: String| {
+        Error::InvalidArgument(format!("--admin-token-file {}: {why}", path.display()))
+    };
+    let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+    if !meta.is_file() || meta.len() > 4096 {
+        return Err(bad("not a regular file of at most 4096 bytes".into()));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let token = text.lines().next().unwrap_or("").trim();
+    if token.len() < 16 {
+        return Err(bad("the token must be at least 16 characters".into()));
+    }
+    Ok(token.to_string())
 }

@@ -11,11 +11,8 @@ use super::args::{parse_duration, Parsed};
 use super::boot::VmArgs;
 use super::progress::{Progress, ProgressMode};
 use super::signals;
-use vmfork_machine::control::StopReason;
 use vmfork_machine::error::{Error, Result};
 use vmfork_machine::exec::ExecEntry;
-use vmfork_machine::machine::Machine;
-use vmfork_machine::stop::stop_result;
 
 #[derive(Debug, Subcommand)]
 pub enum TemplateCommand {
@@ -96,47 +93,22 @@ fn build(args: &BuildArgs, started: Instant) -> Result<()> {
                 .into(),
         ));
     }
-    if args.out.exists() {
-        return Err(Error::Template {
-            path: args.out.clone(),
-            reason: "already exists; refusing to overwrite it".into(),
-        });
-    }
-    // No progress hook inside vmfork_template::snapshot: a spinner over the
-    // whole build, its step as the message, and MiB written at the end.
+    // No progress hook inside the build: a spinner over the whole build,
+    // its step as the message, and MiB written at the end.
     let progress = Progress::new(
         None,
         "template build",
         ProgressMode::detect(args.vm.quiet || args.json),
     );
-    progress.set_message("booting the guest");
-    let machine = Machine::cold_boot(args.vm.machine_config(started, false)?)?;
-    let latch = machine.control().latch().clone();
-    signals::forward_to(latch.clone());
-    let commands = machine.control().commands().clone();
-    let running = machine.start()?;
-    // The snapshot point is the guest parked in its first wait for work,
-    // right after READY.
-    let deadline = Instant::now() + timeout;
-    let parked = commands.wait_parked(Some(deadline)) && commands.ready_at().is_some();
-    if !parked {
-        let reason = latch.reason().unwrap_or(StopReason::Timeout(timeout));
-        let _ = running.stop(reason.clone());
-        stop_result(&reason)?;
-        return Err(Error::Timeout(format!(
-            "the guest did not reach its ready point within {:.1} s",
-            timeout.as_secs_f64()
-        )));
-    }
-    let ready_at = commands.ready_at().unwrap_or(Duration::ZERO);
-    progress.set_message(&format!(
-        "ready in {:.0} ms; writing {} MiB of guest memory",
-        ready_at.as_secs_f64() * 1e3,
-        args.vm.mem >> 20,
-    ));
-    let mut machine = running.pause()?;
-    let report = vmfork_template::snapshot_with(&mut machine, &args.out, false, args.exec.clone())?;
-    drop(machine);
+    let built = vmfork_template::build::build(
+        args.vm.machine_config(started, false)?,
+        &args.out,
+        timeout,
+        args.exec.clone(),
+        |latch| signals::forward_to(latch.clone()),
+        |step| progress.set_message(step),
+    )?;
+    let (ready_at, report) = (built.ready_at, built.report);
     let build_ms = started.elapsed().as_secs_f64() * 1e3;
     let on_disk = disk_usage(&args.out.join(vmfork_template::manifest::MEMORY_FILE));
     progress.finish(&format!(
