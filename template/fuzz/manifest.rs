@@ -66,7 +66,10 @@ fn inconsistency(m: &Manifest) -> Option<String> {
     let hex = |s: &str| s.len() == 64 && s.chars().all(|c| "0123456789abcdef".contains(c));
     let diff = m.kind == TemplateKind::Diff;
     let rules = [
-        (m.format_version == 4, "version"),
+        (
+            m.format_version == vmfork_template::manifest::FORMAT_VERSION,
+            "version",
+        ),
         (diff == m.base.is_some(), "base only on a diff"),
         (
             diff == m.base_sha256.is_some(),
