@@ -29,6 +29,9 @@ done
 # AVX) since ring 3 runs natively on whatever CPU the host has, static
 # code at fixed addresses, no unwinding. --target keeps these flags off
 # build scripts and proc macros, which run on the build host.
+# Cargo gives build scripts CARGO_ENCODED_RUSTFLAGS, which would win over
+# RUSTFLAGS when this runs from one (tests/build.rs).
+unset CARGO_ENCODED_RUSTFLAGS
 export RUSTFLAGS="-C relocation-model=static -C code-model=small -C target-cpu=x86-64 \
 -C force-unwind-tables=no --remap-path-prefix=$root=vmfork -D warnings"
 cargo build --release --locked --target x86_64-unknown-linux-gnu \
