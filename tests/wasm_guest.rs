@@ -185,6 +185,67 @@ fn wasi_clocks_random_and_stdio() {
     assert_guest_status(&run, 42);
 }
 
+/// Code for baseline x86-64 only: Wasm SIMD lowered to SSE2, and the
+/// scalar rounding, population count and bit scans that newer extensions
+/// would do in one instruction (runtime calls or longer sequences).
+#[test]
+fn simd_and_rounding_work_on_baseline_x86_64() {
+    let scratch = Scratch::new("wasm-simd");
+    let run = boot(&cwasm(&scratch, "simd", SIMD), "wasm_run=1 quiet=1");
+    assert_guest_status(&run, 42);
+}
+
+const SIMD: &str = r#"(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (func $check (param i32 i32) (if (i32.eqz (local.get 0)) (then (call $exit (local.get 1)))))
+  (func (export "_start") (local v128)
+    ;; i32x4 add, mul, and lane extract
+    (local.set 0 (i32x4.mul (i32x4.add (v128.const i32x4 1 2 3 4) (v128.const i32x4 10 20 30 40)) (v128.const i32x4 2 2 2 2)))
+    (call $check (i32.eq (i32x4.extract_lane 3 (local.get 0)) (i32.const 88)) (i32.const 1))
+    ;; i64x2.mul, i8x16.popcnt, f32x4.ceil, i8x16.shuffle, i32x4.min_s
+    (call $check (i64.eq (i64x2.extract_lane 1 (i64x2.mul (v128.const i64x2 3 5) (v128.const i64x2 7 11))) (i64.const 55)) (i32.const 2))
+    (call $check (i32.eq (i8x16.extract_lane_u 0 (i8x16.popcnt (v128.const i8x16 255 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0))) (i32.const 8)) (i32.const 3))
+    (call $check (f32.eq (f32x4.extract_lane 0 (f32x4.ceil (v128.const f32x4 1.25 0 0 0))) (f32.const 2)) (i32.const 4))
+    (call $check (i32.eq (i8x16.extract_lane_u 0 (i8x16.shuffle 15 1 2 3 4 5 6 7 8 9 10 11 12 13 14 0 (v128.const i8x16 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16) (v128.const i8x16 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0))) (i32.const 16)) (i32.const 5))
+    (call $check (i32.eq (i32x4.extract_lane 0 (i32x4.min_s (v128.const i32x4 -5 0 0 0) (v128.const i32x4 3 0 0 0))) (i32.const -5)) (i32.const 6))
+    ;; scalar rounding (SSE4.1 roundss otherwise) and popcnt/ctz
+    (call $check (f64.eq (f64.floor (f64.const -1.5)) (f64.const -2)) (i32.const 7))
+    (call $check (f32.eq (f32.nearest (f32.const 2.5)) (f32.const 2)) (i32.const 8))
+    (call $check (f64.eq (f64.trunc (f64.const -3.7)) (f64.const -3)) (i32.const 9))
+    (call $check (i32.eq (i32.popcnt (i32.const 0xff00ff)) (i32.const 16)) (i32.const 10))
+    (call $check (i64.eq (i64.ctz (i64.const 0x100)) (i64.const 8)) (i32.const 11))
+    (call $check (i32.eq (i32.clz (i32.const 1)) (i32.const 31)) (i32.const 12))
+    (call $exit (i32.const 42))))"#;
+
+/// READY comes after loading and instantiation, so a template holds an
+/// instantiated module; a restored copy answers the VMM's resume.
+#[test]
+fn a_template_at_ready_restores() {
+    let scratch = Scratch::new("wasm-template");
+    let module = cwasm(&scratch, "hello", HELLO);
+    let template = scratch.str("tpl");
+    let build = vmfork(&[
+        "template",
+        "build",
+        "--kernel",
+        &guest_elf(),
+        "--initrd",
+        &module,
+        "--cmdline",
+        "quiet=1",
+        "--out",
+        &template,
+    ]);
+    assert_eq!(build.status, 0, "{build}");
+    assert!(
+        !build.stdout.contains("Hello"),
+        "_start ran before INVOKE: {build}"
+    );
+    let restore = vmfork(&["restore", &template, "--exit-on-ready"]);
+    assert_eq!(restore.status, 0, "{restore}");
+}
+
 #[test]
 fn without_a_module_the_guest_says_so() {
     let run = vmfork(&["boot", "--kernel", &guest_elf(), "--cmdline", "wasm_run=1"]);

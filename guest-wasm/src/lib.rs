@@ -134,10 +134,11 @@ pub extern "C" fn vmfork_main(info: &'static BootInfo) -> ! {
     };
     if !opts.quiet {
         say!(
-            "vmfork-wasm: boot proto={} ram={}MiB module={}KiB heap={}MiB",
+            "vmfork-wasm: boot proto={} ram={}MiB module={}KiB at {:#x} heap={}MiB",
             boot.proto,
             boot::mib(boot.memmap.ram_bytes()),
             module.1 >> 10,
+            module.0,
             (end - start) >> 20
         );
     }
