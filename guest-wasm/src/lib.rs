@@ -116,19 +116,20 @@ pub extern "C" fn vmfork_main(info: &'static BootInfo) -> ! {
         );
         exit(EXIT_NO_MODULE)
     };
-    // Everything between the image and the module is heap, the wasm
-    // stack first.
+    // Everything between the image and the module is the guest's: the
+    // wasm stack and the allocator's heap.
     let start = info.image_end.next_multiple_of(heap::PAGE as u64);
     let end = boot
         .memmap
         .ram_end_from(start)
         .map_or(start, |ram_end| ram_end.min(module.0));
-    let Some(stack_top) = heap::init(start, end) else {
+    let Some(layout) = heap::init(start, end) else {
         say!(
-            "vmfork-wasm: error: {} KiB of RAM between the image end {:#x} and the module at {:#x} is too little: give the VM more memory",
-            end.saturating_sub(start) >> 10,
+            "vmfork-wasm: error: the RAM between the image end {:#x} and the module at {:#x}, less the function mailbox at {:#x}..{:#x}, is too little: give the VM more memory",
             start,
-            module.0
+            module.0,
+            abi::MAILBOX_START,
+            abi::MAILBOX_END
         );
         exit(EXIT_NO_ROOM)
     };
@@ -139,7 +140,7 @@ pub extern "C" fn vmfork_main(info: &'static BootInfo) -> ! {
             boot::mib(boot.memmap.ram_bytes()),
             module.1 >> 10,
             module.0,
-            (end - start) >> 20
+            layout.heap_bytes >> 20
         );
     }
     let job = run::Job {
@@ -149,7 +150,7 @@ pub extern "C" fn vmfork_main(info: &'static BootInfo) -> ! {
     };
     // Wasmtime and the module get a stack of their own: the ring-3 stack
     // of ring0/boot.S is smaller than the wasm stack limit.
-    cpu::call_on_stack(stack_top, run::main, job)
+    cpu::call_on_stack(layout.stack_top, run::main, job)
 }
 
 #[panic_handler]

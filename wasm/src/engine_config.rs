@@ -22,14 +22,16 @@ pub const MAX_WASM_STACK: usize = 1 << 20;
 /// The stack the guest switches to before it enters Wasmtime.
 pub const GUEST_STACK_BYTES: usize = 2 << 20;
 
-/// Linear memories get no reservation beyond their size and no guard
-/// pages: the guest has no page faults to catch, so every access is
-/// bounds-checked in code anyway, and a reservation would only be
-/// address space the guest's bump allocator can never give back.
+/// Linear memories get no reservation and no guard pages: the guest has
+/// no page faults to catch, so every access is bounds-checked in code
+/// anyway. Without reservation, guard or copy-on-write image, Wasmtime
+/// backs a linear memory with a plain allocation from the global
+/// allocator instead of a virtual-memory mapping.
 pub const MEMORY_RESERVATION: u64 = 0;
 pub const MEMORY_GUARD: u64 = 0;
-/// Room to grow in place before a `memory.grow` must move the memory:
-/// wasi-libc's malloc grows a page or a few at a time.
+/// Capacity allocated beyond a memory's initial size, so that
+/// `memory.grow` (wasi-libc's malloc grows a page or a few at a time)
+/// stays in place until it is used up; then the allocation is resized.
 pub const MEMORY_GROWTH_RESERVE: u64 = 4 << 20;
 
 /// Applies the settings both sides share. Each of them is recorded in
