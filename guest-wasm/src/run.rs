@@ -76,7 +76,7 @@ pub fn main(job: Job) -> ! {
     // it here, before READY, puts its work into every snapshot.
     if let Ok(init) = instance.get_typed_func::<(), ()>(&mut store, "wizer.initialize") {
         if let Err(e) = init.call(&mut store, ()) {
-            finish(Err(e), 0, quiet);
+            finish("wizer.initialize", Err(e), 0, quiet);
         }
     }
     let loaded = rdtsc().wrapping_sub(start);
@@ -121,12 +121,13 @@ fn run_start(store: &mut Store<Wasi>, instance: &Instance, quiet: bool) -> ! {
     let t0 = rdtsc();
     let result = start.call(&mut *store, ());
     let cycles = rdtsc().wrapping_sub(t0);
-    finish(result, cycles, quiet)
+    finish("_start", result, cycles, quiet)
 }
 
-/// Exits as the module asked: returning from `_start` is status 0,
-/// proc_exit(n) is n (mod 256, as on Linux), a trap is EXIT_TRAP.
-fn finish(result: wasmtime::Result<()>, cycles: u64, quiet: bool) -> ! {
+/// Exits as the module asked once export `what` ended: returning is
+/// status 0, proc_exit(n) is n (mod 256, as on Linux), a trap is
+/// EXIT_TRAP.
+fn finish(what: &str, result: wasmtime::Result<()>, cycles: u64, quiet: bool) -> ! {
     let status = match result {
         Ok(()) => 0,
         Err(e) => match e.downcast_ref::<ProcExit>() {
@@ -143,7 +144,8 @@ fn finish(result: wasmtime::Result<()>, cycles: u64, quiet: bool) -> ! {
     };
     if !quiet {
         say!(
-            "vmfork-wasm: _start ran {}; exit status {}",
+            "vmfork-wasm: {} ran {}; exit status {}",
+            what,
             Cycles(cycles),
             status
         );
