@@ -114,6 +114,22 @@ impl Line {
         }
     }
 
+    /// Adds `bytes` to the line, printing each full record as it fills.
+    pub fn write_bytes(&mut self, bytes: &[u8]) {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let len = self.record.len as usize;
+            if len == CONSOLE_RECORD_BYTES {
+                self.flush();
+                continue;
+            }
+            let n = rest.len().min(CONSOLE_RECORD_BYTES - len);
+            self.record.bytes[len..len + n].copy_from_slice(&rest[..n]);
+            self.record.len += n as u32;
+            rest = &rest[n..];
+        }
+    }
+
     /// Prints what is gathered so far.
     pub fn flush(&mut self) {
         self.ring(CONSOLE_PORT);
@@ -158,18 +174,7 @@ impl Line {
 
 impl fmt::Write for Line {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        let mut rest = s.as_bytes();
-        while !rest.is_empty() {
-            let len = self.record.len as usize;
-            if len == CONSOLE_RECORD_BYTES {
-                self.flush();
-                continue;
-            }
-            let n = rest.len().min(CONSOLE_RECORD_BYTES - len);
-            self.record.bytes[len..len + n].copy_from_slice(&rest[..n]);
-            self.record.len += n as u32;
-            rest = &rest[n..];
-        }
+        self.write_bytes(s.as_bytes());
         Ok(())
     }
 }
