@@ -84,6 +84,9 @@ pub const EXEC_OUTCOME_SIGNALED: u32 = 1;
 pub const EXEC_OUTCOME_SPAWN_FAILED: u32 = 2;
 /// The program outran the request's `timeout_ms` and was killed.
 pub const EXEC_OUTCOME_TIMED_OUT: u32 = 3;
+/// A WebAssembly program trapped; `value` is 0 and stderr ends with the
+/// trap's message.
+pub const EXEC_OUTCOME_TRAPPED: u32 = 4;
 /// Stdout was longer than `output_cap`; what follows is its start.
 pub const EXEC_STDOUT_TRUNCATED: u32 = 1;
 /// Stderr was longer than `output_cap`.
@@ -340,7 +343,7 @@ impl<'a> ExecResult<'a> {
         if header.version != EXEC_VERSION {
             return Err(ExecError::Version(header.version));
         }
-        if header.outcome > EXEC_OUTCOME_TIMED_OUT {
+        if header.outcome > EXEC_OUTCOME_TRAPPED {
             return Err(ExecError::Outcome(header.outcome));
         }
         if header.flags & !(EXEC_STDOUT_TRUNCATED | EXEC_STDERR_TRUNCATED) != 0 {

@@ -159,6 +159,8 @@ pub enum ExecOutcome {
     SpawnFailed(u32),
     /// Killed at the request's deadline.
     TimedOut,
+    /// A WebAssembly program trapped (the trap is the end of its stderr).
+    Trapped,
 }
 
 impl ExecOutcome {
@@ -170,6 +172,8 @@ impl ExecOutcome {
             ExecOutcome::Signaled(sig) => 128u8.saturating_add(sig.min(127) as u8),
             ExecOutcome::SpawnFailed(_) => 127,
             ExecOutcome::TimedOut => 124,
+            // As a process aborted by SIGABRT.
+            ExecOutcome::Trapped => 134,
         }
     }
 }
@@ -185,6 +189,7 @@ impl std::fmt::Display for ExecOutcome {
                 std::io::Error::from_raw_os_error(*errno as i32)
             ),
             ExecOutcome::TimedOut => write!(f, "timed out and was killed"),
+            ExecOutcome::Trapped => write!(f, "trapped (the trap is on its stderr)"),
         }
     }
 }
@@ -244,6 +249,7 @@ pub fn read_result(mem: &GuestMemoryMmap) -> Result<ExecOutput> {
         abi::EXEC_OUTCOME_EXITED => ExecOutcome::Exited(h.value.min(255) as u8),
         abi::EXEC_OUTCOME_SIGNALED => ExecOutcome::Signaled(h.value),
         abi::EXEC_OUTCOME_SPAWN_FAILED => ExecOutcome::SpawnFailed(h.value),
+        abi::EXEC_OUTCOME_TRAPPED => ExecOutcome::Trapped,
         _ => ExecOutcome::TimedOut,
     };
     Ok(ExecOutput {
