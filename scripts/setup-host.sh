@@ -10,6 +10,8 @@
 #                       (must be static: no libc in either)
 #   kmod                depmod, for the SVM rig's stock kernel modules
 #   initramfs-tools-core  mkinitramfs, the initrd of the distribution kernel (scripts/distro-kernel.sh)
+#   clang lld wasi-libc libclang-rt-14-dev-wasm32
+#                       C to WebAssembly (clang --target=wasm32-wasi --sysroot=/usr): the Wasm tests and benchmark
 #   e2fsprogs           mkfs.ext4 -d builds the DAX rootfs without root or loop devices
 #   wrk                 HTTP load generator for scripts/bench-faas.sh
 #   curl                the HTTP client of scripts/demo.sh and the README's examples
@@ -19,6 +21,7 @@ set -euo pipefail
 
 packages=(
     qemu-system-x86 busybox-static kmod linux-source-6.12 e2fsprogs wrk curl initramfs-tools-core
+    clang lld wasi-libc libclang-rt-14-dev-wasm32
     gcc make bc bison flex libelf-dev libssl-dev cpio patch xz-utils
 )
 

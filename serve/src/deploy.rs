@@ -125,9 +125,9 @@ impl Builder {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => return None,
             Err(TrySendError::Disconnected(_)) => {
-                return Some(Err(Error::InvalidArgument(
-                    "the builder thread has stopped".into(),
-                )))
+                return Some(Err(Error::Io(std::io::Error::other(
+                    "the builder thread has stopped",
+                ))))
             }
         }
         Some(
@@ -159,7 +159,7 @@ fn build_function(
     let template_name = stored.next_template()?;
     let template = stored.dir.join(&template_name);
     let previous = stored.read().ok();
-    let built = super::module::build_template(module, &limits, &template).and_then(|()| {
+    let built = super::module::build_template(name, module, &limits, &template).and_then(|()| {
         Function::load(
             name,
             &template,
@@ -267,9 +267,9 @@ pub async fn put(
         }
         // A module vmfork refuses (not Wasm, imports it cannot satisfy, a
         // trap while initializing): the deployer's fault.
-        Some(Err(
-            e @ (Error::InvalidArgument(_) | Error::GuestExitStatus(_) | Error::GuestCrash(_)),
-        )) => text(StatusCode::UNPROCESSABLE_ENTITY, format!("{name}: {e}")),
+        Some(Err(e @ Error::InvalidArgument(_))) => {
+            text(StatusCode::UNPROCESSABLE_ENTITY, format!("{name}: {e}"))
+        }
         Some(Err(e)) => text(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("{name}: building its template failed: {e}"),

@@ -133,6 +133,9 @@ fn rdtsc() -> u64 {
 fn run(path: &str, pulley: bool) -> Result<i32, String> {
     let wasm = std::fs::read(path).map_err(|e| format!("reading {path}: {e}"))?;
     let mut config = vmfork_wasm::host_config().map_err(|e| e.to_string())?;
+    // This engine runs what it compiles, on the host: its code must be
+    // made executable, which host_config leaves to the guest.
+    config.with_custom_code_memory(None);
     if pulley {
         config
             .target("pulley64")

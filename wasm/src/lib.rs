@@ -7,13 +7,14 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod engine_config;
+pub mod template;
 pub mod wasi;
 
 use wasmtime::{Config, Engine, ExternType, Module, ValType};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("not WebAssembly (binary or text): {0}")]
+    #[error("not WebAssembly (binary or text): {}", first_line(.0))]
     Parse(#[from] wat::Error),
     #[error("configuring the Wasm engine: {0}")]
     Config(String),
@@ -23,6 +24,34 @@ pub enum Error {
     Serialize(String),
     #[error("the module needs imports the Wasm guest does not provide: {}", .0.join(", "))]
     Imports(Vec<String>),
+    /// The guest ended before READY: the module failed to load, trapped
+    /// or exited while initializing (`wizer.initialize`).
+    #[error("the module failed while initializing (guest exit status {0}: 134 is a trap; its message is on the console)")]
+    Init(u8),
+    #[error(transparent)]
+    Vm(vmfork_machine::error::Error),
+}
+
+impl Error {
+    /// Whether the module is at fault (a deploy's 4xx), not the host.
+    pub fn is_module_error(&self) -> bool {
+        !matches!(self, Error::Vm(_) | Error::Config(_) | Error::Serialize(_))
+    }
+}
+
+/// At the command line's edge, a module's fault is an invalid argument.
+impl From<Error> for vmfork_machine::error::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Vm(e) => e,
+            other => vmfork_machine::error::Error::InvalidArgument(other.to_string()),
+        }
+    }
+}
+
+/// A parse error's message without the source excerpt wat adds below it.
+fn first_line(e: &wat::Error) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
 }
 
 /// Wasmtime's errors carry a chain of causes; `{:#}` prints all of them.
@@ -47,7 +76,28 @@ pub fn host_config() -> Result<Config, Error> {
         config.cranelift_flag_set("enable_heap_access_spectre_mitigation", "false");
         config.cranelift_flag_set("enable_table_access_spectre_mitigation", "false");
     }
+    config.with_custom_code_memory(Some(std::sync::Arc::new(NeverRun)));
     Ok(config)
+}
+
+/// The host engine compiles for the guest and never runs what it compiles
+/// (checking a module's imports loads it, though): publishing its code as
+/// executable would take mprotect(PROT_EXEC), which vmfork's seccomp lists
+/// refuse to every thread, so it is left as it is.
+struct NeverRun;
+
+impl wasmtime::CustomCodeMemory for NeverRun {
+    fn required_alignment(&self) -> usize {
+        4096
+    }
+
+    fn publish_executable(&self, _ptr: *const u8, _len: usize) -> wasmtime::Result<()> {
+        Ok(())
+    }
+
+    fn unpublish_executable(&self, _ptr: *const u8, _len: usize) -> wasmtime::Result<()> {
+        Ok(())
+    }
 }
 
 /// The host engine, compiling for the guest.

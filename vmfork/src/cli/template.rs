@@ -11,8 +11,10 @@ use super::args::{parse_duration, Parsed};
 use super::boot::VmArgs;
 use super::progress::{Progress, ProgressMode};
 use super::signals;
+use vmfork_machine::devices::console::Console;
 use vmfork_machine::error::{Error, Result};
 use vmfork_machine::exec::ExecEntry;
+use vmfork_wasm::template::{build_template, WasmTemplate};
 
 #[derive(Debug, Subcommand)]
 pub enum TemplateCommand {
@@ -62,6 +64,13 @@ pub struct BuildArgs {
     /// kernel (--kernel) with --rootfs.
     #[arg(long, value_name = "COMMAND", value_parser = Parsed(parse_exec))]
     pub exec: Option<ExecEntry>,
+    /// Make a WebAssembly function's template: the module (a WASI preview
+    /// 1 command, binary or text) is compiled, loaded into vmfork's Wasm
+    /// guest, initialized (`wizer.initialize` if it exports it) and saved
+    /// at its ready point; every request or `vmfork clone -- ARGS` runs
+    /// its `_start` in a fresh clone (docs/wasm.md).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "initrd", "rootfs", "function", "cmdline", "exec", "vcpus"])]
+    pub wasm: Option<PathBuf>,
 }
 
 fn parse_exec(s: &str) -> std::result::Result<ExecEntry, String> {
@@ -100,14 +109,17 @@ fn build(args: &BuildArgs, started: Instant) -> Result<()> {
         "template build",
         ProgressMode::detect(args.vm.quiet || args.json),
     );
-    let built = vmfork_template::build::build(
-        args.vm.machine_config(started, false)?,
-        &args.out,
-        timeout,
-        args.exec.clone(),
-        |latch| signals::forward_to(latch.clone()),
-        |step| progress.set_message(step),
-    )?;
+    let built = match &args.wasm {
+        Some(path) => build_wasm(args, path, &progress)?,
+        None => vmfork_template::build::build(
+            args.vm.machine_config(started, false)?,
+            &args.out,
+            timeout,
+            args.exec.clone(),
+            |latch| signals::forward_to(latch.clone()),
+            |step| progress.set_message(step),
+        )?,
+    };
     let (ready_at, report) = (built.ready_at, built.report);
     let build_ms = started.elapsed().as_secs_f64() * 1e3;
     let on_disk = disk_usage(&args.out.join(vmfork_template::manifest::MEMORY_FILE));
@@ -181,4 +193,40 @@ fn serve(dir: &std::path::Path, sock: &std::path::Path) -> Result<()> {
     let served = vmfork_clone::holder::serve(dir, sock, stop)?;
     progress(&format!("served {served} clone processes"));
     Ok(())
+}
+
+/// `--wasm FILE`: the module's template, named after the file.
+fn build_wasm(
+    args: &BuildArgs,
+    path: &std::path::Path,
+    progress: &Progress,
+) -> Result<vmfork_template::build::Built> {
+    let module = std::fs::read(path)
+        .map_err(|e| Error::InvalidArgument(format!("--wasm {}: {e}", path.display())))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "module.wasm".into());
+    let console = if args.vm.quiet || args.json {
+        Console::Discard
+    } else {
+        Console::stdout()
+    };
+    let template = WasmTemplate {
+        module: &module,
+        name: &name,
+        mem_size: args.vm.mem,
+        timeout: args.timeout,
+        console,
+    };
+    build_template(
+        template,
+        &args.out,
+        |latch| signals::forward_to(latch.clone()),
+        |step| progress.set_message(step),
+    )
+    .map_err(|e| match e {
+        vmfork_wasm::Error::Vm(e) => e,
+        other => Error::InvalidArgument(format!("--wasm {}: {other}", path.display())),
+    })
 }
