@@ -10,6 +10,8 @@
 //! alike) derives from the host's clock, read from ring 3 through ports
 //! 0x42, 0x43 and 0x61 (IOPL=3 and the TSS I/O bitmap open them).
 
+use core::cell::Cell;
+
 use crate::cpu;
 use crate::io::{inb, outb, rdtsc};
 
@@ -151,6 +153,8 @@ pub struct Clock {
     ref_tsc: u64,
     mono_ns: u64,
     real_ns: u64,
+    /// The largest MONOTONIC value handed out: a floor for later ones.
+    mono_max: Cell<u64>,
 }
 
 impl Clock {
@@ -160,6 +164,7 @@ impl Clock {
             ref_tsc: boot_tsc,
             mono_ns: 0,
             real_ns: 0,
+            mono_max: Cell::new(0),
         }
     }
 
@@ -168,15 +173,22 @@ impl Clock {
     }
 
     /// ns since the last reset. A TSC behind the reference (a VMM that
-    /// restored a different TSC) counts as no time at all, so neither
-    /// clock goes backwards.
+    /// did not restore the TSC: vmfork does, with the other MSRs) counts
+    /// as no time at all.
     fn since_ref(&self, tsc: u64) -> u64 {
         let cycles = tsc.saturating_sub(self.ref_tsc);
         u64::try_from(u128::from(cycles) * 1_000_000_000 / u128::from(self.hz)).unwrap_or(u64::MAX)
     }
 
+    /// Never less than a value returned before, even if the TSC went
+    /// back across a restore.
     pub fn monotonic(&self) -> u64 {
-        self.mono_ns.saturating_add(self.since_ref(rdtsc()))
+        let ns = self
+            .mono_ns
+            .saturating_add(self.since_ref(rdtsc()))
+            .max(self.mono_max.get());
+        self.mono_max.set(ns);
+        ns
     }
 
     pub fn realtime(&self) -> u64 {
@@ -188,8 +200,11 @@ impl Clock {
     /// a millisecond to a few); MONOTONIC carries on from where it was.
     pub fn set_realtime(&mut self, host_unix_ns: u64) {
         let now = rdtsc();
-        self.mono_ns = self.mono_ns.saturating_add(self.since_ref(now));
-        self.ref_tsc = self.ref_tsc.max(now);
+        self.mono_ns = self
+            .mono_ns
+            .saturating_add(self.since_ref(now))
+            .max(self.mono_max.get());
+        self.ref_tsc = now;
         self.real_ns = host_unix_ns;
     }
 }

@@ -48,12 +48,14 @@ struct Outcome {
 
 /// The mailbox's response body.
 fn response() -> &'static mut [u8] {
-    // SAFETY: heap::init keeps the whole mailbox, [MAILBOX_START,
-    // MAILBOX_END), out of the heap and the stack, so nothing else in the
-    // guest refers to it; it is identity-mapped RAM (main checks the
-    // module lies above it). The response half does not overlap the
-    // request half, which `request` reads. The VMM reads it only after
-    // the acknowledgement, an `in`/`out` that is a compiler barrier.
+    // SAFETY: the guest got past heap::init, which keeps the whole
+    // mailbox, [MAILBOX_START, MAILBOX_END), out of the heap and the
+    // stack and needs RAM above MAILBOX_END and below the module, so the
+    // mailbox is identity-mapped RAM nothing else in the guest refers to.
+    // The response half does not overlap the request half, which
+    // `request` reads; each caller drops this slice before the next one
+    // is made. The VMM reads it only after the acknowledgement, an `in`
+    // that is a compiler barrier.
     unsafe { core::slice::from_raw_parts_mut(RESPONSE_DATA as *mut u8, MAX_BODY) }
 }
 
@@ -131,19 +133,19 @@ pub fn exec(store: &mut Store<Wasi>, instance: &Instance, fresh: &mut bool, invo
     } else {
         0
     };
-    let body = response();
-    let mut w = ExecWriter::new(body);
-    match w.result(
-        outcome.outcome,
-        outcome.value,
-        flags,
-        &outcome.stdout.bytes,
-        &outcome.stderr.bytes,
-    ) {
-        Ok(()) => {
-            let len = w.len();
-            respond(STATUS_OK, len, invocations);
-        }
+    let written = {
+        let mut w = ExecWriter::new(response());
+        w.result(
+            outcome.outcome,
+            outcome.value,
+            flags,
+            &outcome.stdout.bytes,
+            &outcome.stderr.bytes,
+        )
+        .map(|()| w.len())
+    };
+    match written {
+        Ok(len) => respond(STATUS_OK, len, invocations),
         // Not reached: MAX_CAP leaves room for both streams at their cap.
         Err(e) => refuse(&format!("exec result: {}", e.reason()), invocations),
     }
