@@ -1,5 +1,5 @@
 //! What the Wasm guest asks of the CPU and the loader beyond the default
-//! guest's modules: the initrd, a stack switch, the TSC rate and RDRAND.
+//! guest's modules: the initrd, a stack switch, CPUID and RDRAND.
 
 use core::arch::asm;
 use core::arch::x86_64::{__cpuid, CpuidResult};
@@ -68,7 +68,7 @@ pub fn call_on_stack(top: u64, f: fn(Job) -> !, job: Job) -> ! {
     }
 }
 
-fn cpuid(leaf: u32) -> CpuidResult {
+pub fn cpuid(leaf: u32) -> CpuidResult {
     #[allow(unused_unsafe)]
     // SAFETY: CPUID exists on every x86-64 CPU and only reads.
     unsafe {
@@ -76,17 +76,11 @@ fn cpuid(leaf: u32) -> CpuidResult {
     }
 }
 
-/// TSC ticks per second, when the CPU or hypervisor says: KVM's timing
-/// leaf 0x40000010 (EAX = TSC kHz), else leaf 0x15, else leaf 0x16's base
-/// frequency.
-pub fn tsc_hz() -> Option<u64> {
-    let hv = cpuid(0x4000_0000);
-    if hv.eax >= 0x4000_0010 {
-        let khz = cpuid(0x4000_0010).eax;
-        if khz != 0 {
-            return Some(u64::from(khz) * 1000);
-        }
-    }
+/// TSC ticks per second as the CPU describes itself: leaf 0x15 (crystal
+/// ratio), else leaf 0x16's base frequency. Under KVM these are the host
+/// CPU's values passed through, when present at all (on the PVM host they
+/// are not), so clock.rs prefers the hypervisor's leaf and the PIT.
+pub fn cpu_leaf_tsc_hz() -> Option<u64> {
     let max = cpuid(0).eax;
     if max >= 0x15 {
         let l = cpuid(0x15);

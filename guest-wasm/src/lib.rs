@@ -1,9 +1,12 @@
 //! The Wasm guest: the default guest's ring 0 (guest/ring0) and ring-3
 //! I/O, with Wasmtime's runtime in ring 3 running one WebAssembly module,
 //! precompiled on the host by vmfork-wasm (wasm/) and handed over as the
-//! initrd. It prints and signals READY like the default guest, then runs
-//! the module's `_start` on the first INVOKE, or right away with
-//! `wasm_run=1`, and exits with the module's exit status. docs/wasm.md.
+//! initrd. It prints and signals READY like the default guest, then
+//! either runs the module's `_start` right away (`wasm_run=1`, console
+//! output, the module's exit status) or serves the exec protocol like the
+//! Linux agent: RESUMED makes a clone unique (its clock and random key
+//! from the clone-info page), EXEC runs `_start` once with the request's
+//! argv, environment and stdin and answers with its output. docs/wasm.md.
 //!
 //! Wasm code runs natively in ring 3 and never faults on purpose: the
 //! engine uses explicit bounds checks (see wasm/src/engine_config.rs), so
@@ -41,7 +44,9 @@ mod engine_config;
 #[path = "../../wasm/src/wasi.rs"]
 mod wasi_subset;
 
+mod clock;
 mod cpu;
+mod exec;
 mod heap;
 mod platform;
 mod run;
@@ -61,7 +66,7 @@ pub const EXIT_TRAP: u8 = 134;
 
 /// What the command line asks for.
 pub struct Options {
-    /// Run `_start` right after READY instead of on the first INVOKE.
+    /// Run `_start` right after READY instead of on the first EXEC.
     pub run_now: bool,
     /// Print only the module's output and errors.
     pub quiet: bool,
