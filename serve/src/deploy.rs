@@ -8,7 +8,7 @@
 //! thread, with a seccomp list of its own (no network, no serving), never
 //! on the HTTP threads. One build runs at a time; a few more may wait.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 
@@ -83,11 +83,13 @@ pub struct BuildSettings {
     pub max_concurrency: usize,
 }
 
+/// A build, or (without a module) the removal of a function's files: the
+/// builder owns the state directory, and HTTP threads may not write files.
 struct Job {
     name: String,
-    module: Bytes,
+    module: Option<Bytes>,
     limits: FunctionLimits,
-    reply: tokio::sync::oneshot::Sender<Result<Entry>>,
+    reply: tokio::sync::oneshot::Sender<Result<Option<Entry>>>,
 }
 
 /// The handle HTTP threads queue builds on.
@@ -114,6 +116,22 @@ impl Builder {
         module: Bytes,
         limits: FunctionLimits,
     ) -> Option<Result<Entry>> {
+        self.send(name, Some(module), limits).await.map(|r| {
+            r.and_then(|e| e.ok_or_else(|| Error::Io(std::io::Error::other("no entry built"))))
+        })
+    }
+
+    /// Removes `name`'s files; None when the queue is full.
+    async fn remove(&self, name: &str, limits: FunctionLimits) -> Option<Result<()>> {
+        self.send(name, None, limits).await.map(|r| r.map(|_| ()))
+    }
+
+    async fn send(
+        &self,
+        name: &str,
+        module: Option<Bytes>,
+        limits: FunctionLimits,
+    ) -> Option<Result<Option<Entry>>> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job = Job {
             name: name.to_string(),
@@ -131,9 +149,9 @@ impl Builder {
             }
         }
         Some(
-            answer
-                .await
-                .unwrap_or_else(|_| Err(Error::InvalidArgument("the build was abandoned".into()))),
+            answer.await.unwrap_or_else(|_| {
+                Err(Error::Io(std::io::Error::other("the build was abandoned")))
+            }),
         )
     }
 }
@@ -141,7 +159,16 @@ impl Builder {
 fn builder_thread(settings: BuildSettings, queue: Receiver<Job>) {
     vmfork_isolation::seccomp::install_in_thread(vmfork_isolation::seccomp::ThreadKind::Builder);
     for job in queue {
-        let result = build_function(&settings, &job.name, &job.module, job.limits);
+        let result = match &job.module {
+            Some(module) => build_function(&settings, &job.name, module, job.limits).map(Some),
+            None => std::fs::remove_dir_all(Stored::new(&settings.state_dir, &job.name).dir)
+                .or_else(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => Ok(()),
+                    _ => Err(e),
+                })
+                .map(|()| None)
+                .map_err(Error::Io),
+        };
         let _ = job.reply.send(result);
     }
 }
@@ -288,19 +315,28 @@ pub async fn put(
 }
 
 /// `DELETE /v1/functions/NAME`
-pub fn delete(registry: &Registry, state_dir: &Path, name: &str) -> Response {
+pub async fn delete(registry: &Registry, builder: &Builder, name: &str) -> Response {
     match registry.get(name) {
         None => text(StatusCode::NOT_FOUND, format!("no function named {name:?}")),
         Some(e) if !e.deployed => text(
             StatusCode::CONFLICT,
             format!("{name} is served from --template and cannot be removed over HTTP"),
         ),
-        Some(_) => {
+        Some(e) => {
             registry.remove(name);
             // Requests running keep their clones: a clone maps its
             // template's memory, which outlives the files.
-            let _ = std::fs::remove_dir_all(Stored::new(state_dir, name).dir);
-            StatusCode::NO_CONTENT.into_response()
+            match builder.remove(name, e.limits).await {
+                Some(Ok(())) => StatusCode::NO_CONTENT.into_response(),
+                Some(Err(err)) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("{name} is no longer served, but removing its files failed: {err}"),
+                ),
+                None => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("{name} is no longer served; its files stay until the builder is free"),
+                ),
+            }
         }
     }
 }

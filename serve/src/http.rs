@@ -56,6 +56,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         // Program functions take any method and sub-path (CGI's PATH_INFO);
         // built-in ones only POST.
         .route("/v1/functions/{name}/invoke", any(invoke))
+        .route("/v1/functions/{name}/invoke/", any(invoke))
         .route("/v1/functions/{name}/invoke/{*path}", any(invoke))
         .with_state(state)
 }
@@ -149,7 +150,13 @@ async fn undeploy(
     if let Some(refused) = state.admin.refuse(&headers) {
         return refused;
     }
-    super::deploy::delete(&state.registry, &state.state_dir, &name)
+    let Some(builder) = &state.builder else {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "deploying is not available",
+        );
+    };
+    super::deploy::delete(&state.registry, builder, &name).await
 }
 
 fn text(status: StatusCode, message: impl Into<String>) -> Response {
@@ -170,7 +177,10 @@ async fn invoke(
     };
     let (function, limits) = (entry.function.clone(), entry.limits);
     let program = function.program().is_some();
-    let path_info = params.get("path").map(|p| format!("/{p}"));
+    let path_info = params.get("path").map(|p| format!("/{p}")).or_else(|| {
+        // `/invoke/`: the sub-path is just the slash.
+        request.uri().path().ends_with('/').then(|| "/".to_string())
+    });
     if !program && path_info.is_some() {
         return text(
             StatusCode::NOT_FOUND,
