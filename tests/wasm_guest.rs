@@ -1,15 +1,26 @@
-//! The Wasm guest (guest-wasm/, built by tests/build.rs) booted for real
-//! with modules precompiled by vmfork-wasm: output on the console, exit
-//! statuses, traps caught by explicit checks, WASI, and load errors.
+//! The Wasm guest (guest-wasm/, embedded in vmfork by vmfork-wasm) booted
+//! for real with modules precompiled by vmfork-wasm: output on the console,
+//! exit statuses, traps caught by explicit checks, WASI, and load errors.
 
-use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use vmfork_tests::{exit, vmfork, Run, Scratch};
 
+/// The embedded Wasm guest as a file `vmfork boot --kernel` can take:
+/// written once per test process beside the test executables (replaced
+/// atomically, so suites running at once never see half of one).
 fn guest_elf() -> String {
-    let elf = PathBuf::from(env!("VMFORK_GUEST_WASM_ELF"));
-    assert!(elf.exists(), "{} is missing", elf.display());
-    elf.to_string_lossy().into_owned()
+    static PATH: OnceLock<String> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        let dir = exe.parent().expect("target/<profile>/deps");
+        let path = dir.join("vmfork-guest-wasm.elf");
+        let tmp = dir.join(format!("vmfork-guest-wasm.elf.{}", std::process::id()));
+        std::fs::write(&tmp, vmfork_wasm::template::GUEST_ELF).expect("write the guest");
+        std::fs::rename(&tmp, &path).expect("place the guest");
+        path.to_string_lossy().into_owned()
+    })
+    .clone()
 }
 
 /// Precompiles `wat` into `scratch/name.cwasm` and returns its path.
