@@ -2,27 +2,14 @@
 //! who may, and what a deploy refuses before anything is built. Driven with
 //! curl against a real `vmfork serve`.
 
-use std::process::Command;
-
 use vmfork_tests::server::Server;
-use vmfork_tests::Scratch;
 
 /// Status and body of one curl request.
 fn curl(args: &[&str]) -> (u16, String) {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "60", "-o", "-", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .expect("running curl");
-    assert!(
-        out.status.success(),
-        "curl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (code.trim().parse().unwrap_or(0), body.to_string())
+    let (status, _, body) = vmfork_tests::server::curl(args);
+    (status, body)
 }
+use vmfork_tests::Scratch;
 
 fn url(server: &Server, path: &str) -> String {
     format!("http://{}{path}", server.addr)

@@ -6,9 +6,7 @@
 //! scripts/test-svm.sh runs this in the SVM rig; on PVM the template build
 //! ends with the clear exit-11 message, which is what is checked there.
 
-use std::process::Command;
-
-use vmfork_tests::server::Server;
+use vmfork_tests::server::{curl, header, Server};
 use vmfork_tests::{assert_clean_error, exit, guest_artifact, host_is_pvm, vmfork, Scratch};
 
 /// One script, its behaviour chosen by PATH_INFO: a CGI answer echoing
@@ -56,40 +54,6 @@ fn cgi_template(scratch: &Scratch) -> Option<String> {
     }
     assert_eq!(run.status, 0, "{run}");
     Some(out)
-}
-
-/// curl's view of one request: status, headers (lowercased names), body.
-fn curl(args: &[&str]) -> (u16, Vec<(String, String)>, String) {
-    let out = Command::new("curl")
-        .args(["-sS", "-i", "--max-time", "120"])
-        .args(args)
-        .output()
-        .expect("running curl");
-    assert!(
-        out.status.success(),
-        "curl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {text:?}"));
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_lowercase(), v.trim().to_string()))
-        .collect();
-    (status, headers, body.to_string())
-}
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.as_str())
 }
 
 #[test]

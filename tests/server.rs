@@ -203,3 +203,31 @@ pub fn function_template(scratch: &Scratch, name: &str, function: &str) -> Strin
     let cmdline = format!("quiet=1 timer_hz=0 touch_mib=1 function={function}");
     crate::build_template(&scratch.str(name), "32M", &cmdline)
 }
+
+/// Status, headers (names lowercased) and body of one request made with
+/// curl, a real HTTP client; `args` are curl's (method, data, URL...).
+pub fn curl(args: &[&str]) -> (u16, Vec<(String, String)>, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "-i", "--max-time", "120"])
+        .args(args)
+        .output()
+        .expect("running curl");
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, body.to_string())
+}

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use vmfork_tests::server::Server;
+use vmfork_tests::server::{curl, header, Server};
 use vmfork_tests::{assert_clean_error, vmfork, Scratch};
 
 /// `tests/wasm/NAME.c` compiled to a WASI module in `scratch`.
@@ -39,40 +39,6 @@ fn template(scratch: &Scratch, name: &str) -> String {
     ]);
     assert_eq!(run.status, 0, "{run}");
     out
-}
-
-/// Status, headers (lowercased names) and body of one curl request.
-fn curl(args: &[&str]) -> (u16, Vec<(String, String)>, String) {
-    let out = Command::new("curl")
-        .args(["-sS", "-i", "--max-time", "60"])
-        .args(args)
-        .output()
-        .expect("running curl");
-    assert!(
-        out.status.success(),
-        "curl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {text:?}"));
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_lowercase(), v.trim().to_string()))
-        .collect();
-    (status, headers, body.to_string())
-}
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.as_str())
 }
 
 fn invoke(server: &Server, name: &str, rest: &str) -> String {
