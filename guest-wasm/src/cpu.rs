@@ -7,7 +7,7 @@ use core::ptr::read_unaligned;
 
 use crate::abi::{BootInfo, BOOT_PROTO_LINUX64};
 use crate::boot::MAPPED_END;
-use crate::run::Job;
+use crate::job::Job;
 
 // Linux boot_params (Documentation/arch/x86/zero-page.rst).
 const ZP_EXT_RAMDISK_IMAGE: u64 = 0x0c0;

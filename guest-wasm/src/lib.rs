@@ -48,6 +48,7 @@ mod clock;
 mod cpu;
 mod exec;
 mod heap;
+mod job;
 mod platform;
 mod run;
 mod wasi;
@@ -148,7 +149,7 @@ pub extern "C" fn vmfork_main(info: &'static BootInfo) -> ! {
             layout.heap_bytes >> 20
         );
     }
-    let job = run::Job {
+    let job = job::Job {
         module,
         opts,
         boot_tsc,

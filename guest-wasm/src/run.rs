@@ -14,15 +14,9 @@ use crate::abi::{
 };
 use crate::clock::{self, Clock};
 use crate::io::{exit, inl, outl, rdtsc, say};
+use crate::job::Job;
 use crate::wasi::{ProcExit, Wasi};
-use crate::{engine_config, exec, wasi_subset, Options, EXIT_BAD_MODULE, EXIT_TRAP};
-
-pub struct Job {
-    /// (address, size) of the `.cwasm` in guest RAM.
-    pub module: (u64, u64),
-    pub opts: Options,
-    pub boot_tsc: u64,
-}
+use crate::{engine_config, exec, wasi_subset, EXIT_BAD_MODULE, EXIT_TRAP};
 
 /// What the host's ISA flags are checked against when a module loads.
 /// The guest claims no extension past baseline x86-64: its ring 3 is
