@@ -6,18 +6,26 @@ use std::sync::OnceLock;
 
 use vmfork_tests::{exit, vmfork, Run, Scratch};
 
-/// The embedded Wasm guest as a file `vmfork boot --kernel` can take:
-/// written once per test process beside the test executables (replaced
-/// atomically, so suites running at once never see half of one).
+/// The embedded Wasm guest as a file `vmfork boot --kernel` can take: in
+/// the temporary directory (the rig's checkout is read-only), named by its
+/// content so every test process and run of one build shares one copy,
+/// and placed by an atomic rename so processes never see half of one.
 fn guest_elf() -> String {
     static PATH: OnceLock<String> = OnceLock::new();
     PATH.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test executable path");
-        let dir = exe.parent().expect("target/<profile>/deps");
-        let path = dir.join("vmfork-guest-wasm.elf");
-        let tmp = dir.join(format!("vmfork-guest-wasm.elf.{}", std::process::id()));
-        std::fs::write(&tmp, vmfork_wasm::template::GUEST_ELF).expect("write the guest");
-        std::fs::rename(&tmp, &path).expect("place the guest");
+        use sha2::{Digest, Sha256};
+        let elf = vmfork_wasm::template::GUEST_ELF;
+        let digest: String = Sha256::digest(elf)[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let dir = std::env::temp_dir();
+        let path = dir.join(format!("vmfork-guest-wasm-{digest}.elf"));
+        if !path.exists() {
+            let tmp = dir.join(format!("vmfork-guest-wasm-{digest}.{}", std::process::id()));
+            std::fs::write(&tmp, elf).expect("write the guest");
+            std::fs::rename(&tmp, &path).expect("place the guest");
+        }
         path.to_string_lossy().into_owned()
     })
     .clone()
