@@ -68,6 +68,40 @@ fn a_c_word_counter_answers_from_its_template() {
 }
 
 #[test]
+fn a_trusted_template_resumes_into_its_run_and_an_untrusted_one_does_not() {
+    let scratch = Scratch::new("wasm-resume-exec");
+    let trusted = template(&scratch, "wc");
+    // The same files in a folder anyone may write: the kernel digest in
+    // its manifest is only a claim, so it gets RESUMED and then EXEC.
+    let untrusted = scratch.str("untrusted");
+    std::fs::create_dir(&untrusted).expect("mkdir");
+    for file in std::fs::read_dir(&trusted).expect("template dir") {
+        let file = file.expect("entry").path();
+        let to = PathBuf::from(&untrusted).join(file.file_name().expect("name"));
+        std::fs::copy(&file, to).expect("copy");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&untrusted, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let server = Server::start(&[("trusted", trusted), ("untrusted", untrusted)], &[]);
+    let (_, _, list) = curl(&[&format!("http://{}/v1/functions", server.addr)]);
+    let list: serde_json::Value = serde_json::from_str(&list).expect("function list");
+    let resumes = |name: &str| {
+        list["functions"]
+            .as_array()
+            .and_then(|fs| fs.iter().find(|f| f["name"] == name))
+            .map(|f| f["resumes_into_request"].clone())
+    };
+    assert_eq!(resumes("trusted"), Some(serde_json::Value::Bool(true)));
+    assert_eq!(resumes("untrusted"), Some(serde_json::Value::Bool(false)));
+    // Both ways run the module once per clone, on that request's input.
+    for name in ["trusted", "untrusted", "trusted", "untrusted"] {
+        let (status, _, body) = curl(&["--data-binary", "a bc", &invoke(&server, name, "")]);
+        assert_eq!((status, body.as_str()), (200, "0 2 4\n"), "{name}");
+    }
+    server.stop();
+}
+
+#[test]
 fn cgi_headers_status_path_and_query() {
     let scratch = Scratch::new("wasm-cgi");
     let tpl = template(&scratch, "cgi");
@@ -181,7 +215,9 @@ fn deploy_replace_list_restart_and_delete_over_http() {
     let list = format!("http://{}/v1/functions", server.addr);
     let (_, _, body) = curl(&[&list]);
     assert!(
-        body.contains("\"name\":\"f\"") && body.contains("\"deployed\":true"),
+        body.contains("\"name\":\"f\"")
+            && body.contains("\"deployed\":true")
+            && body.contains("\"resumes_into_request\":true"),
         "{body}"
     );
     server.stop();

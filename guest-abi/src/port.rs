@@ -62,6 +62,10 @@ pub const CMD_RESUME_INVOKE: u32 = 6;
 /// protocol, [`crate::exec`]) and put its result in the response. Guests
 /// with an agent (the Linux guest) answer it; the default guest does not.
 pub const CMD_EXEC: u32 = 7;
+/// RESUMED, then EXEC, acknowledged once: a clone resumed straight into
+/// its program's run, as RESUME_INVOKE is for INVOKE. Only guests known
+/// to take it get it (the Wasm guest); any other gets RESUMED, then EXEC.
+pub const CMD_RESUME_EXEC: u32 = 8;
 /// What an `in` from an unclaimed port returns (all ones): no vmfork VMM
 /// is listening, e.g. under QEMU.
 pub const CMD_NO_VMM: u32 = 0xffff_ffff;

@@ -101,13 +101,17 @@ impl Run {
 pub struct Wasi {
     pub clock: Clock,
     rng: ChaCha20Rng,
+    /// Whether the CPU has RDRAND, asked once at boot: CPUID traps to
+    /// the VMM, and a resume should not pay for that exit. Clones run on
+    /// the template's CPU model, so the answer holds for them.
+    rdrand: bool,
     pub run: Run,
 }
 
-/// 32 bytes from RDRAND, or None where the CPU has none (or it keeps
-/// failing).
-fn rdrand_seed() -> Option<[u8; 32]> {
-    if !cpu::has_rdrand() {
+/// 32 bytes from RDRAND, or None where the CPU has none (`has_rdrand`)
+/// or it keeps failing.
+fn rdrand_seed(has_rdrand: bool) -> Option<[u8; 32]> {
+    if !has_rdrand {
         return None;
     }
     let mut seed = [0u8; 32];
@@ -122,7 +126,8 @@ impl Wasi {
     /// seed is guessable, and the same in every clone of one template
     /// until the first resume reseeds from the host (see [`Wasi::reseed`]).
     pub fn new(clock: Clock) -> Wasi {
-        let seed = rdrand_seed().unwrap_or_else(|| {
+        let rdrand = cpu::has_rdrand();
+        let seed = rdrand_seed(rdrand).unwrap_or_else(|| {
             let mut s = [0u8; 32];
             s[..8].copy_from_slice(&rdtsc().to_le_bytes());
             s
@@ -130,6 +135,7 @@ impl Wasi {
         Wasi {
             clock,
             rng: ChaCha20Rng::from_seed(seed),
+            rdrand,
             run: Run::default(),
         }
     }
@@ -141,7 +147,7 @@ impl Wasi {
     pub fn reseed(&mut self, entropy: &[u64; 4]) {
         let mut seed = [0u8; 32];
         self.rng.fill_bytes(&mut seed);
-        let rdrand = rdrand_seed().unwrap_or([0; 32]);
+        let rdrand = rdrand_seed(self.rdrand).unwrap_or([0; 32]);
         for (i, (byte, r)) in seed.iter_mut().zip(rdrand).enumerate() {
             *byte ^= entropy[i / 8].to_le_bytes()[i % 8] ^ r;
         }

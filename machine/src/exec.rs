@@ -13,7 +13,7 @@ use vmfork_guest_abi::{ExecRequestHeader, ExecResult, ExecWriter};
 use crate::error::{Error, Result};
 use crate::mailbox::{self, Status};
 
-pub use vmfork_guest_abi::CMD_EXEC;
+pub use vmfork_guest_abi::{CMD_EXEC, CMD_RESUME_EXEC};
 
 /// Output kept per stream unless asked otherwise: 1 MiB (more than half the
 /// mailbox's response half cannot fit both streams).
@@ -56,7 +56,19 @@ impl ExecSpec {
                     ))
                 })?,
         };
-        let mut buf = vec![0u8; abi::MAX_BODY];
+        // Sized to the request, not the mailbox: serve encodes one per
+        // invocation, and zeroing 2 MiB each time cost more than the run.
+        let fields = self
+            .argv
+            .iter()
+            .chain(&self.env)
+            .chain(&self.cwd)
+            .chain(&self.stdin);
+        let needed = fields.fold(abi::EXEC_REQUEST_HEADER_SIZE, |n, f| {
+            n.saturating_add(abi::EXEC_FIELD_HEADER_SIZE)
+                .saturating_add(f.len())
+        });
+        let mut buf = vec![0u8; needed.min(abi::MAX_BODY)];
         let mut w = ExecWriter::new(&mut buf);
         let too_big = |_| {
             Error::InvalidArgument(format!(
@@ -308,6 +320,19 @@ mod tests {
             ..ExecSpec::default()
         };
         assert!(huge.encode().is_err(), "over the mailbox");
+        let fills = ExecSpec {
+            argv: vec![vec![
+                b'x';
+                abi::MAX_BODY
+                    - abi::EXEC_REQUEST_HEADER_SIZE
+                    - abi::EXEC_FIELD_HEADER_SIZE
+            ]],
+            ..ExecSpec::default()
+        };
+        assert_eq!(
+            fills.encode().expect("exactly the mailbox").len(),
+            abi::MAX_BODY
+        );
     }
 
     #[test]

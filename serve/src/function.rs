@@ -19,7 +19,7 @@ use vmfork_machine::boot::loader::{BootProtocol, KernelSource, EMBEDDED_KERNEL};
 use vmfork_machine::control::StopReason;
 use vmfork_machine::devices::console::Console;
 use vmfork_machine::error::{Error, Result};
-use vmfork_machine::exec::{self, ExecEntry, ExecOutput, CMD_EXEC};
+use vmfork_machine::exec::{self, ExecEntry, ExecOutput, CMD_EXEC, CMD_RESUME_EXEC};
 use vmfork_machine::machine::{Machine, MachineConfig, RunningMachine};
 use vmfork_machine::mailbox::{self, Response, CMD_INVOKE, CMD_RESUME_INVOKE};
 use vmfork_machine::vcpu::threads::Runners;
@@ -55,9 +55,10 @@ enum Source {
     /// A fresh clone of the template, in a warm VM shell when one is ready.
     Clones {
         factory: Box<CloneFactory>,
-        /// The template's guest resumes straight into its request
-        /// (RESUME_INVOKE): it is this build's embedded guest, parked.
-        resume_invoke: bool,
+        /// What the template's guest resumes with when it goes straight
+        /// into its request (RESUME_INVOKE, RESUME_EXEC): one of this
+        /// build's embedded guests, parked. None: RESUMED, then a command.
+        resume_command: Option<u32>,
         pool: Arc<ShellPool>,
         warm_target: usize,
     },
@@ -123,7 +124,10 @@ impl Function {
                 vcpus: u8::try_from(manifest.vcpus).unwrap_or(u8::MAX),
             }
         } else {
-            let resume_invoke = takes_resume_invoke(&template)?;
+            let resume_command = resume_command(&template)?.filter(|&command| {
+                // The command must start what the payload asks for.
+                (command == CMD_RESUME_EXEC) == template.manifest.exec.is_some()
+            });
             let factory = CloneFactory::new(template, Backend::Memfd, false)?;
             let in_place = factory.in_place_reset();
             let pool = Arc::new(ShellPool::new(
@@ -135,7 +139,7 @@ impl Function {
             ));
             Source::Clones {
                 factory: Box::new(factory),
-                resume_invoke,
+                resume_command,
                 pool,
                 warm_target: warm,
             }
@@ -169,14 +173,13 @@ impl Function {
             factory,
             pool,
             warm_target,
-            resume_invoke,
+            resume_command,
         } = &self.source
         else {
             return;
         };
         while pool.owned() < *warm_target {
-            let resume = resume_invoke.then_some(CMD_RESUME_INVOKE);
-            match factory.warm_shell(Some(&self.runners), resume) {
+            match factory.warm_shell(Some(&self.runners), *resume_command) {
                 Ok(shell) => pool.put(shell),
                 Err(e) => {
                     tracing::warn!("{}: cannot create a warm VM shell: {e}", self.name);
@@ -224,13 +227,13 @@ impl Function {
     }
 
     /// Whether its clones resume straight into their request
-    /// (RESUME_INVOKE, docs/guest-abi.md) rather than acknowledging the
-    /// resume first.
+    /// (RESUME_INVOKE or RESUME_EXEC, docs/guest-abi.md) rather than
+    /// acknowledging the resume first.
     pub fn resumes_into_request(&self) -> bool {
         matches!(
             self.source,
             Source::Clones {
-                resume_invoke: true,
+                resume_command: Some(_),
                 ..
             }
         )
@@ -252,7 +255,7 @@ impl Function {
             Source::Clones {
                 factory,
                 pool,
-                resume_invoke,
+                resume_command,
                 ..
             } => {
                 // A VM that is to be recycled must be built as a shell.
@@ -269,7 +272,7 @@ impl Function {
                         shell,
                         console: Console::Discard,
                         requested,
-                        resume_command: resume_invoke.then_some(CMD_RESUME_INVOKE),
+                        resume_command: *resume_command,
                     })
                     .map(|(machine, _)| machine);
                 if machine.is_err() && lent {
@@ -409,27 +412,42 @@ impl Function {
     }
 }
 
-/// Whether clones of `template` can resume with RESUME_INVOKE: its guest
-/// is the one embedded in this build (whose ABI is known to have it) and
-/// was saved parked in its `in`. The recorded digest says so only for a
-/// trusted template (docs/security.md, "Templates"); any other gets
-/// INVOKE after RESUMED, which every guest understands.
-fn takes_resume_invoke(template: &LoadedTemplate) -> Result<bool> {
+/// What clones of `template` can resume with to go straight into their
+/// request: RESUME_INVOKE when its guest is the default guest embedded in
+/// this build, RESUME_EXEC when it is the embedded Wasm guest (their ABI
+/// is known to have them), either saved parked in its `in`. The recorded
+/// digest says so only for a trusted template (docs/security.md,
+/// "Templates"); any other gets RESUMED and then its command, which every
+/// guest understands.
+fn resume_command(template: &LoadedTemplate) -> Result<Option<u32>> {
     let Some(kernel) = template.trusted_kernel() else {
-        return Ok(false);
+        return Ok(None);
     };
-    Ok(kernel.source == EMBEDDED_KERNEL
-        && kernel.sha256 == embedded_guest_sha256()?
-        && template.resumes_parked())
+    if kernel.source != EMBEDDED_KERNEL || !template.resumes_parked() {
+        return Ok(None);
+    }
+    let [default_guest, wasm_guest] = embedded_guest_sha256s()?;
+    Ok(if kernel.sha256 == *default_guest {
+        Some(CMD_RESUME_INVOKE)
+    } else if kernel.sha256 == *wasm_guest {
+        Some(CMD_RESUME_EXEC)
+    } else {
+        None
+    })
 }
 
-fn embedded_guest_sha256() -> Result<&'static str> {
-    static SHA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    if let Some(sha) = SHA.get() {
-        return Ok(sha);
+/// The digests of the default guest and the Wasm guest, computed once.
+fn embedded_guest_sha256s() -> Result<&'static [String; 2]> {
+    static SHAS: std::sync::OnceLock<[String; 2]> = std::sync::OnceLock::new();
+    if let Some(shas) = SHAS.get() {
+        return Ok(shas);
     }
-    let sha = KernelSource::Embedded(vmfork_machine::EMBEDDED_GUEST).sha256()?;
-    Ok(SHA.get_or_init(|| sha))
+    let sha = |elf| KernelSource::Embedded(elf).sha256();
+    let shas = [
+        sha(vmfork_machine::EMBEDDED_GUEST)?,
+        sha(vmfork_wasm::template::GUEST_ELF)?,
+    ];
+    Ok(SHAS.get_or_init(|| shas))
 }
 
 /// The function's answer in the mailbox of a clone that acknowledged it.

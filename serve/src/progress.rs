@@ -3,7 +3,8 @@
 //! acknowledges the answer, and the
 //! vCPU returns to its owner, which then waits for one wake-up instead of
 //! a round trip per command (see [`Commander`]). A guest resumed with
-//! RESUME_INVOKE (docs/guest-abi.md) acknowledges only the answer.
+//! RESUME_INVOKE or RESUME_EXEC (docs/guest-abi.md) acknowledges only the
+//! answer.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -54,8 +55,9 @@ impl Progress {
         })
     }
 
-    /// The clone is about to resume with RESUME_INVOKE: its request is
-    /// invoked from now, and its first acknowledgement is the answer.
+    /// The clone is about to resume with RESUME_INVOKE or RESUME_EXEC:
+    /// its request is invoked from now, and its first acknowledgement is
+    /// the answer.
     pub fn invoked_with_resume(&self) {
         self.answer_ack.store(1, Ordering::Release);
         self.invoked_us

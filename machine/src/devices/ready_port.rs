@@ -16,6 +16,8 @@ pub fn command_name(command: u32) -> String {
         CMD_RESUMED => "RESUMED".into(),
         vmfork_guest_abi::CMD_INVOKE => "INVOKE".into(),
         vmfork_guest_abi::CMD_RESUME_INVOKE => "RESUME_INVOKE".into(),
+        vmfork_guest_abi::CMD_EXEC => "EXEC".into(),
+        vmfork_guest_abi::CMD_RESUME_EXEC => "RESUME_EXEC".into(),
         c if command_opcode(c) == CMD_DIRTY => format!("DIRTY {}", command_arg(c)),
         c => format!("{c:#x}"),
     }
