@@ -47,15 +47,15 @@ RUN_LIMIT=${SVM_RUN_LIMIT:-1800}
 # templates, the KVM floor); serve (functions, limits and faults over
 # HTTP); a distribution's kernel (tests/linux_distro.rs, ignored outside
 # the rig, hence --include-ignored); program functions over CGI; the Wasm
-# guest (EXEC, clock, traps) and Wasm functions (CGI, faults, deploys). Left out: the long soak-like tests.
+# guest and Wasm functions (all of both). Left out: the long soak-like tests.
 # Under TCG everything runs 15-40x slower.
 plan=(
     "linux"
     "linux_clones"
     "linux_distro"
     "program_functions"
-    "wasm_guest exec_passes_args_env_and_stdin_to_every_clone exec_realtime_is_the_hosts_time exec_trap_is_the_trapped_outcome"
-    "wasm_functions a_trusted_template_resumes_into_its_run_and_an_untrusted_one_does_not cgi_headers_status_path_and_query traps_loops_and_exit_statuses_get_5xx_and_the_server_carries_on deploy_replace_list_restart_and_delete_over_http"
+    "wasm_guest"
+    "wasm_functions"
     "boot"
     "templates build_then_restore_round_trip_and_twice snapshot_of_a_restored_vm_restores diff_snapshot_plus_base_equals_full_snapshot"
     "clones clones_are_unique_and_on_the_hosts_clock every_backend_with_and_without_shells_starts_live_clones_and_cleans_up the_floor_is_measured_only_with_floor uffd_clones_fault_lazily_and_prefetch_removes_the_faults clone_processes_share_a_template_holders_sealed_memfd clones_spread_over_worker_processes clones_of_a_diff_template_see_the_diff"
