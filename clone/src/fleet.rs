@@ -480,6 +480,7 @@ fn load(opts: &FleetOptions) -> Result<CloneFactory> {
         FleetSource::Template(dir) => {
             let load = LoadOptions {
                 verify_rootfs: opts.verify_rootfs,
+                ..LoadOptions::default()
             };
             let template = LoadedTemplate::load_with(dir, load)?;
             CloneFactory::new(template, opts.backend, opts.prefetch)

@@ -149,6 +149,7 @@ impl HttpTarget {
             admin_token: None,
             state_dir: None,
             max_module: 1 << 20,
+            trust: Default::default(),
         };
         let (state, reapers) = new_state(&config).map_err(|e| e.to_string())?;
         let runtime = tokio::runtime::Builder::new_multi_thread()

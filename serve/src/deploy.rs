@@ -11,6 +11,7 @@
 use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
+use vmfork_template::trust::TrustPolicy;
 
 use axum::body::Bytes;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -81,6 +82,9 @@ pub struct BuildSettings {
     pub warm: usize,
     pub recycle: Recycle,
     pub max_concurrency: usize,
+    /// Which templates are believed: the operator's, with the state
+    /// directory among the stores when any are named.
+    pub trust: TrustPolicy,
 }
 
 /// A build, or (without a module) the removal of a function's files: the
@@ -194,6 +198,7 @@ fn build_function(
             settings.recycle,
             settings.max_concurrency,
             false,
+            &settings.trust,
         )
     });
     let function = match built {
@@ -242,6 +247,7 @@ pub fn restore_all(settings: &BuildSettings, registry: &Registry) -> Result<()> 
                 settings.recycle,
                 settings.max_concurrency,
                 false,
+                &settings.trust,
             )?;
             Ok(Entry {
                 function: Arc::new(function),

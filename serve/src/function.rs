@@ -23,7 +23,8 @@ use vmfork_machine::exec::{self, ExecEntry, ExecOutput, CMD_EXEC, CMD_RESUME_EXE
 use vmfork_machine::machine::{Machine, MachineConfig, RunningMachine};
 use vmfork_machine::mailbox::{self, Response, CMD_INVOKE, CMD_RESUME_INVOKE};
 use vmfork_machine::vcpu::threads::Runners;
-use vmfork_template::LoadedTemplate;
+use vmfork_template::trust::TrustPolicy;
+use vmfork_template::{LoadOptions, LoadedTemplate};
 
 /// How long a fresh VM may take to be ready for its request.
 const START_TIMEOUT: Duration = Duration::from_secs(5);
@@ -98,8 +99,13 @@ impl Function {
         recycle: Recycle,
         max_concurrency: usize,
         cold_boot: bool,
+        trust: &TrustPolicy,
     ) -> Result<Function> {
-        let template = LoadedTemplate::load(dir)?;
+        let load = LoadOptions {
+            trust: trust.clone(),
+            ..LoadOptions::default()
+        };
+        let template = LoadedTemplate::load_with(dir, load)?;
         let program = template.manifest.exec.clone();
         let mem_size = template.manifest.mem_size;
         let source = if cold_boot {

@@ -34,6 +34,7 @@ use server::Drained;
 pub use server::HttpLimits;
 use vmfork_machine::control::StopLatch;
 use vmfork_machine::error::{Error, Result};
+use vmfork_template::trust::TrustPolicy;
 
 pub struct ServeConfig {
     pub templates: Vec<(String, PathBuf)>,
@@ -61,6 +62,25 @@ pub struct ServeConfig {
     pub state_dir: Option<PathBuf>,
     /// Largest module a deploy may send.
     pub max_module: usize,
+    /// Which templates' recorded facts are believed (`--trusted-templates`).
+    pub trust: TrustPolicy,
+}
+
+/// The operator's trust policy, with `state_dir` (where serve builds the
+/// templates of deployed functions itself) added to its stores when it
+/// names any; made now so that it can be canonicalized.
+fn with_store(trust: &TrustPolicy, state_dir: &std::path::Path) -> Result<TrustPolicy> {
+    let TrustPolicy::Stores(stores) = trust else {
+        return Ok(trust.clone());
+    };
+    let canonical = std::fs::create_dir_all(state_dir)
+        .and_then(|()| state_dir.canonicalize())
+        .map_err(|e| {
+            Error::InvalidArgument(format!("state directory {}: {e}", state_dir.display()))
+        })?;
+    let mut all = stores.to_vec();
+    all.push(canonical);
+    Ok(TrustPolicy::Stores(all.into()))
 }
 
 /// Loads every function (`--template`, then those kept in the state
@@ -79,6 +99,11 @@ pub fn new_state(
         memory: config.memory,
     };
     let registry = Registry::default();
+    let state_dir = match &config.state_dir {
+        Some(dir) => dir.clone(),
+        None => std::env::temp_dir().join(format!("vmfork-serve-{}", std::process::id())),
+    };
+    let trust = with_store(&config.trust, &state_dir)?;
     for (name, dir) in &config.templates {
         let function = Function::load(
             name,
@@ -87,6 +112,7 @@ pub fn new_state(
             config.recycle,
             config.max_concurrency,
             config.cold_boot,
+            &trust,
         )?;
         let limits = FunctionLimits {
             memory: function.mem_size(),
@@ -102,15 +128,12 @@ pub fn new_state(
             },
         );
     }
-    let state_dir = match &config.state_dir {
-        Some(dir) => dir.clone(),
-        None => std::env::temp_dir().join(format!("vmfork-serve-{}", std::process::id())),
-    };
     let settings = BuildSettings {
         state_dir: state_dir.clone(),
         warm: config.warm,
         recycle: config.recycle,
         max_concurrency: config.max_concurrency,
+        trust,
     };
     if config.state_dir.is_some() {
         deploy::restore_all(&settings, &registry)?;

@@ -12,6 +12,7 @@ pub mod manifest;
 pub mod owner;
 mod restore;
 pub mod rootfs;
+pub mod trust;
 
 pub use restore::{
     restore, restore_vcpus, LoadOptions, LoadedTemplate, MemoryLayer, RamSource, RestoreOptions,

@@ -14,6 +14,7 @@ use vmfork_snapshot::Persist;
 use super::clone_info::{CloneInfo, CloneInfoRestore};
 use super::files::{open_template_file, trusted_owner};
 use super::manifest::{KernelInfo, Manifest, TemplateKind, MEMORY_FILE, STATE_FILE};
+use super::trust::TrustPolicy;
 use vmfork_machine::control::Control;
 use vmfork_machine::devices::console::Console;
 use vmfork_machine::devices::pci_host::PciHostBridge;
@@ -65,7 +66,8 @@ pub struct LoadedTemplate {
     pub memory_layers: Vec<MemoryLayer>,
     /// Only this process's user or root can have written the template:
     /// each directory of its chain and every file in them is owned by one
-    /// of them and writable by no one else ([`trusted_owner`]).
+    /// of them and writable by no one else ([`trusted_owner`]), and so is
+    /// the path to each, as the load's [`TrustPolicy`] says.
     /// Only then does its recorded kernel digest decide anything
     /// ([`LoadedTemplate::trusted_kernel`], docs/security.md).
     pub trusted: bool,
@@ -77,11 +79,13 @@ pub struct LoadedTemplate {
 }
 
 /// How thoroughly a load checks what the template refers to.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
     /// Hash the rootfs image again and compare it with the digest recorded
     /// at build time (its size and identity are checked on every load).
     pub verify_rootfs: bool,
+    /// Which templates' recorded facts are believed.
+    pub trust: TrustPolicy,
 }
 
 /// One memory file of a template chain: where it is, the layout its state
@@ -107,7 +111,7 @@ impl LoadedTemplate {
     }
 
     pub fn load_with(dir: &Path, opts: LoadOptions) -> Result<LoadedTemplate> {
-        let mut template = Self::load_at_depth(dir, 0)?;
+        let mut template = Self::load_at_depth(dir, 0, &opts.trust)?;
         // Only the template restored from maps its image; a diff's bases
         // record the same one (checked in load_at_depth).
         template.rootfs = match &template.manifest.rootfs {
@@ -117,7 +121,7 @@ impl LoadedTemplate {
         Ok(template)
     }
 
-    fn load_at_depth(dir: &Path, depth: usize) -> Result<LoadedTemplate> {
+    fn load_at_depth(dir: &Path, depth: usize, trust: &TrustPolicy) -> Result<LoadedTemplate> {
         if depth > MAX_DIFF_DEPTH {
             return Err(bad(dir, format!("diff chain deeper than {MAX_DIFF_DEPTH}")));
         }
@@ -173,10 +177,11 @@ impl LoadedTemplate {
         };
         let mut trusted = [&dir_meta, &manifest_meta, &state_meta, &memory_meta]
             .into_iter()
-            .all(trusted_owner);
+            .all(trusted_owner)
+            && trust.trusts_path(&dir);
         let memory_layers = match (&manifest.base, &manifest.base_sha256) {
             (Some(base_dir), Some(base_sha256)) => {
-                let base = Self::load_at_depth(base_dir, depth + 1)?;
+                let base = Self::load_at_depth(base_dir, depth + 1, trust)?;
                 // The recorded identity, not the path, names the base: a
                 // base rebuilt (or replaced) since the diff was made holds
                 // other memory, and the diff's pages on it would make a VM

@@ -30,6 +30,7 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
         // identity, which any rewrite since changes.
         let load = LoadOptions {
             verify_rootfs: true,
+            ..LoadOptions::default()
         };
         LoadedTemplate::load_with(&opts.template, load)?;
     }

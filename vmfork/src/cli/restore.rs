@@ -58,6 +58,7 @@ pub fn run(args: &RestoreArgs, started: Instant) -> Result<()> {
     let timeout = args.timeout;
     let load = LoadOptions {
         verify_rootfs: args.verify,
+        ..LoadOptions::default()
     };
     let template = LoadedTemplate::load_with(&args.template, load)?;
     let machine = vmfork_template::restore(

@@ -11,6 +11,7 @@ use super::signals;
 use vmfork_machine::control::StopLatch;
 use vmfork_machine::error::{Error, Result};
 use vmfork_serve::{run as serve, HttpLimits, Recycle, ServeConfig};
+use vmfork_template::trust::TrustPolicy;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -29,6 +30,12 @@ pub struct ServeArgs {
     /// restart. Without it they last as long as the server.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Believe only templates inside this directory (repeatable): their
+    /// recorded kernel digest may let clones resume straight into their
+    /// request. Without it, any template only this user or root can
+    /// write is believed (docs/security.md, "Templates").
+    #[arg(long = "trusted-templates", value_name = "DIR")]
+    pub trusted_templates: Vec<PathBuf>,
     /// Largest module a deploy may send.
     #[arg(long, default_value = "32MiB", value_name = "SIZE", value_parser = Parsed(parse_size))]
     pub max_module: u64,
@@ -139,6 +146,12 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             .map(read_token)
             .transpose()?,
         state_dir: args.state_dir.clone(),
+        trust: if args.trusted_templates.is_empty() {
+            TrustPolicy::Owner
+        } else {
+            TrustPolicy::stores(&args.trusted_templates)
+                .map_err(|e| Error::InvalidArgument(format!("--trusted-templates: {e}")))?
+        },
         max_module: usize::try_from(args.max_module).map_err(|_| {
             Error::InvalidArgument(format!("--max-module {}: too large", args.max_module))
         })?,
