@@ -395,10 +395,29 @@ impl CloneFactory {
     }
 }
 
+/// The largest working-set file read: 8 bytes per page, so 32 GiB of
+/// guest pages.
+const MAX_WORKING_SET_BYTES: u64 = 64 << 20;
+
 /// A working set is only a hint: a missing or malformed one means "record".
 fn read_working_set(path: &PathBuf) -> Option<Vec<u64>> {
-    let bytes = std::fs::read(path).ok()?;
-    if bytes.is_empty() || bytes.len() % 8 != 0 || bytes.len() > 64 << 20 {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Opened as the template's own files are (no symlink, no FIFO to
+    // block on) and sized on the descriptor before anything is read.
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    let meta = file.metadata().ok()?;
+    let len = meta.len();
+    if !meta.is_file() || len == 0 || len % 8 != 0 || len > MAX_WORKING_SET_BYTES {
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.read_to_end(&mut bytes).ok()?;
+    if bytes.len() as u64 != len {
         return None;
     }
     Some(

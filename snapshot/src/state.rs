@@ -28,6 +28,7 @@ pub const MAX_DIRTY_RANGES: usize = 1 << 21;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MachineState {
     pub vm: VmState,
+    #[serde(deserialize_with = "bounded::<_, _, MAX_VCPUS>")]
     pub vcpus: Vec<VcpuState>,
     pub devices: DeviceState,
     pub memory: MemoryState,
@@ -66,6 +67,7 @@ pub struct VmState {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VcpuState {
     pub index: u8,
+    #[serde(deserialize_with = "bounded::<_, _, MAX_CPUID_ENTRIES>")]
     pub cpuid: Vec<kvm_cpuid_entry2>,
     pub tsc_khz: Option<u32>,
     pub mp_state: kvm_mp_state,
@@ -73,14 +75,17 @@ pub struct VcpuState {
     pub sregs: kvm_sregs,
     /// KVM_GET_XSAVE2 (or KVM_GET_XSAVE) region, as little-endian bytes;
     /// it also carries the legacy FPU/SSE state, so KVM_GET_FPU is not saved.
+    #[serde(deserialize_with = "bounded::<_, _, MAX_XSAVE_BYTES>")]
     pub xsave: Vec<u8>,
     pub xcrs: kvm_xcrs,
     pub debugregs: kvm_debugregs,
     pub lapic: kvm_lapic_state,
+    #[serde(deserialize_with = "bounded::<_, _, MAX_MSRS>")]
     pub msrs: Vec<kvm_msr_entry>,
     pub vcpu_events: kvm_vcpu_events,
     /// ONE_REG registers not reachable otherwise (the CET shadow-stack
     /// pointer when CET is exposed): (KVM register id, bytes).
+    #[serde(deserialize_with = "bounded::<_, _, MAX_ONE_REGS>")]
     pub one_regs: Vec<(u64, Vec<u8>)>,
 }
 
@@ -96,6 +101,7 @@ pub struct SerialState {
     pub modem_control: u8,
     pub modem_status: u8,
     pub scratch: u8,
+    #[serde(deserialize_with = "bounded::<_, _, MAX_SERIAL_FIFO>")]
     pub in_buffer: Vec<u8>,
 }
 
@@ -129,11 +135,13 @@ pub struct DeviceState {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemoryState {
     pub mem_size: u64,
+    #[serde(deserialize_with = "bounded::<_, _, MAX_MEMORY_REGIONS>")]
     pub regions: Vec<MemoryRegion>,
     /// For a diff snapshot: the file-offset ranges (start, length) present in
     /// this snapshot's `memory` file; every other page comes from the base.
     /// Empty with `diff == false`.
     pub diff: bool,
+    #[serde(deserialize_with = "bounded::<_, _, MAX_DIRTY_RANGES>")]
     pub dirty_ranges: Vec<(u64, u64)>,
 }
 
@@ -142,6 +150,44 @@ pub struct MemoryRegion {
     pub guest_addr: u64,
     pub size: u64,
     pub file_offset: u64,
+}
+
+/// Decodes a sequence of at most `MAX` elements, refusing a longer one by
+/// its declared length, before anything is allocated or decoded for it:
+/// a small element can decode from one byte and take tens in memory, so
+/// checking counts only after decoding would let a 64 MiB state allocate
+/// gigabytes first. [`MachineState::validate`] checks the rest.
+fn bounded<'de, D, T, const MAX: usize>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Bounded<T, const MAX: usize>(std::marker::PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>, const MAX: usize> serde::de::Visitor<'de> for Bounded<T, MAX> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "at most {MAX} elements")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let declared = seq.size_hint().unwrap_or(0);
+            if declared > MAX {
+                return Err(serde::de::Error::invalid_length(declared, &self));
+            }
+            let mut out = Vec::with_capacity(declared);
+            while let Some(element) = seq.next_element()? {
+                if out.len() == MAX {
+                    return Err(serde::de::Error::invalid_length(MAX + 1, &self));
+                }
+                out.push(element);
+            }
+            Ok(out)
+        }
+    }
+
+    deserializer.deserialize_seq(Bounded::<T, MAX>(std::marker::PhantomData))
 }
 
 /// Why a decoded state is unacceptable.
@@ -305,6 +351,36 @@ impl MemoryState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, Serialize, Deserialize)]
+    struct Four {
+        #[serde(deserialize_with = "bounded::<_, _, 4>")]
+        ranges: Vec<(u64, u64)>,
+    }
+
+    #[test]
+    fn a_count_past_its_bound_is_refused_before_allocation() {
+        let four = Four {
+            ranges: vec![(1, 2); 4],
+        };
+        let bytes = postcard::to_allocvec(&four).expect("encode");
+        assert_eq!(
+            postcard::from_bytes::<Four>(&bytes)
+                .expect("4 fit")
+                .ranges
+                .len(),
+            4
+        );
+        let five = postcard::to_allocvec(&Four {
+            ranges: vec![(1, 2); 5],
+        })
+        .expect("encode");
+        assert!(postcard::from_bytes::<Four>(&five).is_err());
+        // A declared count of 2^62 with no elements behind it is refused
+        // by the count alone.
+        let huge = [0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x40];
+        assert!(postcard::from_bytes::<Four>(&huge).is_err());
+    }
 
     fn memory() -> MemoryState {
         MemoryState {
