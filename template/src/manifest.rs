@@ -252,18 +252,23 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// `text` on one line (control characters escaped) and at most `max`
-/// characters, for error messages that quote a file.
+/// bytes of output plus a `...` when cut, for error messages that quote a
+/// file. The bound is on what is written: an escaped control character
+/// takes up to ten bytes and a character up to four, so counting the
+/// input's characters let a message grow several times past it.
 fn one_line(text: &str, max: usize) -> String {
     let mut out = String::new();
-    for (i, c) in text.chars().enumerate() {
-        if i == max {
-            out.push_str("...");
-            break;
-        }
+    for c in text.chars() {
+        let before = out.len();
         if c.is_control() {
             out.extend(c.escape_default());
         } else {
             out.push(c);
+        }
+        if out.len() > max {
+            out.truncate(before);
+            out.push_str("...");
+            break;
         }
     }
     out
@@ -294,6 +299,21 @@ pub fn host_info() -> HostInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_line_bounds_what_it_writes_not_what_it_reads() {
+        for text in [
+            "\u{7f}".repeat(300),
+            "\u{1f600}".repeat(300),
+            "x".repeat(300),
+        ] {
+            let line = one_line(&text, 200);
+            assert!(line.len() <= 203, "{} bytes", line.len());
+            assert!(line.ends_with("..."));
+            assert!(!line.contains('\n'));
+        }
+        assert_eq!(one_line("a\nb", 200), "a\\nb");
+    }
 
     fn sample(mem_size: u64) -> Manifest {
         Manifest {
