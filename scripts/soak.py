@@ -831,7 +831,10 @@ class Soak:
             self.serve.kill()
             serve_status = "hang"
         if serve_status != 0:
-            self.stats.error("serve_exit_unclean", False, str(serve_status))
+            self.serve_err.flush()
+            with open(self.serve_err.name, errors="replace") as f:
+                tail = [l.strip() for l in f.readlines()[-3:]]
+            self.stats.error("serve_exit_unclean", False, f"{serve_status}: {' | '.join(tail)}")
         self.verify_continuity("the end")
         self.verify_digests()
         for name, d in self.templates.items():
