@@ -64,6 +64,7 @@ RSS_MARGIN_KIB = 32 * 1024
 # + 1) and the runner and reaper threads are fixed: a leak of one thread
 # per request or connection would be thousands.
 THREAD_MARGIN = 8
+THREADS_SETTLE_S = 15  # tokio's blocking threads idle out after 10 s
 
 # The abusive clients.
 SLOWLORIS_CONNECTIONS = 40
@@ -304,12 +305,15 @@ class Soak:
             sys.exit("soak: serve did not start")
         self.addr = m.group(1)
 
-    def http(self, method, path, body=None, timeout=30):
+    def http(self, method, path, body=None, timeout=30, headers=None):
+        """(status, body); `headers`, a dict, gets the answer's headers."""
         host, port = self.addr.rsplit(":", 1)
         c = http.client.HTTPConnection(host, int(port), timeout=timeout)
         try:
             c.request(method, path, body=body)
             r = c.getresponse()
+            if headers is not None:
+                headers.update((k.lower(), v) for k, v in r.getheaders())
             return r.status, r.read()
         finally:
             c.close()
@@ -359,8 +363,9 @@ class Soak:
             self.stats.fault(f"request_{kind}")
         good = expect == 200
         sent = time.monotonic()
+        headers = {}
         try:
-            status, answer = self.http("POST", f"/v1/functions/{fn}/invoke", body)
+            status, answer = self.http("POST", f"/v1/functions/{fn}/invoke", body, headers=headers)
         except (ConnectionError, OSError) as e:
             # A server may answer 413 and close before the whole body is sent.
             self.stats.error(f"http_{kind}_connection", kind == "oversize", repr(e))
@@ -371,7 +376,14 @@ class Soak:
             if good:
                 with self.stats.lock:
                     self.stats.good_503.append((sent, time.monotonic()))
+            retry = headers.get("retry-after")
+            if retry != "1":
+                self.stats.error("http_503_without_retry_after_1", False, f"Retry-After: {retry}")
             self.stats.error("http_overloaded_503", True)
+            # Back off as the answer asks, as a well-behaved client does
+            # (the abusive ones do not): otherwise this thread would spin
+            # on instant 503s during a burst and inflate the count shed.
+            self.stop.wait(1)
         elif status != expect:
             self.stats.error(f"http_{kind}_status_{status}", False, answer[:200])
             if good:
@@ -812,13 +824,21 @@ class Soak:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and self.metric("vmfork_connections") > 1:
             time.sleep(0.2)
-        rss_final = proc_status(self.serve.pid, "VmRSS:")
-        threads_final = proc_status(self.serve.pid, "Threads:")
-        rss_hwm = proc_status(self.serve.pid, "VmHWM:")
         warm = [(r, t) for (at, r, t) in self.samples if at <= warmup_end]
         rest = [(r, t) for (at, r, t) in self.samples if at > warmup_end]
         rss_base = max((r for r, _ in warm), default=0)
         threads_base = max((t for _, t in warm), default=0)
+        # tokio ends a blocking thread after 10 s without work: threads made
+        # for the last burst of work may still be there. Wait for the count
+        # to come back within bounds, up to THREADS_SETTLE_S; leaked threads
+        # never do.
+        deadline = time.monotonic() + THREADS_SETTLE_S
+        threads_final = proc_status(self.serve.pid, "Threads:")
+        while threads_final > threads_base + THREAD_MARGIN and time.monotonic() < deadline:
+            time.sleep(0.5)
+            threads_final = proc_status(self.serve.pid, "Threads:")
+        rss_final = proc_status(self.serve.pid, "VmRSS:")
+        rss_hwm = proc_status(self.serve.pid, "VmHWM:")
         rss_peak_after = max((r for r, _ in rest), default=0)
         threads_peak = max((t for _, _, t in self.samples), default=0)
         closed = {}
