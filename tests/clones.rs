@@ -3,6 +3,12 @@
 
 use vmfork_tests::{build_template, field, pongs, vmfork, Scratch};
 
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 fn template(scratch: &Scratch, cmdline: &str) -> String {
     build_template(&scratch.str("t"), "64M", cmdline)
 }
@@ -25,7 +31,16 @@ fn clones_are_unique_and_on_the_hosts_clock_with(cmdline: &str, restored_ahead: 
     let created_ms = manifest["created_unix_ms"]
         .as_u64()
         .expect("created_unix_ms");
-    std::thread::sleep(std::time::Duration::from_millis(20));
+    // The clones' clocks must be strictly after the template's creation:
+    // wait until the host's clock has passed it, rather than for a while.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while now_unix_ms() <= created_ms {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the host clock is behind the template's creation time {created_ms}"
+        );
+        std::thread::yield_now();
+    }
 
     // Warm shells (--shells) ran a throwaway clone each before they were
     // reset in place: their clones must see none of it, so they print
@@ -171,7 +186,9 @@ fn clones_of_a_diff_template_see_the_diff() {
     let run = vmfork(&["clone", &d, "-n", "2", "--console"]);
     assert_eq!(run.status, 0, "{run}");
     // Restored (n=1), pinged (n=2), snapshotted: clones continue at n=3.
-    for line in pongs(&run) {
+    let lines = pongs(&run);
+    assert_eq!(lines.len(), 2, "one pong per clone: {run}");
+    for line in lines {
         assert_eq!(field(&line, "n"), "3", "{run}");
     }
 }

@@ -1,9 +1,7 @@
 //! Every bad input and every guest failure ends with one clear line on
 //! stderr and its own exit status: never a panic, never a hang.
 
-use vmfork_tests::{
-    assert_clean_error, command, exit, host_is_pvm, vmfork, vmfork_as_nobody, vmfork_bin, Scratch,
-};
+use vmfork_tests::{assert_clean_error, command, exit, host_is_pvm, vmfork, vmfork_bin, Scratch};
 
 #[test]
 fn missing_kernel_file() {
@@ -112,16 +110,50 @@ fn missing_dev_kvm() {
     assert_clean_error(&run, exit::KVM_UNAVAILABLE, "/dev/kvm");
 }
 
+/// Boots as the unprivileged user 65534 in a private mount namespace
+/// whose /dev/kvm is a fresh node for the host's KVM device, with mode
+/// `mode` and owned by root: the permission is the test's, whatever the
+/// host's /dev/kvm allows.
+fn boot_as_nobody_with_dev_kvm_mode(scratch: &Scratch, mode: &str) -> vmfork_tests::Run {
+    use std::os::unix::fs::MetadataExt;
+    let rdev = std::fs::metadata("/dev/kvm").expect("/dev/kvm").rdev();
+    let (major, minor) = (
+        (rdev >> 8) & 0xfff,
+        (rdev & 0xff) | ((rdev >> 12) & 0xfff00),
+    );
+    let dir = scratch.str(mode);
+    std::fs::create_dir_all(&dir).expect("node dir");
+    // A tmpfs of the namespace's own (never nodev) holds the node, which is
+    // bind-mounted over /dev/kvm for this namespace only.
+    let script = format!(
+        "set -e; mount -t tmpfs -o mode=0755 none {dir}; mknod {dir}/kvm c {major} {minor}; \
+         chown 0:0 {dir}/kvm; chmod {mode} {dir}/kvm; mount --bind {dir}/kvm /dev/kvm; \
+         exec setpriv --reuid=65534 --regid=65534 --clear-groups {} boot --exit-on-ready --quiet",
+        vmfork_bin().display()
+    );
+    command(
+        "unshare",
+        &["--mount", "--propagation", "private", "sh", "-c", &script],
+    )
+}
+
 #[test]
 fn no_permission_on_dev_kvm() {
-    // An unprivileged user without access to /dev/kvm (mode 0600 here).
-    let run = vmfork_as_nobody(&["boot", "--exit-on-ready"]);
-    let kvm_is_private = std::fs::metadata("/dev/kvm")
-        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o006 == 0)
-        .unwrap_or(false);
-    if kvm_is_private {
-        assert_clean_error(&run, exit::KVM_UNAVAILABLE, "Permission denied");
-    }
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert!(
+        euid == 0,
+        "this test needs root (a private mount namespace and setpriv)"
+    );
+    let scratch = Scratch::new("kvm-perm");
+    // The control: the same node, open to everyone, boots. So the node is
+    // the host's KVM, and the run below fails for its mode alone.
+    let run = boot_as_nobody_with_dev_kvm_mode(&scratch, "0666");
+    assert_eq!(run.status, 0, "user 65534 with a mode 0666 /dev/kvm: {run}");
+    // Mode 0600, owned by root: user 65534 cannot open it.
+    let run = boot_as_nobody_with_dev_kvm_mode(&scratch, "0600");
+    assert_clean_error(&run, exit::KVM_UNAVAILABLE, "Permission denied");
+    assert!(run.stderr.contains("/dev/kvm"), "{run}");
 }
 
 #[test]

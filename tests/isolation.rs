@@ -36,6 +36,18 @@ fn ns(pid: &str, kind: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Where the open fds of `pid` point (empty once it is gone).
+fn fd_targets(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|p| p.display().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Kills the jailed VMM's outer process (and so the VMM) if a test fails.
 struct KillOnDrop(u32);
 
@@ -71,8 +83,23 @@ fn jailed_vmm_runs_unprivileged_in_its_own_namespaces_and_root() {
         assert!(Instant::now() < deadline, "no jailed child appeared");
         std::thread::sleep(Duration::from_millis(20));
     };
-    // Give it time to have booted the guest, then look at it.
-    std::thread::sleep(Duration::from_millis(500));
+    // Look at it once it runs a guest: a VM and a vCPU open through the
+    // jail's /dev/kvm, which it opens only after the jail is set up.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(fd_targets(child).iter().any(|f| f.contains("kvm-vm"))
+        && fd_targets(child).iter().any(|f| f.contains("kvm-vcpu")))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the jailed VMM never opened a VM and a vCPU: {:?}",
+            fd_targets(child)
+        );
+        assert!(
+            parent.try_wait().expect("try_wait").is_none(),
+            "the jailed VMM ended early"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let c = child.to_string();
     assert_eq!(status_field(child, "Uid:"), "65534\t65534\t65534\t65534");
     assert_eq!(status_field(child, "Gid:"), "65534\t65534\t65534\t65534");
@@ -99,13 +126,8 @@ fn jailed_vmm_runs_unprivileged_in_its_own_namespaces_and_root() {
             "{host_only} is visible in the jail"
         );
     }
-    // It is running a guest: /dev/kvm is open through the jail's node.
-    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{child}/fd"))
-        .expect("fds")
-        .filter_map(|e| e.ok())
-        .filter_map(|e| std::fs::read_link(e.path()).ok())
-        .map(|p| p.display().to_string())
-        .collect();
+    // It is still running its guest.
+    let fds = fd_targets(child);
     assert!(fds.iter().any(|f| f.contains("kvm-vm")), "{fds:?}");
     // SIGTERM to the outer process reaches the VMM, which stops cleanly.
     // SAFETY: kill to our own child.

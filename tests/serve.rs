@@ -224,8 +224,13 @@ fn overload_is_shed_with_503_and_retry_after() {
         let _ = s.read_to_end(&mut r);
         r
     });
-    std::thread::sleep(Duration::from_millis(300));
-    // ...so the next is refused at once.
+    // Once its clone is alive...
+    assert_eq!(
+        server.metric_reaching("vmfork_live_clones", 1),
+        Some(1),
+        "the spinning invocation never started a clone"
+    );
+    // ...the next is refused at once.
     let (code, headers, _) = server.invoke("spin", b"");
     assert_eq!(code, 503);
     assert_eq!(header(&headers, "retry-after"), Some("1"));
@@ -286,7 +291,25 @@ fn ten_thousand_invocations_leave_nothing_behind() {
     let pid = server.pid();
     // Warm up once so lazily created things exist before the baseline.
     assert_eq!(server.invoke("echo", b"x").0, 200);
-    std::thread::sleep(Duration::from_millis(300));
+    // The baseline is taken once that request's VM is back in the pool and
+    // both functions' warm pools are full again (--warm 4 each).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let recycled: i64 = ["in_place", "remap"]
+            .iter()
+            .filter_map(|r| server.metric(&format!("vmfork_recycled_vms_total{{reset=\"{r}\"}}")))
+            .sum();
+        let pooled = server.metric("vmfork_pooled_vms").unwrap_or(0);
+        if server.live_clones() == 0 && recycled >= 1 && pooled >= 2 * 4 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "after the warm-up: {recycled} recycled, {pooled} pooled, {} live",
+            server.live_clones()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let fds_before = fd_count(pid);
     let rss_before = rss_kib(pid);
     let pooled_before = server.metric("vmfork_pooled_vms").expect("pooled metric");

@@ -439,17 +439,47 @@ fn killed_template_build_leaves_nothing_loadable() {
             break;
         }
     }
-    std::thread::sleep(Duration::from_millis(30));
+    // Kill it while it writes the memory file: once the hidden partial
+    // directory's `memory` has blocks on disk and its `state` (written
+    // after the memory) does not exist yet.
+    use std::os::unix::fs::MetadataExt;
+    let partial = scratch.path(&format!(".t.partial-{}", child.id()));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let memory_blocks = std::fs::metadata(partial.join("memory")).map_or(0, |m| m.blocks());
+        if memory_blocks > 0 {
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the build ended ({status}) before it was seen writing memory");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never got memory written",
+            partial.display()
+        );
+        std::thread::yield_now();
+    }
     child.kill().expect("kill");
     let _ = child.wait();
+    assert!(
+        !partial.join("state").exists(),
+        "the build wrote its state before it was killed: not killed part-way"
+    );
     assert!(
         !scratch.path("t").exists(),
         "a killed build must not leave the target"
     );
     assert_clean_error(&restore(&out), exit::TEMPLATE, "t");
-    // Whatever partial directory is left is not loadable either.
-    for entry in std::fs::read_dir(&scratch.0).expect("ls").flatten() {
-        let run = restore(&entry.path().to_string_lossy());
+    // The partial directory a SIGKILL leaves behind is not loadable either.
+    let left: Vec<_> = std::fs::read_dir(&scratch.0)
+        .expect("ls")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(left, vec![partial.clone()], "what the killed build left");
+    for path in left {
+        let run = restore(&path.to_string_lossy());
         assert_eq!(run.status, exit::TEMPLATE, "{run}");
     }
 }
