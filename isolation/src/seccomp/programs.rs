@@ -27,6 +27,7 @@ pub(super) fn program(kind: ThreadKind) -> &'static [sock_filter] {
         ThreadKind::Uffd => embedded!("uffd"),
         ThreadKind::Api => embedded!("api"),
         ThreadKind::Http => embedded!("http"),
+        ThreadKind::Invoker => embedded!("invoker"),
         ThreadKind::Holder => embedded!("holder"),
         ThreadKind::Signals => embedded!("signals"),
         ThreadKind::Reaper => embedded!("reaper"),
