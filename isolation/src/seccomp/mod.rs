@@ -114,6 +114,7 @@ pub fn init(options: &Options) -> Result<()> {
         return Ok(());
     }
     pin_malloc_arena_limit();
+    make_room_above_vcpu_fd_floor();
     // Signal handlers are set up here, while rt_sigaction is allowed: no
     // list but the launcher's has it. (The vCPU kick handler is installed
     // by the caller first, for the same reason.)
@@ -154,8 +155,7 @@ pub fn install(kind: ThreadKind) -> Result<()> {
 /// the only ones a vCPU thread may write to besides stdout and stderr (8
 /// bytes at a time: an eventfd's counter). The serial interrupt's eventfd
 /// goes there: vCPU threads ring it. Without filters a failure leaves
-/// `fd` where it is. (The binary raises the soft open-file limit to the
-/// hard one at start-up, main.rs, so there is room above the floor.)
+/// `fd` where it is. (`init` made room above the floor where it could.)
 pub fn to_vcpu_fd_range(fd: OwnedFd) -> Result<OwnedFd> {
     // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own; the new one is ours.
     let moved = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, VCPU_FD_FLOOR) };
@@ -243,6 +243,41 @@ fn violate(v: Violation) {
 /// What the test hook prints when its forbidden socket(2) went through.
 pub const UNFILTERED_VIOLATION: &str =
     "vmfork: test hook: socket(2) went through on a vCPU thread (no filters)";
+
+/// Interrupt eventfds live at `VCPU_FD_FLOOR` and above, so the open-file
+/// limit must reach past it. Most hosts' hard limit does (systemd's is
+/// 524288); a process started without a service manager gets the
+/// kernel's 4096 (the SVM rig's init, for one). There, root raises the
+/// hard limit too; anyone else gets a clear error when the first VM is
+/// made (`to_vcpu_fd_range`).
+fn make_room_above_vcpu_fd_floor() {
+    const WANTED: libc::rlim_t = VCPU_FD_FLOOR as libc::rlim_t + 65536;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_max < WANTED {
+            let raised = libc::rlimit {
+                rlim_cur: WANTED,
+                rlim_max: WANTED,
+            };
+            // Fails without CAP_SYS_RESOURCE (or past fs.nr_open): then
+            // the soft limit goes as high as the hard one allows.
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return;
+            }
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
 
 /// glibc caps its malloc arenas the first time a thread needs a new one,
 /// and may read /sys/devices/system/cpu/online to do it: in a thread whose
