@@ -163,7 +163,9 @@ impl Group {
         }
     }
 
-    fn add_to(self, l: &mut List) -> Result<()> {
+    /// Adds this group's calls to `l`; `floor` is where a vCPU's writes
+    /// to interrupt eventfds may start (ConsoleWrite).
+    fn add_to(self, l: &mut List, floor: i32) -> Result<()> {
         use libc::*;
         match self {
             Group::Base => {
@@ -224,7 +226,7 @@ impl Group {
                             0,
                             SeccompCmpArgLen::Dword,
                             SeccompCmpOp::Ge,
-                            VCPU_FD_FLOOR as u64,
+                            floor as u64,
                         )
                         .map_err(bad)?,
                         SeccompCondition::new(2, SeccompCmpArgLen::Qword, SeccompCmpOp::Eq, 8)
@@ -456,9 +458,13 @@ impl Group {
 }
 
 /// The lowest descriptor number of a vCPU thread's interrupt eventfds
-/// (ConsoleWrite). Negative descriptors compare above it too: write(2)
-/// fails on them with EBADF.
-pub const VCPU_FD_FLOOR: i32 = 8192;
+/// (ConsoleWrite), highest first: the vCPU list is built for each, and a
+/// process uses the highest its open-file limit leaves room above (8192
+/// almost everywhere; 1024 under the kernel's default hard limit of 4096,
+/// which only root may raise). Negative descriptors compare above it too:
+/// write(2) fails on them with EBADF.
+pub const VCPU_FD_FLOORS: [i32; 2] = [8192, 1024];
+pub const VCPU_FD_FLOOR: i32 = VCPU_FD_FLOORS[0];
 
 /// The ioctl "type" byte of KVM and of userfaultfd (linux/kvm.h,
 /// linux/userfaultfd.h).
@@ -493,13 +499,22 @@ pub struct List(BTreeMap<c_long, Allow>);
 
 impl List {
     pub fn for_kind(kind: ThreadKind) -> Result<List> {
-        List::for_groups(kind.groups())
+        List::for_kind_at(kind, VCPU_FD_FLOOR)
+    }
+
+    /// `kind`'s list with a vCPU's eventfd writes from `floor` up.
+    pub fn for_kind_at(kind: ThreadKind, floor: i32) -> Result<List> {
+        List::build(kind.groups(), floor)
     }
 
     pub fn for_groups(groups: &[Group]) -> Result<List> {
+        List::build(groups, VCPU_FD_FLOOR)
+    }
+
+    fn build(groups: &[Group], floor: i32) -> Result<List> {
         let mut list = List::default();
         for group in groups {
-            group.add_to(&mut list)?;
+            group.add_to(&mut list, floor)?;
         }
         Ok(list)
     }

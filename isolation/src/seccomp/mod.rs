@@ -12,10 +12,10 @@ mod names;
 mod programs;
 mod report;
 
-pub use lists::{Group, List, ThreadKind, VCPU_FD_FLOOR};
+pub use lists::{Group, List, ThreadKind, VCPU_FD_FLOOR, VCPU_FD_FLOORS};
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
 
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
 
@@ -24,6 +24,9 @@ use crate::error::{Error, Result, EXIT_SECCOMP};
 /// Off until `init` turns it on. The binary always calls `init`; library
 /// users (unit tests, fuzzers) run unfiltered unless they do too.
 static ENABLED: AtomicBool = AtomicBool::new(false);
+/// Where interrupt eventfds go and vCPUs may write them: one of
+/// `VCPU_FD_FLOORS`, chosen by `init` for the open-file limit.
+static FLOOR: AtomicI32 = AtomicI32::new(VCPU_FD_FLOOR);
 /// The test hook: which forbidden call (`Violation as u8`, 0 for none)
 /// threads of its kind make once filtered.
 static TEST_VIOLATION: AtomicU8 = AtomicU8::new(0);
@@ -114,7 +117,7 @@ pub fn init(options: &Options) -> Result<()> {
         return Ok(());
     }
     pin_malloc_arena_limit();
-    make_room_above_vcpu_fd_floor();
+    FLOOR.store(make_room_above_vcpu_fd_floor(), Ordering::Relaxed);
     // Signal handlers are set up here, while rt_sigaction is allowed: no
     // list but the launcher's has it. (The vCPU kick handler is installed
     // by the caller first, for the same reason.)
@@ -132,7 +135,7 @@ pub fn enabled() -> bool {
 /// keep theirs).
 pub fn install(kind: ThreadKind) -> Result<()> {
     if enabled() {
-        let program = programs::program(kind);
+        let program = programs::program(kind, vcpu_fd_floor());
         report::set_label(kind);
         seccompiler::apply_filter(program).map_err(|e| {
             Error::Seccomp(format!(
@@ -151,20 +154,26 @@ pub fn install(kind: ThreadKind) -> Result<()> {
     Ok(())
 }
 
-/// Moves `fd` to the lowest free descriptor at or above `VCPU_FD_FLOOR`,
+/// Where this process puts interrupt eventfds (see `to_vcpu_fd_range`).
+pub fn vcpu_fd_floor() -> i32 {
+    FLOOR.load(Ordering::Relaxed)
+}
+
+/// Moves `fd` to the lowest free descriptor at or above `vcpu_fd_floor()`,
 /// the only ones a vCPU thread may write to besides stdout and stderr (8
 /// bytes at a time: an eventfd's counter). The serial interrupt's eventfd
 /// goes there: vCPU threads ring it. Without filters a failure leaves
 /// `fd` where it is. (`init` made room above the floor where it could.)
 pub fn to_vcpu_fd_range(fd: OwnedFd) -> Result<OwnedFd> {
     // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own; the new one is ours.
-    let moved = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, VCPU_FD_FLOOR) };
+    let floor = vcpu_fd_floor();
+    let moved = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, floor) };
     if moved < 0 {
         if !enabled() {
             return Ok(fd);
         }
         return Err(Error::Seccomp(format!(
-            "moving an interrupt eventfd to descriptor {VCPU_FD_FLOOR} or above: {} (vCPU threads write only there; the open-file limit, ulimit -Hn, must be above {VCPU_FD_FLOOR})",
+            "moving an interrupt eventfd to descriptor {floor} or above: {} (vCPU threads write only there; the open-file limit, ulimit -Hn, must be above {floor})",
             std::io::Error::last_os_error()
         )));
     }
@@ -244,39 +253,44 @@ fn violate(v: Violation) {
 pub const UNFILTERED_VIOLATION: &str =
     "vmfork: test hook: socket(2) went through on a vCPU thread (no filters)";
 
-/// Interrupt eventfds live at `VCPU_FD_FLOOR` and above, so the open-file
-/// limit must reach past it. Most hosts' hard limit does (systemd's is
-/// 524288); a process started without a service manager gets the
-/// kernel's 4096 (the SVM rig's init, for one). There, root raises the
-/// hard limit too; anyone else gets a clear error when the first VM is
-/// made (`to_vcpu_fd_range`).
-fn make_room_above_vcpu_fd_floor() {
+/// Interrupt eventfds live at the floor and above, so the open-file limit
+/// must reach past it. Most hosts' hard limit does (systemd's is 524288);
+/// a process started without a service manager gets the kernel's 4096
+/// (the SVM rig's init, for one), which root with CAP_SYS_RESOURCE raises
+/// here. Returns the highest floor with 1024 descriptors of room above it
+/// under the resulting soft limit (the lowest floor if none has).
+fn make_room_above_vcpu_fd_floor() -> i32 {
     const WANTED: libc::rlim_t = VCPU_FD_FLOOR as libc::rlim_t + 65536;
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit/setrlimit on a local struct.
-    unsafe {
+    let soft = unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return;
-        }
-        if limit.rlim_max < WANTED {
+            0
+        } else {
             let raised = libc::rlimit {
                 rlim_cur: WANTED,
                 rlim_max: WANTED,
             };
-            // Fails without CAP_SYS_RESOURCE (or past fs.nr_open): then
-            // the soft limit goes as high as the hard one allows.
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                return;
+            // Raising the hard limit fails without CAP_SYS_RESOURCE (or
+            // past fs.nr_open): then the soft one goes up to the hard one.
+            if limit.rlim_max < WANTED && libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                WANTED
+            } else {
+                limit.rlim_cur = limit.rlim_max;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+                let mut now = limit;
+                libc::getrlimit(libc::RLIMIT_NOFILE, &mut now);
+                now.rlim_cur
             }
         }
-        if limit.rlim_cur < limit.rlim_max {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
+    };
+    VCPU_FD_FLOORS
+        .into_iter()
+        .find(|&f| soft >= f as libc::rlim_t + 1024)
+        .unwrap_or(VCPU_FD_FLOORS[VCPU_FD_FLOORS.len() - 1])
 }
 
 /// glibc caps its malloc arenas the first time a thread needs a new one,
@@ -295,7 +309,12 @@ fn pin_malloc_arena_limit() {
 /// this with `SeccompAction::Trap` for the programs threads install
 /// (programs.rs); at run time only the tests and measurements compile.
 pub fn compile(kind: ThreadKind, mismatch: SeccompAction) -> Result<BpfProgram> {
-    let rules = List::for_kind(kind)?.into_rules();
+    compile_at(kind, VCPU_FD_FLOOR, mismatch)
+}
+
+/// `compile`, with a vCPU's eventfd writes from `floor` up.
+pub fn compile_at(kind: ThreadKind, floor: i32, mismatch: SeccompAction) -> Result<BpfProgram> {
+    let rules = List::for_kind_at(kind, floor)?.into_rules();
     let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, TargetArch::x86_64)
         .and_then(BpfProgram::try_from)
         .map_err(|e| Error::Seccomp(format!("compiling the {} list: {e}", kind.name())))?;

@@ -42,7 +42,7 @@ fn embedded_programs_are_what_the_lists_compile_to() {
         let compiled = compile(kind, SeccompAction::Trap);
         assert!(compiled.is_ok(), "{}: {:?}", kind.name(), compiled.err());
         let compiled = compiled.unwrap_or_default();
-        let embedded = programs::program(kind);
+        let embedded = programs::program(kind, lists::VCPU_FD_FLOOR);
         assert!(
             embedded == compiled.as_slice(),
             "{}: the embedded program ({} instructions) differs from the compiled one ({})",
@@ -50,6 +50,19 @@ fn embedded_programs_are_what_the_lists_compile_to() {
             embedded.len(),
             compiled.len()
         );
+    }
+}
+
+#[test]
+fn embedded_vcpu_programs_for_lower_floors_are_what_the_list_compiles_to() {
+    for &floor in &lists::VCPU_FD_FLOORS[1..] {
+        let compiled = compile_at(ThreadKind::Vcpu, floor, SeccompAction::Trap);
+        assert!(compiled.is_ok(), "{floor}: {:?}", compiled.err());
+        let compiled = compiled.unwrap_or_default();
+        let embedded = programs::program(ThreadKind::Vcpu, floor);
+        assert!(embedded == compiled.as_slice(), "vcpu at {floor}");
+        // And it differs from the default floor's: the floor is in it.
+        assert!(embedded != programs::program(ThreadKind::Vcpu, lists::VCPU_FD_FLOOR));
     }
 }
 
