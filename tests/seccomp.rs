@@ -72,6 +72,34 @@ fn a_vcpu_thread_writes_only_to_its_console() {
     );
 }
 
+/// Under the kernel's default open-file limit (4096), which this host's
+/// root may not raise, interrupt eventfds go to 1024 and up instead of
+/// 8192: VMs still run, and a vCPU's write elsewhere is still refused.
+#[test]
+fn a_low_open_file_limit_lowers_the_eventfd_floor_not_the_rule() {
+    let low = |extra: &[&str]| {
+        let out = Command::new("prlimit")
+            .arg("--nofile=1024:4096")
+            .arg(vmfork_bin())
+            .args(["boot", "--exit-on-ready", "--quiet"])
+            .args(extra)
+            .output()
+            .expect("prlimit");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (status, stderr) = low(&[]);
+    assert_eq!(status, Some(0), "{stderr}");
+    let (status, stderr) = low(&["--test-seccomp-violation=vcpu-write"]);
+    assert_eq!(status, Some(exit::SECCOMP), "{stderr}");
+    assert!(
+        stderr.contains("made forbidden system call 1 (write)"),
+        "{stderr}"
+    );
+}
+
 /// `serve`'s HTTP threads break one rule each; the server ends with the
 /// report before it listens.
 fn serve_breaking(rule: &str, call: &str) {
