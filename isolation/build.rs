@@ -59,8 +59,16 @@ fn main() {
     }
 
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    for kind in lists::ThreadKind::ALL {
-        let program = compile(kind);
+    // Every list, and the vCPU list once more for each lower floor.
+    let lower = lists::VCPU_FD_FLOORS[1..]
+        .iter()
+        .map(|&f| (lists::ThreadKind::Vcpu, f, format!("vcpu-{f}")));
+    let all = lists::ThreadKind::ALL
+        .into_iter()
+        .map(|k| (k, lists::VCPU_FD_FLOOR, k.name().to_string()))
+        .chain(lower);
+    for (kind, floor, name) in all {
+        let program = compile(kind, floor);
         let bytes: Vec<u8> = program
             .iter()
             .flat_map(|insn| {
@@ -72,16 +80,17 @@ fn main() {
                 b
             })
             .collect();
-        let path = out_dir.join(format!("seccomp-{}.bpf", kind.name()));
+        let path = out_dir.join(format!("seccomp-{name}.bpf"));
         if let Err(e) = std::fs::write(&path, bytes) {
             panic!("writing {}: {e}", path.display());
         }
     }
 }
 
-/// `seccomp::compile(kind, SeccompAction::Trap)`, as the crate does it.
-fn compile(kind: lists::ThreadKind) -> BpfProgram {
-    let rules = match lists::List::for_kind(kind) {
+/// `seccomp::compile_at(kind, floor, SeccompAction::Trap)`, as the crate
+/// does it.
+fn compile(kind: lists::ThreadKind, floor: i32) -> BpfProgram {
+    let rules = match lists::List::for_kind_at(kind, floor) {
         Ok(list) => list.into_rules(),
         Err(error::Error::Seccomp(e)) => panic!("building the {} list: {e}", kind.name()),
     };

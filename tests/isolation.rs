@@ -5,9 +5,20 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use vmfork_tests::server::{function_template, Server};
 use vmfork_tests::{assert_clean_error, build_template, exit, vmfork, vmfork_bin, Scratch};
 
 const NOBODY: &str = "65534";
+/// A --jail directory root will not build in (docs/security.md).
+const UNSAFE_JAIL: i32 = 24;
+
+fn chown_nobody(path: &std::path::Path) {
+    let chown = Command::new("chown")
+        .args(["-R", "65534:65534", &path.display().to_string()])
+        .status()
+        .expect("chown");
+    assert!(chown.success());
+}
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -147,12 +158,9 @@ fn jailed_restore_and_uffd_clones_use_paths_inside_the_jail() {
         "32M",
         "quiet=1 timer_hz=0 touch_mib=1",
     );
-    // Templates are read by the unprivileged VMM.
-    let chown = Command::new("chown")
-        .args(["-R", "65534:65534", &root.display().to_string()])
-        .status()
-        .expect("chown");
-    assert!(chown.success());
+    // Templates are read by the unprivileged VMM; the jail itself stays
+    // root's.
+    chown_nobody(&root.join("tpl"));
     let root = root.display().to_string();
     let jail = ["--jail", &root, "--uid", NOBODY, "--gid", NOBODY];
     let mut args = vec!["restore", "/tpl", "--exit-on-ready", "--quiet"];
@@ -301,4 +309,189 @@ fn bad_cgroup_requests_are_refused() {
     }
     let run = vmfork(&["boot", "--exit-on-ready", "--pids-max", "5"]);
     assert_clean_error(&run, exit::USAGE, "--cgroup");
+}
+
+/// The jail directory and where it lives must be root's alone, or root
+/// would be building device nodes where someone else can swap paths.
+#[test]
+fn jail_directories_others_can_change_are_refused() {
+    assert!(is_root(), "the jail tests need root");
+    let scratch = Scratch::new("jail-unsafe");
+    let jail = [
+        "--uid",
+        NOBODY,
+        "--gid",
+        NOBODY,
+        "--exit-on-ready",
+        "--quiet",
+    ];
+    let owned = scratch.path("owned");
+    std::fs::create_dir_all(&owned).expect("dir");
+    chown_nobody(&owned);
+    let writable = scratch.path("writable");
+    std::fs::create_dir_all(&writable).expect("dir");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&writable, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    // Below a directory someone else owns: they could rename it away.
+    let below = scratch.path("owned/below");
+    std::fs::create_dir_all(&below).expect("dir");
+    for (dir, needle) in [
+        (&owned, "belongs to uid 65534, not root"),
+        (&writable, "writable by group or others"),
+        (&below, "belongs to uid 65534"),
+    ] {
+        let dir = dir.display().to_string();
+        let mut args = vec!["boot", "--jail", &dir];
+        args.extend(jail);
+        assert_clean_error(&vmfork(&args), UNSAFE_JAIL, needle);
+    }
+}
+
+/// A symlink planted in the jail (here /dev, pointing at a directory of
+/// the host's) is refused, and nothing is made or removed through it.
+#[test]
+fn jail_setup_follows_no_symlink() {
+    assert!(is_root(), "the jail tests need root");
+    let scratch = Scratch::new("jail-symlink");
+    let root = scratch.path("root");
+    std::fs::create_dir_all(&root).expect("dir");
+    let elsewhere = scratch.path("elsewhere");
+    std::fs::create_dir_all(&elsewhere).expect("dir");
+    std::fs::write(elsewhere.join("kvm"), b"host file").expect("file");
+    std::os::unix::fs::symlink(&elsewhere, root.join("dev")).expect("symlink");
+    let dir = root.display().to_string();
+    let args = [
+        "boot",
+        "--jail",
+        &dir,
+        "--uid",
+        NOBODY,
+        "--gid",
+        NOBODY,
+        "--exit-on-ready",
+    ];
+    assert_clean_error(&vmfork(&args), UNSAFE_JAIL, "/dev in the jail is a symlink");
+    let kept = std::fs::read(elsewhere.join("kvm")).unwrap_or_default();
+    assert_eq!(kept, b"host file", "the symlink's target was touched");
+    // The same for /proc, with /dev a real directory.
+    std::fs::remove_file(root.join("dev")).expect("rm");
+    std::os::unix::fs::symlink(&elsewhere, root.join("proc")).expect("symlink");
+    assert_clean_error(
+        &vmfork(&args),
+        UNSAFE_JAIL,
+        "/proc in the jail is a symlink",
+    );
+    assert!(
+        !elsewhere.join("self").exists(),
+        "proc was mounted through the symlink"
+    );
+}
+
+/// `serve --jail`: the listener is bound on the host before the jail,
+/// the templates are paths inside it, the server answers as the jailed
+/// user in its own namespaces, with only the device nodes it needs.
+#[test]
+fn serve_runs_jailed_on_a_listener_bound_before_the_jail() {
+    assert!(is_root(), "the jail tests need root");
+    let scratch = Scratch::new("serve-jail");
+    let root = scratch.path("root");
+    std::fs::create_dir_all(&root).expect("jail dir");
+    let tpl = function_template(&scratch, "root/echo", "echo");
+    chown_nobody(std::path::Path::new(&tpl));
+    std::fs::create_dir_all(root.join("state")).expect("state dir");
+    chown_nobody(&root.join("state"));
+    let dir = root.display().to_string();
+    let server = Server::start(
+        &[("echo", "/echo".to_string())],
+        &[
+            "--jail",
+            &dir,
+            "--uid",
+            NOBODY,
+            "--gid",
+            NOBODY,
+            "--state-dir",
+            "/state",
+        ],
+    );
+    let _kill = KillOnDrop(server.pid());
+    let (code, _, body) = server.invoke("echo", b"from the jail");
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(body, b"from the jail");
+    let outer = server.pid();
+    let child = children(outer);
+    assert_eq!(child.len(), 1, "one jailed server: {child:?}");
+    let child = child[0];
+    assert!(status_field(child, "Uid:").starts_with("65534"), "{child}");
+    assert_eq!(status_field(child, "CapEff:"), "0000000000000000");
+    for kind in ["mnt", "net", "pid"] {
+        assert_ne!(
+            ns(&outer.to_string(), kind),
+            ns(&child.to_string(), kind),
+            "{kind}"
+        );
+    }
+    let mut devs: Vec<String> = std::fs::read_dir(format!("/proc/{child}/root/dev"))
+        .expect("the jail's /dev")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    devs.sort();
+    devs.retain(|d| d != "userfaultfd");
+    assert_eq!(devs, vec!["kvm".to_string()]);
+    server.stop();
+}
+
+/// `serve --cgroup`: the server joins the group before any VM exists,
+/// with its limits, and its VMs' memory is charged there. cgroup v2, or
+/// v1 where the controllers are still bound to it (as on this host).
+#[test]
+fn serve_runs_in_its_cgroup() {
+    assert!(is_root(), "the cgroup tests need root");
+    let scratch = Scratch::new("serve-cgroup");
+    let tpl = function_template(&scratch, "echo", "echo");
+    let name = format!("vmfork-test-{}/serve", std::process::id());
+    let server = Server::start(
+        &[("echo", tpl)],
+        &["--cgroup", &name, "--memory-max", "512M", "--warm", "1"],
+    );
+    let (code, _, body) = server.invoke("echo", b"in the group");
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    // Where the kernel says the server is: the memory controller's line
+    // (v1) or the unified one (v2).
+    let groups =
+        std::fs::read_to_string(format!("/proc/{}/cgroup", server.pid())).unwrap_or_default();
+    let line = |controllers: &str| {
+        groups.lines().find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, c, path) = (parts.next()?, parts.next()?, parts.next()?);
+            (c == controllers).then(|| path.trim_start_matches('/').to_string())
+        })
+    };
+    let (dir, file) = match line("memory") {
+        Some(path) => (
+            format!("/sys/fs/cgroup/memory/{path}"),
+            "memory.limit_in_bytes",
+        ),
+        None => (
+            format!("/sys/fs/cgroup/{}", line("").unwrap_or_default()),
+            "memory.max",
+        ),
+    };
+    assert!(dir.ends_with(&name), "{groups}");
+    let read = |f: &str| std::fs::read_to_string(format!("{dir}/{f}")).unwrap_or_default();
+    assert_eq!(read(file).trim(), "536870912", "{dir}/{file}");
+    let procs = read("cgroup.procs");
+    assert!(
+        procs.lines().any(|p| p.trim() == server.pid().to_string()),
+        "{dir}: {procs:?}"
+    );
+    let usage = read("memory.usage_in_bytes") + &read("memory.current");
+    assert!(usage.trim().parse::<u64>().unwrap_or(0) > 0, "{usage:?}");
+    server.stop();
+    let dir = std::path::PathBuf::from(dir);
+    let _ = std::fs::remove_dir(&dir);
+    if let Some(parent) = dir.parent() {
+        let _ = std::fs::remove_dir(parent);
+    }
 }

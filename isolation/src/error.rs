@@ -7,6 +7,10 @@ pub enum Error {
     /// The jail or cgroup could not be set up.
     #[error("{0}")]
     Isolation(String),
+    /// A jail directory root cannot safely build in: not root's, writable
+    /// by others, or reached through a symlink.
+    #[error("{0}")]
+    UnsafeJail(String),
     /// A seccomp filter could not be built or installed.
     #[error("seccomp: {0}")]
     Seccomp(String),
@@ -22,6 +26,9 @@ pub enum Error {
 /// directly).
 pub const EXIT_SECCOMP: i32 = 18;
 
+/// Exit status of a `--jail` directory that is unsafe to build in.
+pub const EXIT_UNSAFE_JAIL: i32 = 24;
+
 impl Error {
     /// Process exit status; the same numbers as the VMM's errors.
     pub fn exit_code(&self) -> i32 {
@@ -30,6 +37,7 @@ impl Error {
             Error::KvmUnavailable(_) => 4,
             Error::Seccomp(_) => EXIT_SECCOMP,
             Error::Isolation(_) => 19,
+            Error::UnsafeJail(_) => EXIT_UNSAFE_JAIL,
         }
     }
 }

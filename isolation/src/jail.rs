@@ -8,8 +8,17 @@
 //! builds its root (device nodes, /proc) while still root, pivots into
 //! it, and drops privileges last, so nothing it does afterwards can undo
 //! the jail.
+//!
+//! What runs as root touches only a tree nobody else can change: the jail
+//! directory and every directory above it must be root's and writable by
+//! no one else (a sticky one such as /tmp may be, above it), which
+//! `validate` checks (exit status 24 otherwise). Inside, every step works
+//! relative to a descriptor opened with O_NOFOLLOW (`dev`, `proc`, the
+//! device names), so no symlink left in the jail is ever followed, and
+//! the pivot needs no directory of its own (pivot_root(".", ".")).
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -23,8 +32,11 @@ pub struct JailSpec {
 }
 
 /// Device nodes a VMM needs: KVM always, userfaultfd for the uffd backend
-/// (created only when the host has it).
-const DEVICES: &[(&str, bool)] = &[("/dev/kvm", true), ("/dev/userfaultfd", false)];
+/// (created only when the host has it): host path, name in the jail's /dev.
+const DEVICES: &[(&str, &CStr, bool)] = &[
+    ("/dev/kvm", c"kvm", true),
+    ("/dev/userfaultfd", c"userfaultfd", false),
+];
 
 fn os_err(what: &str) -> Error {
     Error::Isolation(format!("jail: {what}: {}", std::io::Error::last_os_error()))
@@ -57,10 +69,48 @@ pub fn validate(spec: &JailSpec) -> Result<()> {
             spec.root.display()
         )));
     }
-    if spec.root.canonicalize().ok().as_deref() == Some(Path::new("/")) {
+    let canonical = spec
+        .root
+        .canonicalize()
+        .map_err(|e| Error::InvalidArgument(format!("--jail {}: {e}", spec.root.display())))?;
+    if canonical == Path::new("/") {
         return Err(Error::InvalidArgument(
             "--jail /: the jail root must be a directory of its own".into(),
         ));
+    }
+    check_owned_by_root(&canonical)
+}
+
+/// Root builds device nodes and mounts in the jail: someone else able to
+/// change the directory, or one above it, could swap a part of it for a
+/// symlink meanwhile. So the directory must be root's and writable by no
+/// one else, and so must every directory above it, except that a sticky
+/// one (such as /tmp) may be writable: nobody else can rename or remove
+/// what root owns there.
+fn check_owned_by_root(canonical: &Path) -> Result<()> {
+    let refuse = |why: String| Error::UnsafeJail(format!("--jail {}: {why}", canonical.display()));
+    for (i, dir) in canonical.ancestors().enumerate() {
+        // canonicalize resolved every symlink: none is left to follow.
+        let meta = std::fs::symlink_metadata(dir).map_err(|e| refuse(e.to_string()))?;
+        let mode = meta.mode();
+        let what = if i == 0 {
+            "it".to_string()
+        } else {
+            dir.display().to_string()
+        };
+        if meta.uid() != 0 {
+            return Err(refuse(format!(
+                "{what} belongs to uid {}, not root (the jail and the directories above it must be root's)",
+                meta.uid()
+            )));
+        }
+        let sticky = mode & 0o1000 != 0;
+        if mode & 0o022 != 0 && (i == 0 || !sticky) {
+            return Err(refuse(format!(
+                "{what} is writable by group or others (mode {:o}; chmod go-w)",
+                mode & 0o7777
+            )));
+        }
     }
     Ok(())
 }
@@ -146,25 +196,78 @@ fn build_and_drop(spec: &JailSpec, root: &Path) -> Result<()> {
     }
     // Keep our mounts from propagating back to the host's namespace.
     mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE)?;
-    // pivot_root needs the new root to be a mount point.
+    // pivot_root needs the new root to be a mount point. `validate` made
+    // sure nobody but root can change the path meanwhile.
     mount(Some(root), root, None, libc::MS_BIND | libc::MS_REC)?;
-    make_devices(spec, root)?;
-    let proc_dir = root.join("proc");
-    std::fs::create_dir_all(&proc_dir).map_err(|e| jail_io("mkdir proc", e))?;
+    // The bind mount's top: from here on, everything is relative to it.
+    let root_dir = open_dir(None, &cstr(root)?, "the jail directory")?;
+    let dev = subdir(&root_dir, c"dev", 0o755)?;
+    make_devices(spec, &dev)?;
+    drop(dev);
+    let proc_dir = subdir(&root_dir, c"proc", 0o555)?;
     // A fresh /proc shows only this PID namespace; vmfork reads its own
     // /proc/self (pagemap for diff snapshots, status for memory figures).
+    // It goes on the directory just opened, named through the host's
+    // /proc/self/fd: a path into the jail would be resolved again.
+    let proc_target = PathBuf::from(format!("/proc/self/fd/{}", proc_dir.as_raw_fd()));
     mount(
         Some(Path::new("proc")),
-        &proc_dir,
+        &proc_target,
         Some("proc"),
         libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
     )?;
-    pivot(root)?;
+    drop(proc_dir);
+    pivot(&root_dir)?;
     drop_privileges(spec)
 }
 
-fn jail_io(what: &str, e: std::io::Error) -> Error {
-    Error::Isolation(format!("jail: {what}: {e}"))
+/// Opens the directory `name` (relative to `at`, or a path) as an O_PATH
+/// descriptor, refusing a symlink in its last part.
+fn open_dir(at: Option<&OwnedFd>, name: &CStr, what: &str) -> Result<OwnedFd> {
+    let at = at.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
+    let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: openat with a NUL-terminated name; the descriptor is ours.
+    let fd = unsafe { libc::openat(at, name.as_ptr(), flags) };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(match e.raw_os_error() {
+            Some(libc::ELOOP) | Some(libc::ENOTDIR) => Error::UnsafeJail(format!(
+                "jail: {what} is a symlink or not a directory; refusing to follow it"
+            )),
+            _ => Error::Isolation(format!("jail: opening {what}: {e}")),
+        });
+    }
+    // SAFETY: openat just returned this descriptor, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The directory `name` in `root`, made if missing. One that exists must
+/// be a real directory, root's and writable by no one else.
+fn subdir(root: &OwnedFd, name: &CStr, mode: libc::mode_t) -> Result<OwnedFd> {
+    let shown = format!("/{} in the jail", name.to_string_lossy());
+    // SAFETY: mkdirat relative to a directory descriptor we hold.
+    if unsafe { libc::mkdirat(root.as_raw_fd(), name.as_ptr(), mode) } != 0
+        && std::io::Error::last_os_error().raw_os_error() != Some(libc::EEXIST)
+    {
+        return Err(os_err(&format!("mkdir {shown}")));
+    }
+    let dir = open_dir(Some(root), name, &shown)?;
+    // SAFETY: fstat into a zeroed local struct.
+    let st = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(dir.as_raw_fd(), &mut st) != 0 {
+            return Err(os_err(&format!("stat {shown}")));
+        }
+        st
+    };
+    if st.st_uid != 0 || st.st_mode & 0o022 != 0 {
+        return Err(Error::UnsafeJail(format!(
+            "jail: {shown} must be root's and writable by no one else (uid {}, mode {:o})",
+            st.st_uid,
+            st.st_mode & 0o7777
+        )));
+    }
+    Ok(dir)
 }
 
 fn mount(source: Option<&Path>, target: &Path, fstype: Option<&str>, flags: u64) -> Result<()> {
@@ -188,12 +291,10 @@ fn mount(source: Option<&Path>, target: &Path, fstype: Option<&str>, flags: u64)
     Ok(())
 }
 
-/// Creates the device nodes inside the jail with the host's numbers,
-/// owned by the jailed user and accessible to it alone.
-fn make_devices(spec: &JailSpec, root: &Path) -> Result<()> {
-    let dev = root.join("dev");
-    std::fs::create_dir_all(&dev).map_err(|e| jail_io("mkdir dev", e))?;
-    for &(host_path, required) in DEVICES {
+/// Creates the device nodes in the jail's /dev (`dev`) with the host's
+/// numbers, owned by the jailed user and accessible to it alone.
+fn make_devices(spec: &JailSpec, dev: &OwnedFd) -> Result<()> {
+    for &(host_path, name, required) in DEVICES {
         let meta = match std::fs::metadata(host_path) {
             Ok(m) => m,
             Err(e) if required => {
@@ -201,45 +302,53 @@ fn make_devices(spec: &JailSpec, root: &Path) -> Result<()> {
             }
             Err(_) => continue,
         };
-        let inside = root.join(host_path.trim_start_matches('/'));
-        // A node left by an earlier run may have other numbers or owner.
-        let _ = std::fs::remove_file(&inside);
-        let path = cstr(&inside)?;
-        // SAFETY: mknod/chown on a NUL-terminated path we own.
+        let shown = format!("/dev/{} in the jail", name.to_string_lossy());
+        let dev = dev.as_raw_fd();
+        // SAFETY: unlinkat, mknodat and fchownat relative to a directory
+        // descriptor we hold, with a constant NUL-terminated name.
+        // unlinkat removes a symlink itself, never its target, and
+        // AT_SYMLINK_NOFOLLOW keeps fchownat off one (none can appear in
+        // between: the directory is root's alone).
         unsafe {
-            if libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o600, meta.rdev()) != 0 {
-                return Err(os_err(&format!("mknod {}", inside.display())));
+            // A node left by an earlier run may have other numbers or
+            // owner.
+            if libc::unlinkat(dev, name.as_ptr(), 0) != 0
+                && std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOENT)
+            {
+                return Err(os_err(&format!("removing the old {shown}")));
             }
-            if libc::chown(path.as_ptr(), spec.uid, spec.gid) != 0 {
-                return Err(os_err(&format!("chown {}", inside.display())));
+            if libc::mknodat(dev, name.as_ptr(), libc::S_IFCHR | 0o600, meta.rdev()) != 0 {
+                return Err(os_err(&format!("mknod {shown}")));
+            }
+            let nofollow = libc::AT_SYMLINK_NOFOLLOW;
+            if libc::fchownat(dev, name.as_ptr(), spec.uid, spec.gid, nofollow) != 0 {
+                return Err(os_err(&format!("chown {shown}")));
             }
         }
     }
     Ok(())
 }
 
-fn pivot(root: &Path) -> Result<()> {
-    let old = root.join(".old-root");
-    std::fs::create_dir_all(&old).map_err(|e| jail_io("mkdir .old-root", e))?;
-    let (root_c, old_c) = (cstr(root)?, cstr(&old)?);
-    // SAFETY: pivot_root with two NUL-terminated paths; root is a mount
-    // point (bind-mounted above) and old is below it.
-    if unsafe { libc::syscall(libc::SYS_pivot_root, root_c.as_ptr(), old_c.as_ptr()) } != 0 {
-        return Err(os_err("pivot_root"));
-    }
-    let slash = c"/";
-    let old_inside = c"/.old-root";
-    // SAFETY: chdir/umount2/rmdir on constant NUL-terminated paths.
+/// Makes `root` (the bind mount's top) the root: pivot_root(".", ".")
+/// stacks the old root on the new one, and detaching it leaves nothing
+/// of the host reachable by path. No directory for the old root is made.
+fn pivot(root: &OwnedFd) -> Result<()> {
+    let (dot, slash) = (c".", c"/");
+    // SAFETY: fchdir to a directory descriptor we hold; pivot_root,
+    // umount2 and chdir with constant NUL-terminated paths.
     unsafe {
+        if libc::fchdir(root.as_raw_fd()) != 0 {
+            return Err(os_err("chdir into the jail"));
+        }
+        if libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) != 0 {
+            return Err(os_err("pivot_root"));
+        }
+        if libc::umount2(dot.as_ptr(), libc::MNT_DETACH) != 0 {
+            return Err(os_err("umount the old root"));
+        }
         if libc::chdir(slash.as_ptr()) != 0 {
             return Err(os_err("chdir /"));
         }
-        // Detach the host's tree: after this nothing outside the jail is
-        // reachable by path.
-        if libc::umount2(old_inside.as_ptr(), libc::MNT_DETACH) != 0 {
-            return Err(os_err("umount the old root"));
-        }
-        libc::rmdir(old_inside.as_ptr());
     }
     Ok(())
 }

@@ -20,7 +20,6 @@ use super::metrics::{Counted, Metrics};
 use super::pool::Finished;
 use super::registry::{FunctionLimits, Registry};
 use super::server::ConnectionAddrs;
-use vmfork_machine::machine::vmm_rss_kib;
 use vmfork_machine::mailbox::Status;
 
 pub struct AppState {
@@ -43,6 +42,10 @@ pub struct AppState {
     pub body_timeout: Duration,
     /// Where a finished clone goes to be stopped and closed.
     pub reaper: std::sync::mpsc::Sender<Finished>,
+    /// Where invocations' VM work runs (HTTP threads may not touch KVM).
+    pub invokers: super::invokers::Invokers,
+    /// /proc/self/status, opened once: HTTP threads may not open files.
+    pub proc_status: Option<std::fs::File>,
     /// Numbers requests, for program functions' logs.
     pub next_request: std::sync::atomic::AtomicU64,
 }
@@ -65,7 +68,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(
-            vmm_rss_kib(),
+            state.proc_status.as_ref().map_or(0, rss_kib),
             state
                 .registry
                 .list()
@@ -157,6 +160,26 @@ async fn undeploy(
         );
     };
     super::deploy::delete(&state.registry, builder, &name).await
+}
+
+/// VmRSS from /proc/self/status, read again from its start (pread: the
+/// kernel regenerates the file on each read from offset 0); 0 if absent.
+fn rss_kib(status: &std::fs::File) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; 4096];
+    let mut len = 0;
+    while len < buf.len() {
+        match status.read_at(&mut buf[len..], len as u64) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => len += n,
+        }
+    }
+    String::from_utf8_lossy(&buf[..len])
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 fn text(status: StatusCode, message: impl Into<String>) -> Response {
@@ -253,7 +276,9 @@ async fn invoke(
     let reaper = state.reaper.clone();
     let (timeout, metrics, f) = (limits.timeout, state.metrics.clone(), function.clone());
     let (reply, outcome) = tokio::sync::oneshot::channel();
-    tokio::task::spawn_blocking(move || {
+    // A job the invokers no longer take (shutting down) drops `reply`:
+    // the outcome below is then an error.
+    let _ = state.invokers.run(move || {
         f.invoke(
             Some(slot),
             &payload,
@@ -270,7 +295,8 @@ async fn invoke(
     // blocking task only when there is something to make, one at a time).
     if function.claim_refill() {
         let refill = function.clone();
-        tokio::task::spawn_blocking(move || refill.refill_claimed());
+        // Once the server is shutting down there is nothing to refill.
+        let _ = state.invokers.run(move || refill.refill_claimed());
     }
     let response = match outcome {
         Err(e) => {

@@ -8,6 +8,7 @@ pub mod connection;
 pub mod deploy;
 pub mod function;
 pub mod http;
+pub mod invokers;
 pub mod limits;
 pub use vmfork_machine::mailbox;
 pub mod metrics;
@@ -140,6 +141,8 @@ pub fn new_state(
     }
     let metrics = Arc::new(Metrics::default());
     let (reaper, mut threads) = pool::spawn_reapers(metrics.clone())?;
+    let (invokers, first_invokers) = invokers::Invokers::spawn(blocking_threads(config))?;
+    threads.extend(first_invokers);
     // `--cold-boot` is a benchmark of the embedded guest: nothing to deploy.
     let builder = if config.cold_boot {
         None
@@ -163,16 +166,18 @@ pub fn new_state(
         max_body: config.max_body,
         body_timeout: config.http.body_timeout,
         reaper,
+        invokers,
+        proc_status: std::fs::File::open("/proc/self/status").ok(),
         next_request: std::sync::atomic::AtomicU64::new(1),
     });
     Ok((state, threads))
 }
 
-/// Blocking threads the server needs: one per running VM's invocation,
-/// as many again finishing theirs (resetting a VM after its slot is
-/// freed), one warm-pool refill per function, and the wait for the stop
-/// signal. Tasks past this wait in tokio's queue, and each of those holds
-/// a running slot, so the queue is bounded too.
+/// Invoker threads the server may need (invokers.rs): one per running
+/// VM's invocation, as many again finishing theirs (resetting a VM after
+/// its slot is freed), one warm-pool refill per function, and one spare.
+/// Jobs past this wait in the queue, and each of those holds a running
+/// slot, so the queue is bounded too.
 /// Refills of deployed functions' warm pools running at once, beyond one
 /// per `--template` function.
 const MAX_REFILLS: usize = 8;
@@ -181,10 +186,19 @@ pub fn blocking_threads(config: &ServeConfig) -> usize {
     2 * config.max_concurrency + config.templates.len() + MAX_REFILLS + 1
 }
 
-/// Serves until `stop` is stopped (SIGINT/SIGTERM in the CLI), then lets
-/// in-flight requests finish and stops every clone, within
-/// `config.http.drain_timeout`.
-pub fn run(config: ServeConfig, stop: StopLatch) -> Result<()> {
+/// Binds `--listen`, as `run` needs it: before a jail drops privileges
+/// and takes the host's network out of sight (the socket keeps both).
+pub fn bind(listen: SocketAddr) -> Result<std::net::TcpListener> {
+    let bound = std::net::TcpListener::bind(listen)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|e| Error::InvalidArgument(format!("--listen {listen}: {e}")))?;
+    Ok(bound)
+}
+
+/// Serves on `listener` (from `bind`) until `stop` is stopped
+/// (SIGINT/SIGTERM in the CLI), then lets in-flight requests finish and
+/// stops every clone, within `config.http.drain_timeout`.
+pub fn run(config: ServeConfig, listener: std::net::TcpListener, stop: StopLatch) -> Result<()> {
     if config.max_body > mailbox::MAX_BODY {
         return Err(Error::InvalidArgument(format!(
             "--max-body {} is over the guest mailbox's {} bytes",
@@ -195,11 +209,13 @@ pub fn run(config: ServeConfig, stop: StopLatch) -> Result<()> {
     let (state, reapers) = new_state(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .max_blocking_threads(blocking_threads(&config))
         .enable_all()
-        // Workers and blocking threads alike, before they run any task:
-        // invoke() runs on blocking threads and creates and starts clones,
-        // so one list serves both (docs/seccomp.md).
+        // Workers and blocking threads alike, before they run any task.
+        // VM work runs on invoker threads (invokers.rs), so neither kind
+        // needs KVM, new threads or open (docs/seccomp.md). The only
+        // blocking task, the wait for the stop signal, is started from
+        // the main thread (block_on).
+        .max_blocking_threads(1)
         .on_thread_start(|| {
             vmfork_isolation::seccomp::install_in_thread(
                 vmfork_isolation::seccomp::ThreadKind::Http,
@@ -209,9 +225,7 @@ pub fn run(config: ServeConfig, stop: StopLatch) -> Result<()> {
     let app = http::router(state.clone());
     let (vms, metrics) = (state.limits.clone(), state.metrics.clone());
     let drained = runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| Error::InvalidArgument(format!("--listen {}: {e}", config.listen)))?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
         let local = listener.local_addr()?;
         {
             use std::io::Write;

@@ -31,9 +31,12 @@ pub enum ThreadKind {
     Uffd,
     /// The control socket (`--api-sock`): one request per connection.
     Api,
-    /// `serve`'s tokio threads: HTTP, and each invocation's clone, which
-    /// `invoke` creates and starts on a blocking thread.
+    /// `serve`'s tokio threads: HTTP on sockets that exist. No KVM, no
+    /// new thread, no open: clones are made on `Invoker` threads.
     Http,
+    /// `serve`'s VM work: creates, restores and starts each invocation's
+    /// clone, resets recycled VMs and refills warm pools; no network.
+    Invoker,
     /// The template holder: loads a template into a sealed memfd and hands
     /// it to clone processes over a Unix socket.
     Holder,
@@ -49,13 +52,14 @@ pub enum ThreadKind {
 }
 
 impl ThreadKind {
-    pub const ALL: [ThreadKind; 11] = [
+    pub const ALL: [ThreadKind; 12] = [
         ThreadKind::Vmm,
         ThreadKind::Launcher,
         ThreadKind::Vcpu,
         ThreadKind::Uffd,
         ThreadKind::Api,
         ThreadKind::Http,
+        ThreadKind::Invoker,
         ThreadKind::Holder,
         ThreadKind::Signals,
         ThreadKind::Reaper,
@@ -71,6 +75,7 @@ impl ThreadKind {
             ThreadKind::Uffd => "uffd",
             ThreadKind::Api => "api",
             ThreadKind::Http => "http",
+            ThreadKind::Invoker => "invoker",
             ThreadKind::Holder => "holder",
             ThreadKind::Signals => "signals",
             ThreadKind::Reaper => "reaper",
@@ -85,22 +90,24 @@ impl ThreadKind {
         match self {
             // Every other list lies within this one: threads inherit it.
             ThreadKind::Vmm => &[
-                Base, Threads, Files, FileWrite, Memfd, Kvm, Uffd, NetOpen, NetConn, Report,
+                Base, Write, Threads, Files, FileWrite, Memfd, Kvm, Uffd, NetOpen, NetConn, Report,
                 SignalWait,
             ],
             ThreadKind::Launcher => &[
-                Base, Threads, Files, FileWrite, Memfd, Kvm, Uffd, NetOpen, NetConn, Report,
+                Base, Write, Threads, Files, FileWrite, Memfd, Kvm, Uffd, NetOpen, NetConn, Report,
                 SignalWait, Spawn,
             ],
-            ThreadKind::Vcpu => &[Base, VcpuRun],
-            ThreadKind::Uffd => &[Base, UffdServe],
-            ThreadKind::Api => &[Base, ApiConn],
-            ThreadKind::Http => &[Base, Threads, Files, Kvm, NetConn],
-            ThreadKind::Holder => &[Base, Files, Memfd, UnixServer, Report],
-            ThreadKind::Signals => &[Base, SignalWait],
-            ThreadKind::Reaper => &[Base, Teardown],
-            ThreadKind::Watchdog => &[Base],
-            ThreadKind::Builder => &[Base, Threads, Files, FileWrite, Memfd, Kvm],
+            // No write(2) but to the console and the serial interrupt.
+            ThreadKind::Vcpu => &[Base, ConsoleWrite, VcpuRun],
+            ThreadKind::Uffd => &[Base, Write, UffdServe],
+            ThreadKind::Api => &[Base, Write, ApiConn],
+            ThreadKind::Http => &[Base, Write, NetConn, ProcStatus],
+            ThreadKind::Invoker => &[Base, Write, Threads, Files, Kvm],
+            ThreadKind::Holder => &[Base, Write, Files, Memfd, UnixServer, Report],
+            ThreadKind::Signals => &[Base, Write, SignalWait],
+            ThreadKind::Reaper => &[Base, Write, Teardown],
+            ThreadKind::Watchdog => &[Base, Write],
+            ThreadKind::Builder => &[Base, Write, Threads, Files, FileWrite, Memfd, Kvm],
         }
     }
 }
@@ -109,6 +116,9 @@ impl ThreadKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Group {
     Base,
+    Write,
+    ConsoleWrite,
+    ProcStatus,
     Threads,
     Files,
     FileWrite,
@@ -131,6 +141,9 @@ impl Group {
     pub fn name(self) -> &'static str {
         match self {
             Group::Base => "base",
+            Group::Write => "write",
+            Group::ConsoleWrite => "console-write",
+            Group::ProcStatus => "proc-status",
             Group::Threads => "threads",
             Group::Files => "files",
             Group::FileWrite => "file-write",
@@ -150,7 +163,9 @@ impl Group {
         }
     }
 
-    fn add_to(self, l: &mut List) -> Result<()> {
+    /// Adds this group's calls to `l`; `floor` is where a vCPU's writes
+    /// to interrupt eventfds may start (ConsoleWrite).
+    fn add_to(self, l: &mut List, floor: i32) -> Result<()> {
         use libc::*;
         match self {
             Group::Base => {
@@ -174,11 +189,11 @@ impl Group {
                     SYS_rt_sigreturn,
                     SYS_rt_sigprocmask,
                     SYS_sigaltstack,
-                    // Ending a thread or the process. write(2) also carries
-                    // logs, the console and the SIGSYS report itself.
+                    // Ending a thread or the process. (write(2) is a group
+                    // of its own: vCPU threads may write only to the
+                    // console and their interrupt lines.)
                     SYS_exit,
                     SYS_exit_group,
-                    SYS_write,
                     SYS_gettid,
                     SYS_getpid,
                     // The first HashMap of a thread seeds its hasher.
@@ -189,6 +204,41 @@ impl Group {
                 l.when(SYS_mprotect, arg_lacks(2, PROT_EXEC as u64)?);
                 // abort() (a panic while panicking) signals its own thread.
                 l.when(SYS_tgkill, arg_is(2, &[SIGABRT as u64])?);
+            }
+            Group::Write => {
+                // Logs, sockets, files, tokio's and the irqchip's eventfds,
+                // and the SIGSYS report.
+                l.always(&[SYS_write]);
+            }
+            Group::ConsoleWrite => {
+                // stdout (the guest console with Console::Stdout), stderr
+                // (errors and the SIGSYS report), and 8-byte writes to the
+                // serial interrupt's eventfd, which `vcpu_fd_range` moved
+                // to a descriptor at or above VCPU_FD_FLOOR. Descriptors
+                // are handed out lowest first, so a socket lands there only
+                // once VCPU_FD_FLOOR descriptors are open, and even then
+                // takes only 8-byte writes.
+                l.when(SYS_write, arg_is(0, &[1, 2])?);
+                l.when(
+                    SYS_write,
+                    vec![SeccompRule::new(vec![
+                        SeccompCondition::new(
+                            0,
+                            SeccompCmpArgLen::Dword,
+                            SeccompCmpOp::Ge,
+                            floor as u64,
+                        )
+                        .map_err(bad)?,
+                        SeccompCondition::new(2, SeccompCmpArgLen::Qword, SeccompCmpOp::Eq, 8)
+                            .map_err(bad)?,
+                    ])
+                    .map_err(bad)?],
+                );
+            }
+            Group::ProcStatus => {
+                // /proc/self/status for /metrics' resident memory, from a
+                // descriptor opened before the filter (no openat here).
+                l.always(&[SYS_pread64]);
             }
             Group::Threads => {
                 // clone3 passes its flags in memory BPF cannot read, so it
@@ -407,6 +457,15 @@ impl Group {
     }
 }
 
+/// The lowest descriptor number of a vCPU thread's interrupt eventfds
+/// (ConsoleWrite), highest first: the vCPU list is built for each, and a
+/// process uses the highest its open-file limit leaves room above (8192
+/// almost everywhere; 1024 under the kernel's default hard limit of 4096,
+/// which only root may raise). Negative descriptors compare above it too:
+/// write(2) fails on them with EBADF.
+pub const VCPU_FD_FLOORS: [i32; 2] = [8192, 1024];
+pub const VCPU_FD_FLOOR: i32 = VCPU_FD_FLOORS[0];
+
 /// The ioctl "type" byte of KVM and of userfaultfd (linux/kvm.h,
 /// linux/userfaultfd.h).
 const KVMIO: u64 = 0xAE;
@@ -440,13 +499,22 @@ pub struct List(BTreeMap<c_long, Allow>);
 
 impl List {
     pub fn for_kind(kind: ThreadKind) -> Result<List> {
-        List::for_groups(kind.groups())
+        List::for_kind_at(kind, VCPU_FD_FLOOR)
+    }
+
+    /// `kind`'s list with a vCPU's eventfd writes from `floor` up.
+    pub fn for_kind_at(kind: ThreadKind, floor: i32) -> Result<List> {
+        List::build(kind.groups(), floor)
     }
 
     pub fn for_groups(groups: &[Group]) -> Result<List> {
+        List::build(groups, VCPU_FD_FLOOR)
+    }
+
+    fn build(groups: &[Group], floor: i32) -> Result<List> {
         let mut list = List::default();
         for group in groups {
-            group.add_to(&mut list)?;
+            group.add_to(&mut list, floor)?;
         }
         Ok(list)
     }

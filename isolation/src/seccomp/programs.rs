@@ -18,15 +18,19 @@ macro_rules! embedded {
     }};
 }
 
-/// `kind`'s program, with `SECCOMP_RET_TRAP` for calls outside its list.
-pub(super) fn program(kind: ThreadKind) -> &'static [sock_filter] {
+/// `kind`'s program, with `SECCOMP_RET_TRAP` for calls outside its list;
+/// a vCPU's for interrupt eventfds from `floor` up (one of
+/// `VCPU_FD_FLOORS`).
+pub(super) fn program(kind: ThreadKind, floor: i32) -> &'static [sock_filter] {
     match kind {
+        ThreadKind::Vcpu if floor == super::lists::VCPU_FD_FLOORS[1] => embedded!("vcpu-1024"),
         ThreadKind::Vmm => embedded!("vmm"),
         ThreadKind::Launcher => embedded!("launcher"),
         ThreadKind::Vcpu => embedded!("vcpu"),
         ThreadKind::Uffd => embedded!("uffd"),
         ThreadKind::Api => embedded!("api"),
         ThreadKind::Http => embedded!("http"),
+        ThreadKind::Invoker => embedded!("invoker"),
         ThreadKind::Holder => embedded!("holder"),
         ThreadKind::Signals => embedded!("signals"),
         ThreadKind::Reaper => embedded!("reaper"),

@@ -16,7 +16,7 @@ fn calls(kind: ThreadKind) -> BTreeSet<libc::c_long> {
 fn every_list_compiles_within_the_kernels_limits() {
     // BPF_MAXINSNS per program; MAX_INSNS_PER_PATH (32768) over the chain
     // of a thread, each filter counting 4 more. The longest chain is a
-    // vCPU started by `serve`: main, worker, blocking thread, vCPU.
+    // vCPU started by `serve`: main, invoker, vCPU.
     let mut lens = Vec::new();
     for kind in ThreadKind::ALL {
         let program = compile(kind, SeccompAction::Trap);
@@ -28,7 +28,7 @@ fn every_list_compiles_within_the_kernels_limits() {
     let len = |k: ThreadKind| lens.iter().find(|(x, _)| *x == k).map_or(0, |(_, n)| *n);
     let chain = len(ThreadKind::Launcher)
         + len(ThreadKind::Vmm)
-        + 2 * len(ThreadKind::Http)
+        + len(ThreadKind::Invoker)
         + len(ThreadKind::Vcpu)
         + 5 * 4;
     assert!(chain < 32768, "{chain}");
@@ -42,7 +42,7 @@ fn embedded_programs_are_what_the_lists_compile_to() {
         let compiled = compile(kind, SeccompAction::Trap);
         assert!(compiled.is_ok(), "{}: {:?}", kind.name(), compiled.err());
         let compiled = compiled.unwrap_or_default();
-        let embedded = programs::program(kind);
+        let embedded = programs::program(kind, lists::VCPU_FD_FLOOR);
         assert!(
             embedded == compiled.as_slice(),
             "{}: the embedded program ({} instructions) differs from the compiled one ({})",
@@ -50,6 +50,19 @@ fn embedded_programs_are_what_the_lists_compile_to() {
             embedded.len(),
             compiled.len()
         );
+    }
+}
+
+#[test]
+fn embedded_vcpu_programs_for_lower_floors_are_what_the_list_compiles_to() {
+    for &floor in &lists::VCPU_FD_FLOORS[1..] {
+        let compiled = compile_at(ThreadKind::Vcpu, floor, SeccompAction::Trap);
+        assert!(compiled.is_ok(), "{floor}: {:?}", compiled.err());
+        let compiled = compiled.unwrap_or_default();
+        let embedded = programs::program(ThreadKind::Vcpu, floor);
+        assert!(embedded == compiled.as_slice(), "vcpu at {floor}");
+        // And it differs from the default floor's: the floor is in it.
+        assert!(embedded != programs::program(ThreadKind::Vcpu, lists::VCPU_FD_FLOOR));
     }
 }
 
@@ -174,6 +187,84 @@ fn a_vcpu_filter_refuses_what_its_list_lacks_and_allows_the_rest() {
 }
 
 #[test]
+fn a_vcpu_writes_only_to_the_console_and_its_interrupt_lines() {
+    let results = under_filter(ThreadKind::Vcpu, || {
+        let floor = lists::VCPU_FD_FLOOR;
+        let word = [0u8; 8];
+        // SAFETY: zero- or 8-byte writes from a local buffer to
+        // descriptors this test does not use (EBADF once allowed).
+        unsafe {
+            let w = |fd: i32, n: usize| (libc::write(fd, word.as_ptr().cast(), n), errno());
+            [
+                w(1, 0),
+                w(2, 0),
+                w(floor + 7, 8),
+                // A socket or file below the floor: refused.
+                w(0, 0),
+                w(3, 8),
+                w(floor - 1, 8),
+                // Above the floor, anything but an eventfd's 8 bytes.
+                w(floor + 7, 7),
+                w(floor + 7, 9),
+            ]
+        }
+    });
+    let Some(r) = results else {
+        panic!("could not apply the vcpu filter to a test thread");
+    };
+    assert_eq!(r[0].0, 0);
+    assert_eq!(r[1].0, 0);
+    assert_eq!(r[2], (-1, libc::EBADF));
+    for refused in &r[3..] {
+        assert_eq!(*refused, (-1, libc::EPERM), "{r:?}");
+    }
+}
+
+#[test]
+fn http_threads_run_no_kvm_ioctl_start_no_thread_and_open_nothing() {
+    let results = under_filter(ThreadKind::Http, || {
+        // SAFETY: calls on an invalid descriptor, a null clone_args and a
+        // flags word clone(2) refuses; an opened file is closed at once.
+        unsafe {
+            let kvm = (libc::ioctl(-1, 0xAE00 as libc::c_ulong), errno());
+            let clone3 = (libc::syscall(libc::SYS_clone3, 0usize, 0usize), errno());
+            let flags = libc::CLONE_THREAD as libc::c_ulong;
+            let clone = (libc::syscall(libc::SYS_clone, flags, 0usize), errno());
+            let fd = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+            let open = (fd, errno());
+            if fd >= 0 {
+                libc::close(fd);
+            }
+            // Allowed: a write, tokio's FIONBIO.
+            let write = (libc::write(-1, std::ptr::null(), 0), errno());
+            [
+                kvm,
+                (clone3.0 as i32, clone3.1),
+                (clone.0 as i32, clone.1),
+                open,
+                (write.0 as i32, write.1),
+            ]
+        }
+    });
+    let Some(r) = results else {
+        panic!("could not apply the http filter to a test thread");
+    };
+    for refused in &r[..4] {
+        assert_eq!(*refused, (-1, libc::EPERM), "{r:?}");
+    }
+    assert_eq!(r[4], (-1, libc::EBADF));
+    let http = calls(ThreadKind::Http);
+    for forbidden in [
+        libc::SYS_clone,
+        libc::SYS_clone3,
+        libc::SYS_openat,
+        libc::SYS_open,
+    ] {
+        assert!(!http.contains(&forbidden), "http allows {forbidden}");
+    }
+}
+
+#[test]
 fn only_socket_owning_threads_may_create_sockets() {
     for kind in ThreadKind::ALL {
         let errno = under_filter(kind, || {
@@ -218,6 +309,9 @@ fn docs_describe_every_group_and_thread_type() {
     };
     let all_groups = [
         Group::Base,
+        Group::Write,
+        Group::ConsoleWrite,
+        Group::ProcStatus,
         Group::Threads,
         Group::Files,
         Group::FileWrite,

@@ -54,8 +54,16 @@ impl SerialPort {
 
     /// The UART's interrupt line: an eventfd wired to GSI 4. Registering it
     /// costs ~140 us on this host, which VM shells pay ahead of time.
+    /// vCPU threads ring it, and may write only to descriptors from
+    /// `VCPU_FD_FLOOR` up (docs/seccomp.md), so it is moved there.
     pub fn irq(vm: &VmFd) -> Result<IrqTrigger> {
+        use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
         let irq = EventFd::new(libc::EFD_NONBLOCK)?;
+        // SAFETY: into_raw_fd hands over the eventfd's only owner.
+        let owned = unsafe { OwnedFd::from_raw_fd(irq.into_raw_fd()) };
+        let moved = vmfork_isolation::seccomp::to_vcpu_fd_range(owned)?;
+        // SAFETY: `moved` is an eventfd (a duplicate of one), owned here.
+        let irq = unsafe { EventFd::from_raw_fd(moved.into_raw_fd()) };
         vm.register_irqfd(&irq, COM1_GSI)
             .map_err(Error::kvm("KVM_IRQFD (serial)"))?;
         Ok(IrqTrigger(std::sync::Arc::new(irq)))

@@ -1,5 +1,5 @@
 //! `--jail`, `--uid`, `--gid` and the `--cgroup` limits shared by `boot`,
-//! `restore` and `clone`.
+//! `restore`, `clone` and `serve`.
 
 use std::path::PathBuf;
 

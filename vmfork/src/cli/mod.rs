@@ -45,7 +45,8 @@ With no --kernel it boots its embedded unikernel guest.",
 unavailable; 5 host lacks a needed KVM feature or tool; 6 kernel unreadable; 7 kernel format; \
 8 guest memory too small; 9 bad rootfs/initrd (or a rootfs image build failed); 10 guest shutdown/triple fault; 11 KVM internal \
 error; 12 guest crash; 13 guest exited non-zero; 14 timeout; 15 snapshot; 16 bad template; 17 control socket; \
-18 seccomp (a thread made a forbidden system call); 19 jail or cgroup setup failed; 20 a uffd clone's page server died; 21 a template's rootfs image changed or is missing; 1 other."
+18 seccomp (a thread made a forbidden system call); 19 jail or cgroup setup failed; 20 a uffd clone's page server died; 21 a template's rootfs image changed or is missing; \
+24 a --jail directory that is unsafe to build in (not root's, writable by others, or a symlink on the way); 1 other."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -54,10 +55,12 @@ pub struct Cli {
     /// only; prints a warning). See docs/seccomp.md.
     #[arg(long, global = true)]
     pub no_seccomp: bool,
-    /// Test hook: every vCPU thread makes a forbidden system call
-    /// (socket(2)) right after installing its filter.
-    #[arg(long, global = true, hide = true)]
-    pub test_seccomp_violation: bool,
+    /// Test hook: threads of one kind make a forbidden system call right
+    /// after installing their filter (RULE: vcpu-socket, the default,
+    /// vcpu-write, http-kvm, http-clone3, http-clone, http-open).
+    #[arg(long, global = true, hide = true, value_name = "RULE", num_args = 0..=1, require_equals = true,
+          default_missing_value = "vcpu-socket", value_parser = violation)]
+    pub test_seccomp_violation: Option<seccomp::Violation>,
 }
 
 /// The command line as clap sees it: the derive, plus what is known only at
@@ -135,6 +138,10 @@ fn completions(shell: clap_complete::Shell) -> vmfork_machine::Result<()> {
     Ok(())
 }
 
+fn violation(rule: &str) -> std::result::Result<seccomp::Violation, String> {
+    seccomp::Violation::parse(rule).ok_or_else(|| format!("unknown rule {rule:?}"))
+}
+
 pub fn dispatch(cli: Cli, started: Instant) -> vmfork_machine::Result<()> {
     // Before any filter: no list but the launcher's allows rt_sigaction.
     vmfork_machine::vcpu::kick::install_kick_handler()?;
@@ -142,14 +149,18 @@ pub fn dispatch(cli: Cli, started: Instant) -> vmfork_machine::Result<()> {
         enabled: !cli.no_seccomp,
         test_violation: cli.test_seccomp_violation,
     })?;
-    // boot, restore and clone may enter a jail first, which takes system
+    // boot, restore, clone and serve may enter a jail first, which takes system
     // calls no list allows: they install the main thread's filter
     // themselves, right after. `rootfs` runs mkfs.ext4 and debugfs, which
     // no list allows either, and touches nothing a guest controls, so it
     // runs unfiltered. Every other command installs the filter here.
     if !matches!(
         cli.command,
-        Command::Boot(_) | Command::Restore(_) | Command::Clone(_) | Command::Rootfs(_)
+        Command::Boot(_)
+            | Command::Restore(_)
+            | Command::Clone(_)
+            | Command::Serve(_)
+            | Command::Rootfs(_)
     ) {
         seccomp::install(ThreadKind::Vmm)?;
     }

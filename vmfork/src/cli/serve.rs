@@ -7,10 +7,12 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use super::args::{count, parse_duration, parse_size, Parsed};
+use super::isolation::IsolationArgs;
 use super::signals;
+use vmfork_isolation::seccomp::{self, ThreadKind};
 use vmfork_machine::control::StopLatch;
 use vmfork_machine::error::{Error, Result};
-use vmfork_serve::{run as serve, HttpLimits, Recycle, ServeConfig};
+use vmfork_serve::{bind, run as serve, HttpLimits, Recycle, ServeConfig};
 use vmfork_template::trust::TrustPolicy;
 
 #[derive(Debug, Args)]
@@ -95,6 +97,12 @@ pub struct ServeArgs {
     /// the server stops anyway (a second signal stops it at once).
     #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = Parsed(parse_duration))]
     pub drain_timeout: Duration,
+    /// --jail, --uid, --gid, --cgroup and its limits, as for `clone`: the
+    /// listener is bound and --admin-token-file read first; --template
+    /// and --state-dir are paths inside the jail (docs/security.md,
+    /// "Serve in a jail").
+    #[command(flatten)]
+    pub isolation: IsolationArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -129,7 +137,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         }
         templates.push((name.to_string(), PathBuf::from(dir)));
     }
-    let config = ServeConfig {
+    let mut config = ServeConfig {
         templates,
         listen: args.listen,
         max_concurrency: args.max_concurrency,
@@ -146,12 +154,8 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             .map(read_token)
             .transpose()?,
         state_dir: args.state_dir.clone(),
-        trust: if args.trusted_templates.is_empty() {
-            TrustPolicy::Owner
-        } else {
-            TrustPolicy::stores(&args.trusted_templates)
-                .map_err(|e| Error::InvalidArgument(format!("--trusted-templates: {e}")))?
-        },
+        // Set once inside the jail: its directories are resolved there.
+        trust: TrustPolicy::Owner,
         max_module: usize::try_from(args.max_module).map_err(|_| {
             Error::InvalidArgument(format!("--max-module {}: too large", args.max_module))
         })?,
@@ -179,9 +183,21 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             drain_timeout: args.drain_timeout,
         },
     };
+    // Bound from the host's network and as root; the jail then takes
+    // both away, and the socket stays.
+    let listener = bind(args.listen)?;
+    args.isolation.apply()?;
+    // The jail needs calls no list allows: the main thread's filter goes
+    // on after it, before any thread or VM exists.
+    seccomp::install(ThreadKind::Vmm)?;
+    // --trusted-templates are paths where the server runs (in the jail).
+    if !args.trusted_templates.is_empty() {
+        config.trust = TrustPolicy::stores(&args.trusted_templates)
+            .map_err(|e| Error::InvalidArgument(format!("--trusted-templates: {e}")))?;
+    }
     let stop = StopLatch::default();
     signals::forward_then_exit(stop.clone(), "vmfork serve");
-    serve(config, stop)
+    serve(config, listener, stop)
 }
 
 /// The token in `path`: its first line, which must not be empty.
