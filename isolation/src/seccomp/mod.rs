@@ -135,6 +135,13 @@ pub fn enabled() -> bool {
 /// keep theirs).
 pub fn install(kind: ThreadKind) -> Result<()> {
     if enabled() {
+        // glibc gives a thread its malloc arena on its first allocation or
+        // free, and past 8 arenas that first reads
+        // /sys/devices/system/cpu/online (get_nprocs), an openat no list
+        // but the main thread's allows: a reaper whose first free came
+        // after its filter ended serve with exit 18 on SIGTERM. So every
+        // thread allocates once here, while it still may.
+        drop(std::hint::black_box(Box::new(0u64)));
         let program = programs::program(kind, vcpu_fd_floor());
         report::set_label(kind);
         seccompiler::apply_filter(program).map_err(|e| {
