@@ -26,7 +26,7 @@ use vmfork_snapshot::state::{MachineState, MemoryState};
 
 use crate::error::{Error, Result};
 
-const PAGE: u64 = 4096;
+pub(crate) const PAGE: u64 = 4096;
 /// Beyond this many written pages, dropping the mapping is cheaper than
 /// copying them back.
 pub const MAX_IN_PLACE_PAGES: usize = 2048;
@@ -37,9 +37,9 @@ const PM_SWAPPED: u64 = 1 << 62;
 const PM_FILE_OR_SHARED: u64 = 1 << 61;
 
 /// Paging-structure entry bits.
-const PTE_PRESENT: u64 = 1;
-const PTE_LARGE: u64 = 1 << 7;
-const PTE_ADDR: u64 = 0x000f_ffff_ffff_f000;
+pub(crate) const PTE_PRESENT: u64 = 1;
+pub(crate) const PTE_LARGE: u64 = 1 << 7;
+pub(crate) const PTE_ADDR: u64 = 0x000f_ffff_ffff_f000;
 const CR0_PG: u64 = 1 << 31;
 const CR4_PAE: u64 = 1 << 5;
 const CR4_LA57: u64 = 1 << 12;
@@ -53,6 +53,9 @@ pub struct InPlaceReset {
     /// paging structure (4-level long mode), or None when the template is
     /// not in that mode and no reset is done in place.
     table_pages: Option<HashSet<u64>>,
+    /// Memory-file offsets of the pages any entry into guest ring 0
+    /// writes (ring0_entry.rs), or None when the template cannot tell.
+    ring0_pages: Option<Vec<u64>>,
     pagemap: File,
     /// Set once the kernel refused PAGEMAP_SCAN: read entries instead.
     scan_unsupported: AtomicBool,
@@ -76,6 +79,11 @@ impl InPlaceReset {
         Ok(InPlaceReset {
             memfd_id: file_id(memfd)?,
             table_pages: table_pages(memfd, &state.memory, state.vcpus.iter().map(|v| &v.sregs)),
+            ring0_pages: crate::ring0_entry::watched_pages(
+                memfd,
+                &state.memory,
+                state.vcpus.iter().map(|v| (&v.sregs, v.msrs.as_slice())),
+            ),
             pagemap,
             scan_unsupported: AtomicBool::new(false),
         })
@@ -84,6 +92,26 @@ impl InPlaceReset {
     /// The identity of the memfd this reset refills from.
     pub fn memfd_id(&self) -> (u64, u64) {
         self.memfd_id
+    }
+
+    /// Whether the clone in the mapping at `addr` (laid out as the memory
+    /// file) may have run guest ring 0: it wrote a page that every entry
+    /// into ring 0 writes, or the template gives no such pages. A few
+    /// pagemap entries, read directly.
+    pub fn entered_ring0(&self, addr: usize) -> Result<bool> {
+        let Some(pages) = &self.ring0_pages else {
+            return Ok(true);
+        };
+        for &offset in pages {
+            let mut entry = [0u8; 8];
+            self.pagemap
+                .read_exact_at(&mut entry, (addr as u64 + offset) / PAGE * 8)
+                .map_err(|e| Error::GuestMemory(format!("reading /proc/self/pagemap: {e}")))?;
+            if is_written(u64::from_ne_bytes(entry)) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Finds the pages written in `addr..addr+size` (a clone's private
@@ -275,7 +303,7 @@ fn runs(pages: &[u64]) -> Vec<(u64, u64)> {
 }
 
 /// The memory-file offset of a guest-physical address.
-fn file_offset(layout: &MemoryState, gpa: u64) -> Option<u64> {
+pub(crate) fn file_offset(layout: &MemoryState, gpa: u64) -> Option<u64> {
     layout
         .regions
         .iter()
@@ -431,6 +459,7 @@ mod tests {
         let _ = unsafe { std::ptr::read_volatile((base + 500 * PAGE as usize) as *const u8) };
         let reset = InPlaceReset {
             table_pages: None,
+            ring0_pages: None,
             pagemap: File::open("/proc/self/pagemap").unwrap(),
             scan_unsupported: AtomicBool::new(false),
             memfd_id: (0, 0),

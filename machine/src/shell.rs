@@ -126,11 +126,17 @@ impl VmShell {
     /// Only a machine restored into a shell (its one memory guard being the
     /// shell's reservation) can be recycled; any other is closed and an
     /// error returned.
+    ///
+    /// Returns None, the VM closed, when KVM shadows the guest's page
+    /// tables and the clone may have run guest ring 0 (`in_place` tells,
+    /// ring0_entry.rs): ring 0 can build page tables whose shadows a
+    /// refill or a remap would leave stale, and change vCPU state beyond
+    /// what is saved. A new VM is the only reset that covers both.
     pub fn recycle(
         machine: crate::machine::Machine,
         layout: &MemoryState,
         in_place: Option<(&InPlaceReset, &std::fs::File)>,
-    ) -> Result<(VmShell, Reset)> {
+    ) -> Result<Option<(VmShell, Reset)>> {
         let parts = machine.into_reusable()?;
         let ram = match parts.ram_guard {
             crate::memory::RamGuard {
@@ -147,6 +153,13 @@ impl VmShell {
             return Err(Error::GuestMemory(
                 "a recycled VM's memory range does not fit this template".into(),
             ));
+        }
+        if let Some((reset, _)) = in_place {
+            // No statistics: assume shadow paging.
+            let shadowing = crate::mmu_stats::read(&parts.vm.fd).is_none_or(|c| c.cache_miss > 0);
+            if shadowing && reset.entered_ring0(ram.addr as usize)? {
+                return Ok(None);
+            }
         }
         let reset = match in_place {
             Some((reset, memfd)) => reset.reset(memfd, ram.addr as usize, ram.size)?,
@@ -173,7 +186,7 @@ impl VmShell {
             },
             vcpus_restored: None,
         };
-        Ok((shell, reset))
+        Ok(Some((shell, reset)))
     }
 
     /// Maps `file` privately over the reservation (or, with None, fresh

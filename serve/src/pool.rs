@@ -171,9 +171,13 @@ impl Finished {
                     .as_ref()
                     .map(|(r, f)| (r.as_ref(), f.as_ref()));
                 match VmShell::recycle(machine, &pool.layout, in_place) {
-                    Ok((shell, reset)) => {
+                    Ok(Some((shell, reset))) => {
                         metrics.recycled(&reset);
                         Some(shell)
+                    }
+                    Ok(None) => {
+                        tracing::debug!("a finished clone's VM was closed: its guest ran ring 0");
+                        None
                     }
                     Err(e) => {
                         tracing::warn!("a finished clone's VM was closed, not recycled: {e}");
