@@ -245,7 +245,8 @@ impl CloneFactory {
                 WARM_UP_TIMEOUT.as_secs()
             )));
         }
-        match VmShell::recycle(machine, &self.template.state.memory, Some((&reset, &memfd)))? {
+        let in_place = Some((reset.as_ref(), memfd.as_ref()));
+        match VmShell::recycle(machine, &self.template.state.memory, in_place, false)? {
             Some((shell, _)) => self.prepare(shell, resume_command),
             // Its guest ran ring 0 on the way up (closed): a fresh shell.
             None => self.shell(),

@@ -132,10 +132,14 @@ impl VmShell {
     /// ring0_entry.rs): ring 0 can build page tables whose shadows a
     /// refill or a remap would leave stale, and change vCPU state beyond
     /// what is saved. A new VM is the only reset that covers both.
+    ///
+    /// `remap`: drop the memory even when an in-place reset would do
+    /// (`--recycle remap`); `in_place` still tells about ring 0.
     pub fn recycle(
         machine: crate::machine::Machine,
         layout: &MemoryState,
         in_place: Option<(&InPlaceReset, &std::fs::File)>,
+        remap: bool,
     ) -> Result<Option<(VmShell, Reset)>> {
         let parts = machine.into_reusable()?;
         let ram = match parts.ram_guard {
@@ -162,8 +166,8 @@ impl VmShell {
             }
         }
         let reset = match in_place {
-            Some((reset, memfd)) => reset.reset(memfd, ram.addr as usize, ram.size)?,
-            None => Reset::Remap,
+            Some((reset, memfd)) if !remap => reset.reset(memfd, ram.addr as usize, ram.size)?,
+            _ => Reset::Remap,
         };
         if reset == Reset::Remap {
             ram.unmap_contents()?;
