@@ -98,7 +98,7 @@ impl InPlaceReset {
     /// file) may have run guest ring 0: it wrote a page that every entry
     /// into ring 0 writes, or the template gives no such pages. A few
     /// pagemap entries, read directly.
-    pub fn entered_ring0(&self, addr: usize) -> Result<bool> {
+    fn entered_ring0(&self, addr: usize) -> Result<bool> {
         let Some(pages) = &self.ring0_pages else {
             return Ok(true);
         };
@@ -116,16 +116,33 @@ impl InPlaceReset {
 
     /// Finds the pages written in `addr..addr+size` (a clone's private
     /// mapping of `memfd`, laid out as the memory file) and either copies
-    /// them back from `memfd` or says the mapping must be replaced.
-    pub fn reset(&self, memfd: &File, addr: usize, size: usize) -> Result<Reset> {
+    /// them back from `memfd` or says the mapping must be replaced. None:
+    /// the VM must be closed, because the clone may have run guest ring 0
+    /// and `shadowing` (asked only then) says KVM shadows guest page
+    /// tables (ring0_entry.rs). On the usual path this costs nothing more
+    /// than the scan: the ring-0 pages are looked up among those written.
+    pub fn reset(
+        &self,
+        memfd: &File,
+        addr: usize,
+        size: usize,
+        shadowing: impl FnOnce() -> bool,
+    ) -> Result<Option<Reset>> {
         let Some(tables) = &self.table_pages else {
-            return Ok(Reset::Remap);
+            return self.remap_unless_ring0(addr, shadowing);
         };
         let Some(written) = self.written_pages(addr, size, MAX_IN_PLACE_PAGES)? else {
-            return Ok(Reset::Remap);
+            return self.remap_unless_ring0(addr, shadowing);
         };
+        let ring0 = match &self.ring0_pages {
+            Some(pages) => pages.iter().any(|p| written.binary_search(p).is_ok()),
+            None => true,
+        };
+        if ring0 && shadowing() {
+            return Ok(None);
+        }
         if written.iter().any(|p| tables.contains(p)) {
-            return Ok(Reset::Remap);
+            return Ok(Some(Reset::Remap));
         }
         for run in runs(&written) {
             let (offset, len) = (run.0 as usize, run.1 as usize);
@@ -137,7 +154,20 @@ impl InPlaceReset {
                 .read_exact_at(target, run.0)
                 .map_err(|e| Error::GuestMemory(format!("refilling a clone's page: {e}")))?;
         }
-        Ok(Reset::InPlace(written.len()))
+        Ok(Some(Reset::InPlace(written.len())))
+    }
+
+    /// [`Reset::Remap`], or None (close the VM) as [`Self::reset`] decides
+    /// it, for a mapping that is not reset in place.
+    pub fn remap_unless_ring0(
+        &self,
+        addr: usize,
+        shadowing: impl FnOnce() -> bool,
+    ) -> Result<Option<Reset>> {
+        if self.entered_ring0(addr)? && shadowing() {
+            return Ok(None);
+        }
+        Ok(Some(Reset::Remap))
     }
 
     /// Offsets of the pages in the range that are no longer the file's,

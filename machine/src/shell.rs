@@ -158,16 +158,18 @@ impl VmShell {
                 "a recycled VM's memory range does not fit this template".into(),
             ));
         }
-        if let Some((reset, _)) = in_place {
-            // No statistics: assume shadow paging.
-            let shadowing = crate::mmu_stats::read(&parts.vm.fd).is_none_or(|c| c.cache_miss > 0);
-            if shadowing && reset.entered_ring0(ram.addr as usize)? {
-                return Ok(None);
+        // No statistics: assume shadow paging.
+        let vm_fd = &parts.vm.fd;
+        let shadowing = || crate::mmu_stats::read(vm_fd).is_none_or(|c| c.cache_miss > 0);
+        let verdict = match in_place {
+            Some((reset, memfd)) if !remap => {
+                reset.reset(memfd, ram.addr as usize, ram.size, shadowing)?
             }
-        }
-        let reset = match in_place {
-            Some((reset, memfd)) if !remap => reset.reset(memfd, ram.addr as usize, ram.size)?,
-            _ => Reset::Remap,
+            Some((reset, _)) => reset.remap_unless_ring0(ram.addr as usize, shadowing)?,
+            None => Some(Reset::Remap),
+        };
+        let Some(reset) = verdict else {
+            return Ok(None);
         };
         if reset == Reset::Remap {
             ram.unmap_contents()?;
