@@ -518,6 +518,58 @@ mod tests {
         unsafe { libc::munmap(at, size) };
     }
 
+    #[test]
+    fn a_written_ring0_page_closes_the_vm_only_under_shadow_paging() {
+        const PAGES: usize = 16;
+        let size = PAGES * PAGE as usize;
+        let file = tempfile_with(size);
+        // SAFETY: a fresh private mapping of the file, unmapped below.
+        let at = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(at, libc::MAP_FAILED);
+        let base = at as usize;
+        let write = |page: usize| {
+            // SAFETY: inside the writable mapping made above.
+            unsafe { std::ptr::write_volatile((base + page * PAGE as usize) as *mut u8, 1) };
+        };
+        let reset = InPlaceReset {
+            table_pages: Some(HashSet::new()),
+            ring0_pages: Some(vec![5 * PAGE]),
+            pagemap: File::open("/proc/self/pagemap").unwrap(),
+            scan_unsupported: AtomicBool::new(false),
+            memfd_id: (0, 0),
+        };
+        // Ring 3 only: refilled, and KVM's statistics never asked for.
+        write(2);
+        let verdict = reset.reset(&file, base, size, || panic!("asked")).unwrap();
+        assert_eq!(verdict, Some(Reset::InPlace(1)));
+        // SAFETY: inside the mapping; the refill put the file's byte back.
+        assert_eq!(unsafe { *((base + 2 * PAGE as usize) as *const u8) }, 0x5a);
+        // A ring-0 stack page written: closed under shadow paging only.
+        write(5);
+        assert_eq!(reset.reset(&file, base, size, || true).unwrap(), None);
+        assert_eq!(reset.remap_unless_ring0(base, || true).unwrap(), None);
+        // (A refilled page stays a private copy, so page 2 counts again.)
+        assert_eq!(
+            reset.reset(&file, base, size, || false).unwrap(),
+            Some(Reset::InPlace(2))
+        );
+        assert_eq!(
+            reset.remap_unless_ring0(base, || false).unwrap(),
+            Some(Reset::Remap)
+        );
+        // SAFETY: unmapping the mapping made above, no longer used.
+        unsafe { libc::munmap(at, size) };
+    }
+
     fn tempfile_with(len: usize) -> File {
         let path =
             std::env::temp_dir().join(format!("vmfork-scan-test-{}-{len}", std::process::id()));
