@@ -223,6 +223,9 @@ impl CloneFactory {
         let Some((reset, memfd)) = self.in_place_reset() else {
             return Ok(shell);
         };
+        if self.vcpus_reusable().is_err() {
+            return Ok(shell);
+        }
         let (machine, _) = self.clone_vm(CloneOptions {
             clone_id: 0,
             shell: Some(shell),
@@ -242,9 +245,35 @@ impl CloneFactory {
                 WARM_UP_TIMEOUT.as_secs()
             )));
         }
-        let (shell, _) =
-            VmShell::recycle(machine, &self.template.state.memory, Some((&reset, &memfd)))?;
-        self.prepare(shell, resume_command)
+        let in_place = Some((reset.as_ref(), memfd.as_ref()));
+        match VmShell::recycle(machine, &self.template.state.memory, in_place, false)? {
+            Some((shell, _)) => self.prepare(shell, resume_command),
+            // Its guest ran ring 0 on the way up (closed): a fresh shell.
+            None => self.shell(),
+        }
+    }
+
+    /// Whether a vCPU that ran a clone of this template can be given the
+    /// template's state back in full: not when the template lacks MSRs
+    /// this host's KVM lists (unreadable when it was saved), which a
+    /// restore would leave as the last clone set them. The error names
+    /// them.
+    pub fn vcpus_reusable(&self) -> std::result::Result<(), String> {
+        for v in &self.template.state.vcpus {
+            match vmfork_machine::persist::vcpu::msrs_not_restored(&v.msrs) {
+                Ok(missing) if missing.is_empty() => {}
+                Ok(missing) => {
+                    let list: Vec<String> = missing.iter().map(|m| format!("{m:#x}")).collect();
+                    return Err(format!(
+                        "vCPU {} lacks MSRs {} that this host's KVM lists",
+                        v.index,
+                        list.join(", ")
+                    ));
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(())
     }
 
     /// Restores the template's vCPU state into `shell` ahead of its clone,

@@ -30,11 +30,19 @@ pub enum BuiltinFunction {
     InterruptStorm,
     /// Writes one of its own page-table entries, then answers.
     PageTableWrite,
+    /// Reads through page tables it built before READY (outside the boot
+    /// tree), then changes one of their entries and uses them again.
+    PageTableBuild,
+    /// Reports an MSR only ring 0 reaches (IA32_KERNEL_GS_BASE), then
+    /// changes it.
+    MsrWrite,
+    /// Reports the x87 control word, MXCSR and XMM15, then changes them.
+    FpuWrite,
 }
 
 impl BuiltinFunction {
     /// Every built-in function, in the order of [`FUNCTION_NAMES`].
-    pub const ALL: [BuiltinFunction; 12] = [
+    pub const ALL: [BuiltinFunction; 15] = [
         BuiltinFunction::Echo,
         BuiltinFunction::Sha256,
         BuiltinFunction::JsonUpper,
@@ -47,6 +55,9 @@ impl BuiltinFunction {
         BuiltinFunction::MmioFlood,
         BuiltinFunction::InterruptStorm,
         BuiltinFunction::PageTableWrite,
+        BuiltinFunction::PageTableBuild,
+        BuiltinFunction::MsrWrite,
+        BuiltinFunction::FpuWrite,
     ];
 
     /// The name a template is built with.
@@ -64,6 +75,9 @@ impl BuiltinFunction {
             BuiltinFunction::MmioFlood => "mmio-flood",
             BuiltinFunction::InterruptStorm => "interrupt-storm",
             BuiltinFunction::PageTableWrite => "page-table-write",
+            BuiltinFunction::PageTableBuild => "page-table-build",
+            BuiltinFunction::MsrWrite => "msr-write",
+            BuiltinFunction::FpuWrite => "fpu-write",
         }
     }
 
@@ -81,7 +95,7 @@ impl BuiltinFunction {
 /// [`BuiltinFunction::ALL`].
 macro_rules! function_names {
     () => {
-        "echo, sha256, json-upper, counter, crash, spin, triple-fault, no-ack, port-flood, mmio-flood, interrupt-storm, page-table-write"
+        "echo, sha256, json-upper, counter, crash, spin, triple-fault, no-ack, port-flood, mmio-flood, interrupt-storm, page-table-write, page-table-build, msr-write, fpu-write"
     };
 }
 

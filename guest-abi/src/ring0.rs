@@ -17,6 +17,12 @@ pub const SVC_TIMER_START: u64 = 3;
 pub const SVC_HALT: u64 = 4;
 /// RDI = self-IPIs to send; returns storm interrupts handled so far.
 pub const SVC_INTERRUPT_STORM: u64 = 5;
+/// RDI = new IA32_KERNEL_GS_BASE; returns the old one (an MSR only ring 0
+/// reaches, for the `msr-write` test function).
+pub const SVC_SWAP_KERNEL_GS_BASE: u64 = 6;
+/// RDI = new CR3; returns the old one (page tables built at run time, for
+/// the `page-table-build` test function).
+pub const SVC_SWAP_CR3: u64 = 7;
 
 /// [`BootInfo::proto`]: entered through the 64-bit Linux boot protocol;
 /// `params` is the zero page.

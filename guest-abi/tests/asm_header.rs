@@ -45,6 +45,8 @@ fn sections() -> Vec<(&'static str, Vec<(&'static str, u64)>)> {
                 ("SVC_TIMER_START", abi::SVC_TIMER_START),
                 ("SVC_HALT", abi::SVC_HALT),
                 ("SVC_INTERRUPT_STORM", abi::SVC_INTERRUPT_STORM),
+                ("SVC_SWAP_KERNEL_GS_BASE", abi::SVC_SWAP_KERNEL_GS_BASE),
+                ("SVC_SWAP_CR3", abi::SVC_SWAP_CR3),
             ],
         ),
         (

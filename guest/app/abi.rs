@@ -11,4 +11,6 @@ extern "C" {
     /// The 2048 2 MiB page-directory entries that identity-map the low
     /// 4 GiB (ring0/boot.S); user-accessible like everything else.
     pub static mut vmfork_pd: [u64; 2048];
+    /// The boot page tables' PML4 (ring0/boot.S).
+    pub static vmfork_pml4: [u64; 512];
 }

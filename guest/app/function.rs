@@ -10,6 +10,7 @@ use crate::abi::{
     RESPONSE_DATA, RESPONSE_HEADER, RESPONSE_MAGIC, STATUS_BAD_REQUEST, STATUS_OK,
     STATUS_REJECTED,
 };
+use crate::vcpu_state::{self, Cursor};
 use crate::{json, misbehave, sha256};
 
 /// The built-in functions are named once, in guest-abi, for the VMM to
@@ -114,7 +115,20 @@ fn run(function: Function, body: &[u8], response: &mut [u8], invocations: u32) -
             let was_set = misbehave::mark_page_table();
             message(response, STATUS_OK, if was_set { b"marked" } else { b"clean" })
         }
+        Function::PageTableBuild => written(response, vcpu_state::page_table_build),
+        Function::MsrWrite => written(response, vcpu_state::msr_write),
+        Function::FpuWrite => written(response, vcpu_state::fpu_write),
         // Handled in `invoke` before anything is read or written.
         Function::NoAck => message(response, STATUS_BAD_REQUEST, b"no-ack answered"),
     }
+}
+
+/// An OK response of what `f` writes.
+fn written(response: &mut [u8], f: fn(&mut Cursor)) -> (u32, usize) {
+    let mut out = Cursor {
+        buf: response,
+        len: 0,
+    };
+    f(&mut out);
+    (STATUS_OK, out.len)
 }

@@ -18,6 +18,7 @@ mod json;
 mod mem;
 mod misbehave;
 mod sha256;
+mod vcpu_state;
 
 use core::fmt::Write as _;
 use core::hint::black_box;
@@ -102,6 +103,10 @@ pub extern "C" fn vmfork_main(info: &'static BootInfo) -> ! {
         Test::None => {}
         Test::NoAck => say!("vmfork-guest: test {}", cfg.test.name()),
         test => misbehave::before_ready(test),
+    }
+
+    if cfg.function == Some(Function::PageTableBuild) {
+        vcpu_state::build_page_tables();
     }
 
     // Printed even when quiet: it is how tools without the ready port (QEMU

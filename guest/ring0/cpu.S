@@ -158,6 +158,10 @@ service_gate:
     je svc_emulation_error
     cmp $SVC_INTERRUPT_STORM, %rax
     je svc_interrupt_storm
+    cmp $SVC_SWAP_KERNEL_GS_BASE, %rax
+    je svc_swap_kernel_gs_base
+    cmp $SVC_SWAP_CR3, %rax
+    je svc_swap_cr3
     mov $-1, %rax
     iretq
 1:  pushq $0
@@ -276,6 +280,37 @@ svc_interrupt_storm:
     jmp 1b
 2:  mov vmfork_storm_irqs(%rip), %rax
 9:  iretq
+
+/*
+ * SVC_SWAP_KERNEL_GS_BASE: RDI = new IA32_KERNEL_GS_BASE (canonical, or
+ * wrmsr raises #GP); returns the old value. Ring 0 never executes swapgs,
+ * so the MSR is free for tests that a reused VM gets the template's MSRs
+ * back (the msr-write function).
+ */
+svc_swap_kernel_gs_base:
+    mov $0xc0000102, %ecx
+    rdmsr
+    shl $32, %rdx
+    mov %eax, %eax
+    or %rdx, %rax
+    mov %rax, %rsi
+    mov %edi, %eax
+    mov %rdi, %rdx
+    shr $32, %rdx
+    wrmsr
+    mov %rsi, %rax
+    iretq
+
+/*
+ * SVC_SWAP_CR3: RDI = new CR3; returns the old one. The new tables must
+ * map this code, the stacks and the IDT as the boot tables do (the
+ * page-table-build function copies the boot PML4). KVM shadows whatever
+ * tree CR3 points to, which is what the function is for.
+ */
+svc_swap_cr3:
+    mov %cr3, %rax
+    mov %rdi, %cr3
+    iretq
 
 /* SVC_TRIPLE_FAULT: with an empty IDT, ud2 raises #UD, whose delivery
  * raises #GP, then #DF, then the CPU shuts down. */

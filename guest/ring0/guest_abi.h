@@ -30,6 +30,8 @@
 #define SVC_TIMER_START 3
 #define SVC_HALT 4
 #define SVC_INTERRUPT_STORM 5
+#define SVC_SWAP_KERNEL_GS_BASE 6
+#define SVC_SWAP_CR3 7
 
 /* BootInfo: boot.S fills it, the app reads it. */
 #define BOOT_PROTO_LINUX64 1

@@ -26,7 +26,7 @@ use vmfork_snapshot::state::{MachineState, MemoryState};
 
 use crate::error::{Error, Result};
 
-const PAGE: u64 = 4096;
+pub(crate) const PAGE: u64 = 4096;
 /// Beyond this many written pages, dropping the mapping is cheaper than
 /// copying them back.
 pub const MAX_IN_PLACE_PAGES: usize = 2048;
@@ -37,9 +37,9 @@ const PM_SWAPPED: u64 = 1 << 62;
 const PM_FILE_OR_SHARED: u64 = 1 << 61;
 
 /// Paging-structure entry bits.
-const PTE_PRESENT: u64 = 1;
-const PTE_LARGE: u64 = 1 << 7;
-const PTE_ADDR: u64 = 0x000f_ffff_ffff_f000;
+pub(crate) const PTE_PRESENT: u64 = 1;
+pub(crate) const PTE_LARGE: u64 = 1 << 7;
+pub(crate) const PTE_ADDR: u64 = 0x000f_ffff_ffff_f000;
 const CR0_PG: u64 = 1 << 31;
 const CR4_PAE: u64 = 1 << 5;
 const CR4_LA57: u64 = 1 << 12;
@@ -53,6 +53,9 @@ pub struct InPlaceReset {
     /// paging structure (4-level long mode), or None when the template is
     /// not in that mode and no reset is done in place.
     table_pages: Option<HashSet<u64>>,
+    /// Memory-file offsets of the pages any entry into guest ring 0
+    /// writes (ring0_entry.rs), or None when the template cannot tell.
+    ring0_pages: Option<Vec<u64>>,
     pagemap: File,
     /// Set once the kernel refused PAGEMAP_SCAN: read entries instead.
     scan_unsupported: AtomicBool,
@@ -76,6 +79,11 @@ impl InPlaceReset {
         Ok(InPlaceReset {
             memfd_id: file_id(memfd)?,
             table_pages: table_pages(memfd, &state.memory, state.vcpus.iter().map(|v| &v.sregs)),
+            ring0_pages: crate::ring0_entry::watched_pages(
+                memfd,
+                &state.memory,
+                state.vcpus.iter().map(|v| (&v.sregs, v.msrs.as_slice())),
+            ),
             pagemap,
             scan_unsupported: AtomicBool::new(false),
         })
@@ -86,18 +94,55 @@ impl InPlaceReset {
         self.memfd_id
     }
 
+    /// Whether the clone in the mapping at `addr` (laid out as the memory
+    /// file) may have run guest ring 0: it wrote a page that every entry
+    /// into ring 0 writes, or the template gives no such pages. A few
+    /// pagemap entries, read directly.
+    fn entered_ring0(&self, addr: usize) -> Result<bool> {
+        let Some(pages) = &self.ring0_pages else {
+            return Ok(true);
+        };
+        for &offset in pages {
+            let mut entry = [0u8; 8];
+            self.pagemap
+                .read_exact_at(&mut entry, (addr as u64 + offset) / PAGE * 8)
+                .map_err(|e| Error::GuestMemory(format!("reading /proc/self/pagemap: {e}")))?;
+            if is_written(u64::from_ne_bytes(entry)) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Finds the pages written in `addr..addr+size` (a clone's private
     /// mapping of `memfd`, laid out as the memory file) and either copies
-    /// them back from `memfd` or says the mapping must be replaced.
-    pub fn reset(&self, memfd: &File, addr: usize, size: usize) -> Result<Reset> {
+    /// them back from `memfd` or says the mapping must be replaced. None:
+    /// the VM must be closed, because the clone may have run guest ring 0
+    /// and `shadowing` (asked only then) says KVM shadows guest page
+    /// tables (ring0_entry.rs). On the usual path this costs nothing more
+    /// than the scan: the ring-0 pages are looked up among those written.
+    pub fn reset(
+        &self,
+        memfd: &File,
+        addr: usize,
+        size: usize,
+        shadowing: impl FnOnce() -> bool,
+    ) -> Result<Option<Reset>> {
         let Some(tables) = &self.table_pages else {
-            return Ok(Reset::Remap);
+            return self.remap_unless_ring0(addr, shadowing);
         };
         let Some(written) = self.written_pages(addr, size, MAX_IN_PLACE_PAGES)? else {
-            return Ok(Reset::Remap);
+            return self.remap_unless_ring0(addr, shadowing);
         };
+        let ring0 = match &self.ring0_pages {
+            Some(pages) => pages.iter().any(|p| written.binary_search(p).is_ok()),
+            None => true,
+        };
+        if ring0 && shadowing() {
+            return Ok(None);
+        }
         if written.iter().any(|p| tables.contains(p)) {
-            return Ok(Reset::Remap);
+            return Ok(Some(Reset::Remap));
         }
         for run in runs(&written) {
             let (offset, len) = (run.0 as usize, run.1 as usize);
@@ -109,7 +154,20 @@ impl InPlaceReset {
                 .read_exact_at(target, run.0)
                 .map_err(|e| Error::GuestMemory(format!("refilling a clone's page: {e}")))?;
         }
-        Ok(Reset::InPlace(written.len()))
+        Ok(Some(Reset::InPlace(written.len())))
+    }
+
+    /// [`Reset::Remap`], or None (close the VM) as [`Self::reset`] decides
+    /// it, for a mapping that is not reset in place.
+    pub fn remap_unless_ring0(
+        &self,
+        addr: usize,
+        shadowing: impl FnOnce() -> bool,
+    ) -> Result<Option<Reset>> {
+        if self.entered_ring0(addr)? && shadowing() {
+            return Ok(None);
+        }
+        Ok(Some(Reset::Remap))
     }
 
     /// Offsets of the pages in the range that are no longer the file's,
@@ -275,7 +333,7 @@ fn runs(pages: &[u64]) -> Vec<(u64, u64)> {
 }
 
 /// The memory-file offset of a guest-physical address.
-fn file_offset(layout: &MemoryState, gpa: u64) -> Option<u64> {
+pub(crate) fn file_offset(layout: &MemoryState, gpa: u64) -> Option<u64> {
     layout
         .regions
         .iter()
@@ -431,6 +489,7 @@ mod tests {
         let _ = unsafe { std::ptr::read_volatile((base + 500 * PAGE as usize) as *const u8) };
         let reset = InPlaceReset {
             table_pages: None,
+            ring0_pages: None,
             pagemap: File::open("/proc/self/pagemap").unwrap(),
             scan_unsupported: AtomicBool::new(false),
             memfd_id: (0, 0),
@@ -455,6 +514,58 @@ mod tests {
                 Some(libc::ENOTTY | libc::EINVAL)
             )),
         }
+        // SAFETY: unmapping the mapping made above, no longer used.
+        unsafe { libc::munmap(at, size) };
+    }
+
+    #[test]
+    fn a_written_ring0_page_closes_the_vm_only_under_shadow_paging() {
+        const PAGES: usize = 16;
+        let size = PAGES * PAGE as usize;
+        let file = tempfile_with(size);
+        // SAFETY: a fresh private mapping of the file, unmapped below.
+        let at = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(at, libc::MAP_FAILED);
+        let base = at as usize;
+        let write = |page: usize| {
+            // SAFETY: inside the writable mapping made above.
+            unsafe { std::ptr::write_volatile((base + page * PAGE as usize) as *mut u8, 1) };
+        };
+        let reset = InPlaceReset {
+            table_pages: Some(HashSet::new()),
+            ring0_pages: Some(vec![5 * PAGE]),
+            pagemap: File::open("/proc/self/pagemap").unwrap(),
+            scan_unsupported: AtomicBool::new(false),
+            memfd_id: (0, 0),
+        };
+        // Ring 3 only: refilled, and KVM's statistics never asked for.
+        write(2);
+        let verdict = reset.reset(&file, base, size, || panic!("asked")).unwrap();
+        assert_eq!(verdict, Some(Reset::InPlace(1)));
+        // SAFETY: inside the mapping; the refill put the file's byte back.
+        assert_eq!(unsafe { *((base + 2 * PAGE as usize) as *const u8) }, 0x5a);
+        // A ring-0 stack page written: closed under shadow paging only.
+        write(5);
+        assert_eq!(reset.reset(&file, base, size, || true).unwrap(), None);
+        assert_eq!(reset.remap_unless_ring0(base, || true).unwrap(), None);
+        // (A refilled page stays a private copy, so page 2 counts again.)
+        assert_eq!(
+            reset.reset(&file, base, size, || false).unwrap(),
+            Some(Reset::InPlace(2))
+        );
+        assert_eq!(
+            reset.remap_unless_ring0(base, || false).unwrap(),
+            Some(Reset::Remap)
+        );
         // SAFETY: unmapping the mapping made above, no longer used.
         unsafe { libc::munmap(at, size) };
     }

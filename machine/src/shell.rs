@@ -126,11 +126,21 @@ impl VmShell {
     /// Only a machine restored into a shell (its one memory guard being the
     /// shell's reservation) can be recycled; any other is closed and an
     /// error returned.
+    ///
+    /// Returns None, the VM closed, when KVM shadows the guest's page
+    /// tables and the clone may have run guest ring 0 (`in_place` tells,
+    /// ring0_entry.rs): ring 0 can build page tables whose shadows a
+    /// refill or a remap would leave stale, and change vCPU state beyond
+    /// what is saved. A new VM is the only reset that covers both.
+    ///
+    /// `remap`: drop the memory even when an in-place reset would do
+    /// (`--recycle remap`); `in_place` still tells about ring 0.
     pub fn recycle(
         machine: crate::machine::Machine,
         layout: &MemoryState,
         in_place: Option<(&InPlaceReset, &std::fs::File)>,
-    ) -> Result<(VmShell, Reset)> {
+        remap: bool,
+    ) -> Result<Option<(VmShell, Reset)>> {
         let parts = machine.into_reusable()?;
         let ram = match parts.ram_guard {
             crate::memory::RamGuard {
@@ -148,9 +158,18 @@ impl VmShell {
                 "a recycled VM's memory range does not fit this template".into(),
             ));
         }
-        let reset = match in_place {
-            Some((reset, memfd)) => reset.reset(memfd, ram.addr as usize, ram.size)?,
-            None => Reset::Remap,
+        // No statistics: assume shadow paging.
+        let vm_fd = &parts.vm.fd;
+        let shadowing = || crate::mmu_stats::read(vm_fd).is_none_or(|c| c.cache_miss > 0);
+        let verdict = match in_place {
+            Some((reset, memfd)) if !remap => {
+                reset.reset(memfd, ram.addr as usize, ram.size, shadowing)?
+            }
+            Some((reset, _)) => reset.remap_unless_ring0(ram.addr as usize, shadowing)?,
+            None => Some(Reset::Remap),
+        };
+        let Some(reset) = verdict else {
+            return Ok(None);
         };
         if reset == Reset::Remap {
             ram.unmap_contents()?;
@@ -173,7 +192,7 @@ impl VmShell {
             },
             vcpus_restored: None,
         };
-        Ok((shell, reset))
+        Ok(Some((shell, reset)))
     }
 
     /// Maps `file` privately over the reservation (or, with None, fresh

@@ -136,6 +136,14 @@ impl Function {
             });
             let factory = CloneFactory::new(template, Backend::Memfd, false)?;
             let in_place = factory.in_place_reset();
+            // A VM whose vCPU state cannot all be restored is never reused.
+            let recycle = match factory.vcpus_reusable() {
+                Ok(()) => recycle,
+                Err(why) => {
+                    tracing::warn!("{name}: finished clones' VMs are closed, not reused: {why}");
+                    Recycle::Off
+                }
+            };
             let pool = Arc::new(ShellPool::new(
                 recycle,
                 warm,

@@ -69,6 +69,10 @@ pub struct Metrics {
     recycled_remapped: AtomicU64,
     /// Pages refilled by in-place resets.
     reset_pages: AtomicU64,
+    /// Finished clones that answered but whose VM was closed rather than
+    /// recycled, because their guest ran ring 0 under shadow paging
+    /// (docs/security.md, "Recycled VMs: what a reset restores").
+    pub closed_after_ring0: AtomicU64,
     /// Client connections open now.
     connections: AtomicI64,
     /// Connections the server closed itself, by `Closed` (in ALL's order).
@@ -217,6 +221,18 @@ impl Metrics {
         let _ = writeln!(out, "vmfork_reset_pages_total {}", load(&self.reset_pages));
         family(
             &mut out,
+            "vmfork_unrecycled_vms_total",
+            "counter",
+            "Finished clones that answered and whose VM was closed, not reused.",
+        );
+        sample(
+            &mut out,
+            "vmfork_unrecycled_vms_total",
+            ("reason", "guest_ring0"),
+            load(&self.closed_after_ring0),
+        );
+        family(
+            &mut out,
             "vmfork_resident_memory_bytes",
             "gauge",
             "Resident memory of the vmfork process.",
@@ -272,6 +288,7 @@ mod tests {
         assert!(text.contains("vmfork_recycled_vms_total{reset=\"in_place\"} 1"));
         assert!(text.contains("vmfork_recycled_vms_total{reset=\"remap\"} 1"));
         assert!(text.contains("vmfork_reset_pages_total 3"));
+        assert!(text.contains("vmfork_unrecycled_vms_total{reason=\"guest_ring0\"} 0"));
         assert!(text.contains("vmfork_pooled_vms 2"));
         m.connection_closed(Closed::HeaderTimeout);
         m.connections_open(3);

@@ -44,7 +44,8 @@ pub struct ShellPool {
 
 impl ShellPool {
     /// `in_place`: how to reset recycled VMs in place (with
-    /// `Recycle::InPlace`).
+    /// `Recycle::InPlace`), and in any mode how to tell whether a clone
+    /// ran guest ring 0.
     pub fn new(
         recycle: Recycle,
         warm: usize,
@@ -65,7 +66,7 @@ impl ShellPool {
             lent: AtomicUsize::new(0),
             layout,
             recycle,
-            in_place: in_place.filter(|_| recycle == Recycle::InPlace),
+            in_place,
         }
     }
 
@@ -170,10 +171,15 @@ impl Finished {
                     .in_place
                     .as_ref()
                     .map(|(r, f)| (r.as_ref(), f.as_ref()));
-                match VmShell::recycle(machine, &pool.layout, in_place) {
-                    Ok((shell, reset)) => {
+                let remap = pool.recycle == Recycle::Remap;
+                match VmShell::recycle(machine, &pool.layout, in_place, remap) {
+                    Ok(Some((shell, reset))) => {
                         metrics.recycled(&reset);
                         Some(shell)
+                    }
+                    Ok(None) => {
+                        metrics.closed_after_ring0.fetch_add(1, Ordering::Relaxed);
+                        None
                     }
                     Err(e) => {
                         tracing::warn!("a finished clone's VM was closed, not recycled: {e}");

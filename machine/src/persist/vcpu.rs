@@ -61,6 +61,21 @@ fn saveable_msrs(vcpu: &VcpuFd) -> Result<&'static [u32]> {
     Ok(LIST.get_or_init(|| readable))
 }
 
+/// The MSRs KVM lists on this host (KVM_GET_MSR_INDEX_LIST: every MSR
+/// whose state userspace must carry across a save and restore) that
+/// `saved` lacks, because KVM would not read them back when the template
+/// was saved ([`saveable_msrs`]). Restoring into a vCPU that already ran a
+/// clone leaves these as that clone left them, so such a vCPU must not be
+/// reused (docs/security.md, "Recycled VMs: what a reset restores").
+pub fn msrs_not_restored(saved: &[kvm_msr_entry]) -> Result<Vec<u32>> {
+    let listed = KvmHost::get()?.msr_index_list()?;
+    Ok(listed
+        .iter()
+        .copied()
+        .filter(|index| !saved.iter().any(|e| e.index == *index))
+        .collect())
+}
+
 fn read_msrs(vcpu: &VcpuFd, indices: &[u32]) -> Result<Vec<kvm_msr_entry>> {
     let entries: Vec<kvm_msr_entry> = indices
         .iter()
