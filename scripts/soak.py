@@ -79,10 +79,10 @@ FIN_FLOOD_PAUSE_S = 0.03
 CLONE_CGROUP_SHARE = 0.5
 CGROUP_PARENT = f"vmfork-soak-{os.getpid()}"
 
-# HOOK(serve --cgroup): `vmfork serve` has no --cgroup yet. When it lands,
-# set this to True: start_serve() then passes --cgroup CGROUP_PARENT/serve,
-# and main() removes it after serve exits, so the leak check covers it.
-SERVE_CGROUP = False
+# serve runs in its own group too: start_serve() passes --cgroup
+# CGROUP_PARENT/serve, and main() removes it after serve exits, so the leak
+# check covers it.
+SERVE_CGROUP = True
 
 
 class Stats:
@@ -295,7 +295,7 @@ class Soak:
                "--body-timeout", f"{BODY_TIMEOUT_S}s"]
         for f in FUNCTIONS:
             cmd += ["--template", f"{f}={self.templates[f]}"]
-        if SERVE_CGROUP:  # HOOK(serve --cgroup), see SERVE_CGROUP
+        if SERVE_CGROUP:
             cmd += ["--cgroup", f"{CGROUP_PARENT}/serve"]
         self.serve_err = open(os.path.join(self.work, "serve.stderr"), "w")
         self.serve = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -873,7 +873,7 @@ class Soak:
                 pass
         with open("/proc/mounts") as f:
             leaked_mounts = [l.split()[1] for l in f if self.work in l]
-        if SERVE_CGROUP:  # HOOK(serve --cgroup): serve has exited; remove its group
+        if SERVE_CGROUP:  # serve has exited; remove its group
             self.remove_cgroup(f"{CGROUP_PARENT}/serve")
         # The clone groups were removed after each run; their parent now.
         for d in cgroup_dirs_named(CGROUP_PARENT):

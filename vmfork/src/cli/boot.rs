@@ -54,7 +54,8 @@ pub struct VmArgs {
     pub cmdline: Option<String>,
     /// Built-in function of the embedded guest that INVOKE runs (echo,
     /// sha256, json-upper, counter; for tests crash, spin, triple-fault,
-    /// no-ack, port-flood, mmio-flood, interrupt-storm, page-table-write); adds
+    /// no-ack, port-flood, mmio-flood, interrupt-storm, page-table-write,
+    /// page-table-build, msr-write, fpu-write); adds
     /// `function=NAME` to the command line. See `vmfork serve`.
     #[arg(long, value_name = "NAME")]
     pub function: Option<String>,
