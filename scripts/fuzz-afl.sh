@@ -84,6 +84,23 @@ else
     rm -rf "$out"
 fi
 mkdir -p "$out"
+# AFL++ kills its last child at the end, and every child that times out,
+# so the targets' scratch directories are never removed by their owners:
+# the HTTP templates go under $out/tmp (TMPDIR), removed below, and the
+# manifest's directories in /dev/shm made during this run are removed
+# once their process is gone.
+scratch="$out/tmp"
+mkdir -p "$scratch"
+touch "$out/.started"
+cleanup_scratch() {
+    rm -rf "$scratch"
+    local d pid
+    for d in $(find /dev/shm -maxdepth 1 -name 'vmfork-fuzz-manifest-*' -newer "$out/.started" 2>/dev/null); do
+        pid="${d##*-}"
+        kill -0 "$pid" 2>/dev/null || rm -rf "$d"
+    done
+}
+trap cleanup_scratch EXIT
 
 # The state decoder offers no dictionary (its repair step does the work).
 dict_args=()
@@ -92,7 +109,7 @@ if [[ -s "$dict" ]]; then
 fi
 seconds=$((minutes * 60))
 echo "fuzz-afl: $bin for $minutes min, output in $out" >&2
-cargo afl fuzz -i "$seeds" -o "$out" "${dict_args[@]}" -t "$tmout" -m none -V "$seconds" -- "$exe" \
+TMPDIR="$scratch" cargo afl fuzz -i "$seeds" -o "$out" "${dict_args[@]}" -t "$tmout" -m none -V "$seconds" -- "$exe" \
     >"$out/afl-fuzz.log" 2>&1 || {
     echo "fuzz-afl: afl-fuzz failed; the end of $out/afl-fuzz.log:" >&2
     tail -n 30 "$out/afl-fuzz.log" >&2
@@ -102,8 +119,10 @@ cargo afl fuzz -i "$seeds" -o "$out" "${dict_args[@]}" -t "$tmout" -m none -V "$
 # Crashes and hangs, run once more and saved into the corpus.
 findings=()
 for kind in crash hang; do
-    dir="$out/default/${kind}es"
-    [[ $kind == hang ]] && dir="$out/default/hangs"
+    case $kind in
+        crash) dir="$out/default/crashes" ;;
+        hang) dir="$out/default/hangs" ;;
+    esac
     [[ -d "$dir" ]] || continue
     files=()
     while IFS= read -r -d '' f; do
@@ -130,6 +149,14 @@ echo "  crashes:      $(stat saved_crashes)"
 echo "  hangs:        $(stat saved_hangs)"
 if [[ -s "$out/health.log" ]]; then
     echo "  health:       $(wc -l <"$out/health.log") failed checks, see $out/health.log"
+fi
+queue=()
+while IFS= read -r -d '' f; do
+    queue+=("$f")
+done < <(find "$out/default/queue" -maxdepth 1 -type f -name 'id:*' -print0 | sort -z)
+if [[ ${#queue[@]} -gt 0 ]]; then
+    echo "  outcome classes of the queue:"
+    "$exe" --classes "${queue[@]}" 2>/dev/null | grep -v "all 2^32" || true
 fi
 if [[ ${#findings[@]} -gt 0 ]]; then
     echo "  saved into $corpus; run its replay test (docs/fuzzing.md) before committing"

@@ -8,13 +8,16 @@
 //! - `--triage DIR KIND FILE...`: runs each file (an AFL++ crash or hang)
 //!   as one fuzz run does and saves what ran into the corpus directory DIR
 //!   as `any__<kind>-<hash>.<ext>`, the kind being the finding's or KIND
-//!   when the file gives none now.
+//!   when the file gives none now;
+//! - `--classes FILE...`: how many of the files (AFL++'s queue) give each
+//!   outcome class, to see what the coverage-guided corpus is made of.
 //!
 //! An input runs exactly as corpus replay runs the bytes that get saved:
 //! the target's repair step first (seeded by the input, so a run is a
 //! function of its input and AFL++'s stability holds), then `check` seeded
 //! by the repaired bytes, which is what `fuzzer::replay` does with a file.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -41,9 +44,10 @@ pub fn main<T: Target>(make: impl FnOnce() -> Result<T, String>) {
         Some("--triage") if args.len() >= 3 => {
             make().and_then(|mut t| triage(&mut t, Path::new(&args[1]), &args[2], &args[3..]))
         }
+        Some("--classes") => make().and_then(|mut t| classes(&mut t, &args[1..])),
         Some(_) => Err(
             "this is an AFL++ build: run it under afl-fuzz (scripts/fuzz-afl.sh), \
-             or give --write-dict FILE or --triage DIR KIND FILE..."
+             or give --write-dict FILE, --triage DIR KIND FILE... or --classes FILE..."
                 .to_string(),
         ),
     };
@@ -193,6 +197,25 @@ fn triage<T: Target>(
             save_finding::<T>(dir, kind, &input).map_err(|e| format!("{}: {e}", dir.display()))?;
         let detail: String = detail.chars().take(400).collect();
         println!("{file} -> {}: {kind}: {detail}", saved.display());
+    }
+    Ok(())
+}
+
+fn classes<T: Target>(target: &mut T, files: &[String]) -> Result<(), String> {
+    capture_panics(false);
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for file in files {
+        let data = std::fs::read(file).map_err(|e| format!("{file}: {e}"))?;
+        let (_, outcome) = run_one(target, &data);
+        let class = match outcome.finding {
+            Some(f) => format!("finding {}", f.kind),
+            None => outcome.class,
+        };
+        *counts.entry(class).or_default() += 1;
+    }
+    let total = files.len().max(1) as f64;
+    for (class, n) in &counts {
+        println!("  {class:>24}: {n} ({:.1}%)", *n as f64 * 100.0 / total);
     }
     Ok(())
 }
