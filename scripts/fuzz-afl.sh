@@ -2,7 +2,7 @@
 # Runs one fuzz target under AFL++ (cargo afl; docs/fuzzing.md) and keeps
 # what it found as regression inputs.
 #
-#   bash scripts/fuzz-afl.sh TARGET [--minutes N] [--resume]
+#   bash scripts/fuzz-afl.sh TARGET [--minutes N] [--resume] [--no-build]
 #
 # TARGET is state, manifest, mailbox or http (mailbox and http need
 # /dev/kvm). The binaries are the fuzz examples built by fuzz-afl/ with
@@ -16,7 +16,7 @@
 set -euo pipefail
 
 usage() {
-    echo "usage: $0 state|manifest|mailbox|http [--minutes N] [--resume]" >&2
+    echo "usage: $0 state|manifest|mailbox|http [--minutes N] [--resume] [--no-build]" >&2
     exit 2
 }
 
@@ -25,20 +25,25 @@ target="${1:-}"
 shift || usage
 minutes=10
 resume=0
+build=1
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --minutes) minutes="${2:?--minutes needs a value}"; shift 2 ;;
         --resume) resume=1; shift ;;
+        # Runs the binary of the last build (e.g. while another build holds
+        # cargo's lock on the target directory).
+        --no-build) build=0; shift ;;
         *) usage ;;
     esac
 done
 [[ "$minutes" =~ ^[0-9]+$ && "$minutes" -gt 0 ]] || usage
 
 # package, binary, corpus directory, file extension, AFL++ timeout (ms).
-# The timeouts sit above each target's own slow-input limit (1 s for the
-# decoder and the manifest, 5 s for the guest channel, 20 s for HTTP), so
-# a slow input is the target's finding and AFL++'s hang is a real stall;
-# HTTP's first input in each forked child also cold-boots four templates.
+# The timeouts sit well above each target's own slow-input limit (1 s, and
+# 20 s for HTTP) on a loaded host, so a slow input is the target's finding
+# and AFL++'s hang is a real stall; the first input in each forked child
+# also builds the target (a KVM VM for the guest channel, four cold-booted
+# templates and a server for HTTP).
 case "$target" in
     state) pkg=vmfork-afl-state bin=fuzz_state corpus=snapshot/fuzz/corpus ext=bin tmout=5000 ;;
     manifest) pkg=vmfork-afl-manifest bin=fuzz_manifest corpus=template/fuzz/corpus/manifest ext=json tmout=5000 ;;
@@ -54,8 +59,11 @@ seeds="$cache/afl-in/$target"
 dict="$cache/afl-dict/$target.dict"
 exe="$target_dir/release/$bin"
 
-echo "fuzz-afl: building $bin" >&2
-(cd "$root/fuzz-afl" && cargo afl build --release --target-dir "$target_dir" -p "$pkg" --bin "$bin")
+if [[ $build -eq 1 ]]; then
+    echo "fuzz-afl: building $bin" >&2
+    (cd "$root/fuzz-afl" && cargo afl build --release --target-dir "$target_dir" -p "$pkg" --bin "$bin")
+fi
+[[ -x "$exe" ]] || { echo "fuzz-afl: $exe is not built" >&2; exit 1; }
 
 # AFL++'s input directory: the corpus files of this target (afl-fuzz takes
 # any file it finds, and the state corpus shares its directory with
