@@ -78,8 +78,7 @@ echo "fuzz-afl: $(find "$seeds" -type f | wc -l) seeds from $corpus" >&2
 
 # The host is not tuned for AFL++ (CPU frequency scaling on, core dumps
 # piped to a handler) and is shared: no CPU pinning, no UI (not a
-# terminal). The mailbox harness checks all 2^32 ready-port values (about
-# 30 s) before the fork server starts.
+# terminal), with room for a slow start before the fork server is up.
 export AFL_SKIP_CPUFREQ=1
 export AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1
 export AFL_NO_AFFINITY=1
