@@ -15,12 +15,16 @@
 #   e2fsprogs           mkfs.ext4 -d builds the DAX rootfs without root or loop devices
 #   wrk                 HTTP load generator for scripts/bench-faas.sh
 #   curl                the HTTP client of scripts/demo.sh and the README's examples
+#   afl++               AFL++, the coverage-guided engine of scripts/fuzz-afl.sh
+#                       (docs/fuzzing.md); cargo-afl, installed last, builds the
+#                       fuzz targets with its instrumentation
 #   gcc make bc bison flex libelf-dev libssl-dev cpio patch xz-utils
 #                       what a kernel build needs (cpio also packs the rig's initramfs)
 set -euo pipefail
 
 packages=(
     qemu-system-x86 busybox-static kmod linux-source-6.12 e2fsprogs wrk curl initramfs-tools-core
+    afl++
     clang lld wasi-libc libclang-rt-14-dev-wasm32
     gcc make bc bison flex libelf-dev libssl-dev cpio patch xz-utils
 )
@@ -35,18 +39,27 @@ for pkg in "${packages[@]}"; do
     fi
 done
 
-if [[ ${#missing[@]} -eq 0 ]]; then
-    exit 0
-fi
+install_missing() {
+    if [[ ${#missing[@]} -eq 0 ]]; then
+        return
+    fi
+    if [[ $EUID -ne 0 ]]; then
+        sudo=(sudo)
+    else
+        sudo=()
+    fi
+    echo "setup-host: installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    "${sudo[@]}" apt-get update -qq
+    "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+    echo "setup-host: done" >&2
+}
+install_missing
 
-if [[ $EUID -ne 0 ]]; then
-    sudo=(sudo)
-else
-    sudo=()
+# cargo-afl is a cargo subcommand, not a Debian package: installed for the
+# user running this, once. It builds its AFL++ runtime for the toolchain on
+# first use (or `cargo afl config --build`).
+if ! cargo afl --version >/dev/null 2>&1; then
+    echo "setup-host: installing cargo-afl" >&2
+    cargo install cargo-afl --locked >&2
 fi
-
-echo "setup-host: installing ${missing[*]}" >&2
-export DEBIAN_FRONTEND=noninteractive
-"${sudo[@]}" apt-get update -qq
-"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
-echo "setup-host: done" >&2
