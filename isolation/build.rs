@@ -21,6 +21,8 @@ mod lists;
 #[allow(dead_code)]
 #[path = "src/ioctls.rs"]
 mod ioctls;
+#[path = "src/seccomp/refuse.rs"]
+mod refuse;
 
 /// The one error the lists build: a rule seccompiler refuses.
 mod error {
@@ -94,6 +96,7 @@ fn compile(kind: lists::ThreadKind, floor: i32) -> BpfProgram {
         Ok(list) => list.into_rules(),
         Err(error::Error::Seccomp(e)) => panic!("building the {} list: {e}", kind.name()),
     };
+    let opens = rules.contains_key(&libc::SYS_openat) || rules.contains_key(&libc::SYS_open);
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Trap,
@@ -102,7 +105,8 @@ fn compile(kind: lists::ThreadKind, floor: i32) -> BpfProgram {
     )
     .and_then(BpfProgram::try_from);
     match filter {
-        Ok(program) => program,
+        Ok(program) if opens => program,
+        Ok(program) => refuse::refuse_opens(program),
         Err(e) => panic!("compiling the {} list: {e}", kind.name()),
     }
 }

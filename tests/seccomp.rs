@@ -232,7 +232,15 @@ fn wait_for_threads(pid: u32, names: &[&str]) -> Vec<(String, u32, u32)> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let threads = thread_filters(pid);
-        if names.iter().all(|n| threads.iter().any(|(t, _, _)| t == n)) {
+        // A thread is named before its first instruction and installs its
+        // own list right after: until then it shows only the inherited one.
+        // (Without filters, under --no-seccomp, there is nothing to wait for.)
+        let filtered = threads.iter().any(|(t, _, f)| t == "vmfork" && *f > 0);
+        let settled = !filtered
+            || threads
+                .iter()
+                .all(|(t, _, f)| t == "vmfork" || t.starts_with("kvm-") || *f >= 2);
+        if settled && names.iter().all(|n| threads.iter().any(|(t, _, _)| t == n)) {
             return threads;
         }
         assert!(

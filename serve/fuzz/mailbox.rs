@@ -204,6 +204,10 @@ pub fn sweep_words(step: usize) -> Option<(u32, GuestSignal, GuestSignal)> {
 
 pub struct GuestChannel {
     bus: PortIoBus,
+    /// The PCI configuration address the guest last set (a full 32-bit
+    /// write to 0xcf8): what the address register must read back, and
+    /// whether the data window may answer with anything but all ones.
+    pci_address: u32,
     /// Keeps the UART's interrupt line (an irqfd on this VM) valid.
     _vm: Vm,
 }
@@ -216,6 +220,7 @@ impl GuestChannel {
         let serial = SerialPort::new(&vm.fd, Console::Discard).map_err(|e| e.to_string())?;
         Ok(GuestChannel {
             bus: PortIoBus::new(serial),
+            pci_address: 0,
             _vm: vm,
         })
     }
@@ -280,6 +285,11 @@ impl GuestChannel {
             });
             return;
         }
+        if port == 0xcf8 {
+            if let Ok(word) = <[u8; 4]>::try_from(data) {
+                self.pci_address = u32::from_le_bytes(word);
+            }
+        }
         let event = self.bus.write(port, data);
         // The i8042's reset pulse, or the reset bit of the chipset's reset
         // control register.
@@ -328,6 +338,19 @@ impl GuestChannel {
         } else if port == CONSOLE_PORT {
             let word = CONSOLE_PRESENT.to_le_bytes();
             (0..size).all(|i| data[i] == word.get(i).copied().unwrap_or(SENTINEL))
+        } else if (0xcf8..0xcfc).contains(&port) {
+            // The PCI address register reads back what was set, all ones
+            // past its four bytes.
+            let word = self.pci_address.to_le_bytes();
+            let at = usize::from(port - 0xcf8);
+            (0..size).all(|i| data[i] == word.get(at + i).copied().unwrap_or(0xff))
+        } else if (0xcfc..0xd00).contains(&port) {
+            // The data window answers for the host bridge (bus 0, device
+            // 0, function 0, with cycles enabled) and floats high for
+            // every other address.
+            let a = self.pci_address;
+            let bridge = a & (1 << 31) != 0 && (a >> 8) & 0xffff == 0;
+            bridge || data.iter().all(|&b| b == 0xff)
         } else {
             data.iter().all(|&b| b == 0xff)
         };
