@@ -13,10 +13,12 @@
 
 use seccompiler::sock_filter;
 
-const BPF_LD_W_ABS: u16 = 0x00 | 0x00 | 0x20;
-const BPF_JMP_JEQ_K: u16 = 0x05 | 0x10 | 0x00;
-const BPF_JMP_JA: u16 = 0x05 | 0x00;
-const BPF_RET_K: u16 = 0x06 | 0x00;
+/// Classic BPF opcodes (linux/bpf_common.h): BPF_LD | BPF_W | BPF_ABS,
+/// BPF_JMP | BPF_JEQ | BPF_K, BPF_JMP | BPF_JA, BPF_RET | BPF_K.
+const BPF_LD_W_ABS: u16 = 0x20;
+const BPF_JMP_JEQ_K: u16 = 0x15;
+const BPF_JMP_JA: u16 = 0x05;
+const BPF_RET_K: u16 = 0x06;
 /// `struct seccomp_data`: the call number first, then the audit arch.
 const NR_OFFSET: u32 = 0;
 const ARCH_OFFSET: u32 = 4;
