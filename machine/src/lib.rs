@@ -16,6 +16,7 @@ pub mod machine;
 pub mod mailbox;
 pub mod memory;
 pub mod mmu_stats;
+mod paging;
 pub mod persist;
 pub mod reset;
 pub mod ring0_entry;

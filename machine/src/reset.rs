@@ -25,8 +25,7 @@ use kvm_bindings::kvm_sregs;
 use vmfork_snapshot::state::{MachineState, MemoryState};
 
 use crate::error::{Error, Result};
-
-pub(crate) const PAGE: u64 = 4096;
+use crate::paging::{file_offset, PAGE, PTE_ADDR, PTE_LARGE, PTE_PRESENT};
 /// Beyond this many written pages, dropping the mapping is cheaper than
 /// copying them back.
 pub const MAX_IN_PLACE_PAGES: usize = 2048;
@@ -36,10 +35,7 @@ const PM_PRESENT: u64 = 1 << 63;
 const PM_SWAPPED: u64 = 1 << 62;
 const PM_FILE_OR_SHARED: u64 = 1 << 61;
 
-/// Paging-structure entry bits.
-pub(crate) const PTE_PRESENT: u64 = 1;
-pub(crate) const PTE_LARGE: u64 = 1 << 7;
-pub(crate) const PTE_ADDR: u64 = 0x000f_ffff_ffff_f000;
+/// Control-register bits that say whether the vCPU pages in 4 levels.
 const CR0_PG: u64 = 1 << 31;
 const CR4_PAE: u64 = 1 << 5;
 const CR4_LA57: u64 = 1 << 12;
@@ -330,15 +326,6 @@ fn runs(pages: &[u64]) -> Vec<(u64, u64)> {
         }
     }
     out
-}
-
-/// The memory-file offset of a guest-physical address.
-pub(crate) fn file_offset(layout: &MemoryState, gpa: u64) -> Option<u64> {
-    layout
-        .regions
-        .iter()
-        .find(|r| gpa >= r.guest_addr && gpa < r.guest_addr + r.size)
-        .map(|r| r.file_offset + (gpa - r.guest_addr))
 }
 
 /// Every paging-structure page reachable from each vCPU's CR3, as memory-

@@ -19,7 +19,7 @@ use std::os::unix::fs::FileExt;
 use kvm_bindings::{kvm_msr_entry, kvm_sregs};
 use vmfork_snapshot::state::MemoryState;
 
-use crate::reset::{file_offset, PAGE, PTE_ADDR, PTE_LARGE, PTE_PRESENT};
+use crate::paging::{file_offset, PAGE, PTE_ADDR, PTE_LARGE, PTE_PRESENT};
 
 /// The first 104 bytes of a 64-bit TSS: RSP0-2 at 4, IST1-7 at 36.
 const TSS_LEN: u64 = 104;
