@@ -58,8 +58,10 @@ install_missing
 
 # cargo-afl is a cargo subcommand, not a Debian package: installed for the
 # user running this, once. It builds its AFL++ runtime for the toolchain on
-# first use (or `cargo afl config --build`).
-if ! cargo afl --version >/dev/null 2>&1; then
+# first use (or `cargo afl config --build`). Only where there is a Rust
+# toolchain: the SVM rig runs this script (through distro-kernel.sh)
+# without one, and needs no fuzzer.
+if command -v cargo >/dev/null 2>&1 && ! cargo afl --version >/dev/null 2>&1; then
     echo "setup-host: installing cargo-afl" >&2
     cargo install cargo-afl --locked >&2
 fi
