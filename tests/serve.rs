@@ -176,18 +176,10 @@ fn guests_not_known_to_take_resume_invoke_are_invoked_after_resuming() {
         ("untrusted", untrusted),
     ];
     let server = Server::start(&fns, &[]);
-    let (code, _, list) = server.request("GET", "/v1/functions", b"");
-    assert_eq!(code, 200);
-    let list: serde_json::Value = serde_json::from_slice(&list).expect("function list");
-    let resumes = |name: &str| {
-        list["functions"]
-            .as_array()
-            .and_then(|fs| fs.iter().find(|f| f["name"] == name))
-            .map(|f| f["resumes_into_request"].clone())
-    };
-    assert_eq!(resumes("embedded"), Some(serde_json::Value::Bool(true)));
-    assert_eq!(resumes("file"), Some(serde_json::Value::Bool(false)));
-    assert_eq!(resumes("untrusted"), Some(serde_json::Value::Bool(false)));
+    assert_eq!(
+        server.resumes_into_request(&["embedded", "file", "untrusted"]),
+        [Some(true), Some(false), Some(false)]
+    );
     for name in [
         "embedded",
         "file",

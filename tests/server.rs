@@ -124,6 +124,23 @@ impl Server {
 }
 
 impl Client {
+    /// Each named function's `resumes_into_request` in `GET /v1/functions`
+    /// (None for a function not listed).
+    pub fn resumes_into_request(&self, names: &[&str]) -> Vec<Option<bool>> {
+        let (code, _, list) = self.request("GET", "/v1/functions", b"");
+        assert_eq!(code, 200);
+        let list: serde_json::Value = serde_json::from_slice(&list).expect("function list");
+        names
+            .iter()
+            .map(|name| {
+                list["functions"]
+                    .as_array()
+                    .and_then(|fs| fs.iter().find(|f| f["name"] == *name))
+                    .and_then(|f| f["resumes_into_request"].as_bool())
+            })
+            .collect()
+    }
+
     pub fn request(&self, method: &str, path: &str, body: &[u8]) -> Answer {
         let mut stream = TcpStream::connect(&self.addr).expect("connect");
         stream

@@ -83,16 +83,10 @@ fn a_trusted_template_resumes_into_its_run_and_an_untrusted_one_does_not() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&untrusted, std::fs::Permissions::from_mode(0o777)).expect("chmod");
     let server = Server::start(&[("trusted", trusted), ("untrusted", untrusted)], &[]);
-    let (_, _, list) = curl(&[&format!("http://{}/v1/functions", server.addr)]);
-    let list: serde_json::Value = serde_json::from_str(&list).expect("function list");
-    let resumes = |name: &str| {
-        list["functions"]
-            .as_array()
-            .and_then(|fs| fs.iter().find(|f| f["name"] == name))
-            .map(|f| f["resumes_into_request"].clone())
-    };
-    assert_eq!(resumes("trusted"), Some(serde_json::Value::Bool(true)));
-    assert_eq!(resumes("untrusted"), Some(serde_json::Value::Bool(false)));
+    assert_eq!(
+        server.resumes_into_request(&["trusted", "untrusted"]),
+        [Some(true), Some(false)]
+    );
     // Both ways run the module once per clone, on that request's input.
     for name in ["trusted", "untrusted", "trusted", "untrusted"] {
         let (status, _, body) = curl(&["--data-binary", "a bc", &invoke(&server, name, "")]);
