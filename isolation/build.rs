@@ -1,6 +1,6 @@
 //! Compiles every thread type's seccomp allow-list (src/seccomp/lists.rs)
 //! into BPF at build time, so that no vmfork process spends its start-up
-//! running seccompiler: each program is written to OUT_DIR as raw
+//! compiling: each program is written to OUT_DIR as raw
 //! `sock_filter`s (8 bytes each, little-endian) and embedded by
 //! src/seccomp/programs.rs. A unit test compares the embedded programs with
 //! what `seccomp::compile` produces at run time, so the two cannot drift.
@@ -11,7 +11,7 @@
 
 use std::path::PathBuf;
 
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+use seccompiler::{BpfProgram, SeccompAction, TargetArch};
 
 /// The lists as the crate compiles them, unused parts and all.
 #[allow(dead_code)]
@@ -23,6 +23,8 @@ mod lists;
 mod ioctls;
 #[path = "src/seccomp/refuse.rs"]
 mod refuse;
+#[path = "src/seccomp/tree.rs"]
+mod tree;
 
 /// The one error the lists build: a rule seccompiler refuses.
 mod error {
@@ -36,6 +38,8 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=src/seccomp/lists.rs");
     println!("cargo:rerun-if-changed=src/ioctls.rs");
+    println!("cargo:rerun-if-changed=src/seccomp/refuse.rs");
+    println!("cargo:rerun-if-changed=src/seccomp/tree.rs");
 
     // The lists name system calls and ioctls by this (the build) machine's
     // libc constants, and SIGRTMIN is asked of its glibc; the programs
@@ -97,13 +101,12 @@ fn compile(kind: lists::ThreadKind, floor: i32) -> BpfProgram {
         Err(error::Error::Seccomp(e)) => panic!("building the {} list: {e}", kind.name()),
     };
     let opens = rules.contains_key(&libc::SYS_openat) || rules.contains_key(&libc::SYS_open);
-    let filter = SeccompFilter::new(
+    let filter = tree::compile(
         rules,
         SeccompAction::Trap,
         SeccompAction::Allow,
         TargetArch::x86_64,
-    )
-    .and_then(BpfProgram::try_from);
+    );
     match filter {
         Ok(program) if opens => program,
         Ok(program) => refuse::refuse_opens(program),

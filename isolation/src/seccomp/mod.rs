@@ -12,13 +12,14 @@ mod names;
 mod programs;
 mod refuse;
 mod report;
+mod tree;
 
 pub use lists::{Group, List, ThreadKind, VCPU_FD_FLOOR, VCPU_FD_FLOORS};
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
 
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+use seccompiler::{BpfProgram, SeccompAction, TargetArch};
 
 use crate::error::{Error, Result, EXIT_SECCOMP};
 
@@ -328,8 +329,7 @@ pub fn compile(kind: ThreadKind, mismatch: SeccompAction) -> Result<BpfProgram> 
 pub fn compile_at(kind: ThreadKind, floor: i32, mismatch: SeccompAction) -> Result<BpfProgram> {
     let rules = List::for_kind_at(kind, floor)?.into_rules();
     let opens = rules.contains_key(&libc::SYS_openat) || rules.contains_key(&libc::SYS_open);
-    let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, TargetArch::x86_64)
-        .and_then(BpfProgram::try_from)
+    let filter = tree::compile(rules, mismatch, SeccompAction::Allow, TargetArch::x86_64)
         .map_err(|e| Error::Seccomp(format!("compiling the {} list: {e}", kind.name())))?;
     Ok(if opens {
         filter
@@ -340,3 +340,5 @@ pub fn compile_at(kind: ThreadKind, floor: i32, mismatch: SeccompAction) -> Resu
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tree_tests;
