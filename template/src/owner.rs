@@ -23,8 +23,25 @@ const PING_TIMEOUT: Duration = Duration::from_secs(5);
 /// Runs the VM until it stops, serving control requests. Returns why it
 /// stopped and the machine (vCPUs joined).
 pub fn run(machine: Machine, ready_timeout: Option<Duration>) -> Result<(StopReason, Machine)> {
+    run_then(machine, ready_timeout, || Ok(()))
+}
+
+/// `run`, calling `started` once the vCPUs run: work the guest does not
+/// wait for (a signal thread, a watchdog) then overlaps with the guest's
+/// first steps instead of delaying them. A `started` error stops the VM
+/// and is returned.
+pub fn run_then(
+    machine: Machine,
+    ready_timeout: Option<Duration>,
+    started: impl FnOnce() -> Result<()>,
+) -> Result<(StopReason, Machine)> {
     let requests = machine.control().requests().clone();
-    let mut vm = Vm::Running(machine.start()?);
+    let running = machine.start()?;
+    if let Err(e) = started() {
+        running.stop(StopReason::Requested)?;
+        return Err(e);
+    }
+    let mut vm = Vm::Running(running);
     let reason = loop {
         match requests.wait_event(ready_timeout) {
             OwnerEvent::Stopped(reason) => break reason,

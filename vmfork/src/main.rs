@@ -7,7 +7,7 @@ mod cli;
 use std::time::Instant;
 
 use clap::FromArgMatches;
-use cli::{command, dispatch, signals, Cli};
+use cli::{command, dispatch, signals, Cli, Command};
 
 /// Many clones need many fds (VM, vCPU, irqfd each); use the hard limit.
 fn raise_fd_limit() {
@@ -119,10 +119,15 @@ fn main() {
         Ok(cli) => cli,
         Err(e) => refuse(&e),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("VMFORK_LOG"))
-        .with_writer(std::io::stderr)
-        .init();
+    // Without VMFORK_LOG the filter shows only ERROR events, which only
+    // serve's libraries (hyper, tokio) may emit: other commands skip the
+    // subscriber, about 50 us of a restore's start here.
+    if std::env::var_os("VMFORK_LOG").is_some() || matches!(cli.command, Command::Serve(_)) {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env("VMFORK_LOG"))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     signals::block_stop_signals();
     raise_fd_limit();
     let result = std::panic::catch_unwind(|| dispatch(cli, started));

@@ -182,14 +182,19 @@ pub fn run(args: &BootArgs, started: Instant) -> Result<()> {
     let dirty_logging = machine.vm().dirty_logging();
     let phases = phases_json(&machine.phases);
     let control = machine.control();
-    signals::forward_to(control.latch().clone());
+    let latch = control.latch().clone();
     let _api = args
         .api_sock
         .as_deref()
         .map(|p| api::serve(p, control.latch().clone(), control.requests().clone()))
         .transpose()?;
     let commands = control.commands().clone();
-    let (reason, machine) = owner::run(machine, timeout)?;
+    // Stop signals stay pending until the signal thread waits for them:
+    // it starts once the vCPUs run, off the way to the ready point.
+    let (reason, machine) = owner::run_then(machine, timeout, || {
+        signals::forward_to(latch);
+        Ok(())
+    })?;
     let rss = vmm_rss_kib();
     let unclaimed = machine.unclaimed_accesses();
     drop(machine);

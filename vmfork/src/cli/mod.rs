@@ -15,6 +15,7 @@ pub mod clone;
 pub mod clone_args;
 pub mod clone_exec;
 pub mod clone_procs;
+mod commands;
 pub mod ctl;
 pub mod export;
 pub mod floor;
@@ -28,7 +29,7 @@ pub mod template;
 
 use std::time::Instant;
 
-use clap::{ColorChoice, CommandFactory, Parser, Subcommand};
+use clap::{ColorChoice, CommandFactory, Parser};
 
 use vmfork_isolation::seccomp::{self, ThreadKind};
 
@@ -84,55 +85,27 @@ fn color_choice() -> ColorChoice {
     }
 }
 
-#[derive(Debug, Subcommand)]
+/// The subcommands. Their `clap` definitions are in `commands.rs`, built
+/// only for the one a command line names (most of a restore's or boot's
+/// argument parsing went into building the other ten).
+#[derive(Debug)]
 pub enum Command {
-    /// Cold-boot a VM and stream its console to stdout.
-    #[command(after_help = "Examples:
-  vmfork boot --exit-on-ready --json       the embedded guest, to its ready point
-  vmfork boot --mem 1G --vcpus 2 --kernel vmlinux --rootfs rootfs.ext4")]
     Boot(boot::BootArgs),
-    /// Work with templates (VMs saved at their ready point).
-    #[command(subcommand)]
     Template(template::TemplateCommand),
-    /// Restore a VM from a template and resume it.
-    #[command(after_help = "Examples:
-  vmfork restore /tmp/tpl --exit-on-ready --json
-  vmfork restore /tmp/tpl --api-sock /tmp/vm.sock &   then: vmfork ctl /tmp/vm.sock ping")]
     Restore(restore::RestoreArgs),
-    /// Start N clones of a template, each in well under a millisecond.
-    #[command(after_help = "Examples:
-  vmfork clone /tmp/tpl -n 1000 --json            1000 live clones, then stop them
-  vmfork clone /tmp/tpl -n 2 --console --hold 5   show their consoles, keep them 5 s
-  vmfork clone /tmp/linux-tpl -n 20 -- cat /run/vmfork/clone-id
-                                                  run a command in each clone (guests with the agent)")]
     Clone(clone_args::CloneArgs),
-    /// Send a request to a running VM's control socket.
     Ctl(ctl::CtlArgs),
-    /// Serve functions over HTTP, each invocation in a fresh clone.
-    #[command(after_help = "Examples:
-  vmfork template build --function sha256 --cmdline quiet=1 --mem 32M --out /tmp/sha256
-  vmfork serve --template sha256=/tmp/sha256 --warm 8 &
-  curl --data-binary hello http://127.0.0.1:8080/v1/functions/sha256/invoke")]
     Serve(serve::ServeArgs),
-    /// Measure the KVM floor: create a VM and vCPU and run to the first HLT.
     Floor(floor::FloorArgs),
-    /// Build root filesystem images for the Linux guest.
-    #[command(subcommand)]
     Rootfs(rootfs::RootfsCommand),
-    /// Write the embedded guest ELF to a file.
     ExportGuest(export::ExportArgs),
-    /// Print a shell completion script, e.g.
-    /// `vmfork completions bash > /etc/bash_completion.d/vmfork`.
-    Completions {
-        #[arg(value_enum)]
-        shell: clap_complete::Shell,
-    },
+    Completions(commands::CompletionsArgs),
 }
 
 /// Writes the completion script for `shell` to stdout.
 fn completions(shell: clap_complete::Shell) -> vmfork_machine::Result<()> {
     let mut script = Vec::new();
-    clap_complete::generate(shell, &mut command(), "vmfork", &mut script);
+    clap_complete::generate(shell, &mut commands::eager(), "vmfork", &mut script);
     // A reader that goes away (`| head`) is not a failure.
     let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
     Ok(())
@@ -174,6 +147,6 @@ pub fn dispatch(cli: Cli, started: Instant) -> vmfork_machine::Result<()> {
         Command::Floor(args) => floor::run(&args),
         Command::Rootfs(command) => rootfs::run(&command),
         Command::ExportGuest(args) => export::run(&args),
-        Command::Completions { shell } => completions(shell),
+        Command::Completions(args) => completions(args.shell),
     }
 }

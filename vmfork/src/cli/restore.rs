@@ -93,7 +93,6 @@ pub fn run(args: &RestoreArgs, started: Instant) -> Result<()> {
     let phases = phases_json(&machine.phases);
     let control = machine.control();
     let latch = control.latch().clone();
-    signals::forward_to(latch.clone());
     let _api = args
         .api_sock
         .as_deref()
@@ -102,23 +101,29 @@ pub fn run(args: &RestoreArgs, started: Instant) -> Result<()> {
     let commands = control.commands().clone();
     let deadline = timeout.map(|t| (t, Instant::now() + t));
     let watchdog = commands.clone();
-    if let Some((t, at)) = deadline {
-        // Before the first acknowledgement the guest is not "ready" for the
-        // purposes of a timeout.
-        std::thread::Builder::new()
-            .name("watchdog".into())
-            .spawn(move || {
-                vmfork_isolation::seccomp::install_in_thread(
-                    vmfork_isolation::seccomp::ThreadKind::Watchdog,
-                );
-                if !watchdog.wait_acks(watchdog.acks() + 1, Some(at))
-                    && watchdog.first_ack_at().is_none()
-                {
-                    latch.stop(vmfork_machine::control::StopReason::Timeout(t));
-                }
-            })?;
-    }
-    let (reason, machine) = owner::run(machine, None)?;
+    // Stop signals stay blocked (and pending) until the signal thread
+    // waits for them, so it can start after the vCPUs, as the watchdog can.
+    let after_start = move || -> Result<()> {
+        signals::forward_to(latch.clone());
+        if let Some((t, at)) = deadline {
+            // Before the first acknowledgement the guest is not "ready" for the
+            // purposes of a timeout.
+            std::thread::Builder::new()
+                .name("watchdog".into())
+                .spawn(move || {
+                    vmfork_isolation::seccomp::install_in_thread(
+                        vmfork_isolation::seccomp::ThreadKind::Watchdog,
+                    );
+                    if !watchdog.wait_acks(watchdog.acks() + 1, Some(at))
+                        && watchdog.first_ack_at().is_none()
+                    {
+                        latch.stop(vmfork_machine::control::StopReason::Timeout(t));
+                    }
+                })?;
+        }
+        Ok(())
+    };
+    let (reason, machine) = owner::run_then(machine, None, after_start)?;
     let rss = vmm_rss_kib();
     drop(machine);
     if args.json {
