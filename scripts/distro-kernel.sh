@@ -24,17 +24,8 @@ fail() { echo "distro-kernel: $*" >&2; exit 1; }
 bash scripts/setup-host.sh
 
 cache_root="${XDG_CACHE_HOME:-$HOME/.cache}/vmfork"
-deps_of() { apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-/{print $2; exit}'; }
-pkg="$(deps_of)"
-if [ -z "$pkg" ]; then
-    if [[ $EUID -ne 0 ]]; then sudo=(sudo); else sudo=(); fi
-    "${sudo[@]}" apt-get update -qq
-    pkg="$(deps_of)"
-fi
-[ -n "$pkg" ] || fail "apt knows no linux-image package behind linux-image-amd64"
-kver="${pkg#linux-image-}"
-deb_sha="$(apt-cache show --no-all-versions "$pkg" | awk '/^SHA256:/{print $2; exit}')"
-[ -n "$deb_sha" ] || fail "apt gives no SHA256 for $pkg"
+source scripts/lib/stock-kernel.sh
+stock_kernel_lookup
 
 # The initramfs configuration: Debian's, except MODULES=list (only the
 # modules named below, a 7.5 MB initrd instead of 37 MB with MODULES=most, which
@@ -70,13 +61,7 @@ mkdir -p "$cache_root"
 find "$cache_root" -maxdepth 1 -name '.tmp-distro-kernel-*' -mmin +60 -exec rm -rf {} +
 stage="$(mktemp -d "$cache_root/.tmp-distro-kernel-$key-XXXXXX")"
 trap 'rm -rf "$stage"' EXIT
-sandbox=()
-[[ $EUID -ne 0 ]] || sandbox=(-o APT::Sandbox::User=root)
-(cd "$stage" && apt-get download -q "${sandbox[@]}" "$pkg" >&2)
-deb="$(ls "$stage"/*.deb)"
-echo "$deb_sha  $deb" | sha256sum -c --quiet - || fail "$deb: SHA-256 differs from apt's index"
-dpkg -x "$deb" "$stage/pkg"
-depmod -b "$stage/pkg" "$kver"
+stock_kernel_unpack "$stage"
 mkdir -p "$stage/conf/conf.d" "$stage/conf/hooks" "$stage/conf/scripts"
 printf '%s\n' "$conf_text" >"$stage/conf/initramfs.conf"
 printf '%s\n' "$modules_text" >"$stage/conf/modules"

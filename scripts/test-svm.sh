@@ -90,18 +90,8 @@ fail() { echo "svm: $*" >&2; exit 1; }
 bash scripts/setup-host.sh
 
 cache_root="${XDG_CACHE_HOME:-$HOME/.cache}/vmfork"
-deps_of() { apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-/{print $2; exit}'; }
-pkg="$(deps_of)"
-if [ -z "$pkg" ]; then
-    # No package lists yet (a fresh container): fetch them once.
-    if [[ $EUID -ne 0 ]]; then sudo=(sudo); else sudo=(); fi
-    "${sudo[@]}" apt-get update -qq
-    pkg="$(deps_of)"
-fi
-[ -n "$pkg" ] || fail "apt knows no linux-image package behind linux-image-amd64"
-kver="${pkg#linux-image-}"
-deb_sha="$(apt-cache show --no-all-versions "$pkg" | awk '/^SHA256:/{print $2; exit}')"
-[ -n "$deb_sha" ] || fail "apt gives no SHA256 for $pkg"
+source scripts/lib/stock-kernel.sh
+stock_kernel_lookup
 
 # /init of the initramfs, PID 1 of the rig (busybox sh). It mounts the
 # host's root read-only at /host and the results share at /host/run/svm
@@ -176,14 +166,7 @@ if [ ! -s "$rig/initramfs.cpio.gz" ] || [ ! -s "$rig/vmlinuz" ]; then
     find "$cache_root" -maxdepth 1 -name '.tmp-svm-rig-*' -mmin +60 -exec rm -rf {} +
     stage="$(mktemp -d "$cache_root/.tmp-svm-rig-$key-XXXXXX")"
     trap 'rm -rf "$stage"' EXIT
-    # As root, apt would drop to its _apt user, which cannot write here.
-    sandbox=()
-    [[ $EUID -ne 0 ]] || sandbox=(-o APT::Sandbox::User=root)
-    (cd "$stage" && apt-get download -q "${sandbox[@]}" "$pkg" >&2)
-    deb="$(ls "$stage"/*.deb)"
-    echo "$deb_sha  $deb" | sha256sum -c --quiet - || fail "$deb: SHA-256 differs from apt's index"
-    dpkg -x "$deb" "$stage/pkg"
-    depmod -b "$stage/pkg" "$kver"
+    stock_kernel_unpack "$stage"
     # Load order from modules.dep: each wanted module after its
     # dependencies, each once (built-in ones print "builtin" and are skipped).
     mkdir -p "$stage/ir/modules" "$stage/ir/bin" "$stage/ir/dev" "$stage/ir/proc" "$stage/ir/sys"
