@@ -13,24 +13,15 @@
 
 use seccompiler::sock_filter;
 
-/// Classic BPF opcodes (linux/bpf_common.h): BPF_LD | BPF_W | BPF_ABS,
-/// BPF_JMP | BPF_JEQ | BPF_K, BPF_JMP | BPF_JA, BPF_RET | BPF_K.
-const BPF_LD_W_ABS: u16 = 0x20;
-const BPF_JMP_JEQ_K: u16 = 0x15;
-const BPF_JMP_JA: u16 = 0x05;
-const BPF_RET_K: u16 = 0x06;
-/// `struct seccomp_data`: the call number first, then the audit arch.
-const NR_OFFSET: u32 = 0;
+use super::tree::{insn, BPF_JMP_JA, BPF_JMP_JEQ_K, BPF_LD_W_ABS, BPF_RET_K, NR_OFFSET};
+
+/// `struct seccomp_data`: the audit arch follows the call number.
 const ARCH_OFFSET: u32 = 4;
 const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
 const EACCES: u32 = 13;
 const SYS_OPEN: u32 = 2;
 const SYS_OPENAT: u32 = 257;
-
-fn insn(code: u16, jt: u8, jf: u8, k: u32) -> sock_filter {
-    sock_filter { code, jt, jf, k }
-}
 
 /// `program` with the EACCES answer for open(2) and openat(2) in front.
 /// Jumps in BPF are relative, so the program after it is unchanged.

@@ -27,14 +27,15 @@ use seccompiler::{
     sock_filter, BackendError, BpfProgram, SeccompAction, SeccompFilter, SeccompRule, TargetArch,
 };
 
-/// Classic BPF opcodes (linux/bpf_common.h).
-const BPF_LD_W_ABS: u16 = 0x20;
-const BPF_JMP_JA: u16 = 0x05;
-const BPF_JMP_JEQ_K: u16 = 0x15;
+/// Classic BPF opcodes (linux/bpf_common.h): BPF_LD | BPF_W | BPF_ABS,
+/// BPF_JMP | BPF_JA, BPF_JMP | BPF_JEQ/BPF_JGE | BPF_K, BPF_RET | BPF_K.
+pub(super) const BPF_LD_W_ABS: u16 = 0x20;
+pub(super) const BPF_JMP_JA: u16 = 0x05;
+pub(super) const BPF_JMP_JEQ_K: u16 = 0x15;
 const BPF_JMP_JGE_K: u16 = 0x35;
-const BPF_RET_K: u16 = 0x06;
+pub(super) const BPF_RET_K: u16 = 0x06;
 /// `struct seccomp_data` begins with the call number.
-const NR_OFFSET: u32 = 0;
+pub(super) const NR_OFFSET: u32 = 0;
 /// The kernel's limit on a program (BPF_MAXINSNS).
 const MAX_LEN: usize = 4096;
 /// Calls a leaf of the tree compares one by one: below this a further
@@ -42,7 +43,7 @@ const MAX_LEN: usize = 4096;
 /// the way, a leaf's entry two).
 const LEAF: usize = 4;
 
-fn insn(code: u16, jt: u8, jf: u8, k: u32) -> sock_filter {
+pub(super) fn insn(code: u16, jt: u8, jf: u8, k: u32) -> sock_filter {
     sock_filter { code, jt, jf, k }
 }
 
