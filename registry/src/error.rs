@@ -46,7 +46,7 @@ impl Error {
     /// so that a script can tell "needs credentials" from "not there".
     pub(crate) fn from_client(reference: &Reference, e: OciDistributionError) -> Error {
         let registry = reference.resolve_registry().to_string();
-        let detail = one_line(&e.to_string());
+        let detail = one_line(&describe(&e));
         let auth = match &e {
             OciDistributionError::UnauthorizedError { .. }
             | OciDistributionError::AuthenticationFailure(_) => true,
@@ -67,6 +67,26 @@ impl Error {
             Error::Registry { registry, detail }
         }
     }
+}
+
+/// What went wrong, in the registry's words where it gave some, and with
+/// the causes reqwest keeps out of its own message (connection refused,
+/// a TLS failure).
+fn describe(e: &OciDistributionError) -> String {
+    if let OciDistributionError::RegistryError { envelope, url } = e {
+        let messages: Vec<&str> = envelope.errors.iter().map(|e| e.message.as_str()).collect();
+        return format!("{url}: {}", messages.join("; "));
+    }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// Registry messages may span lines (an error envelope's list); the CLI
