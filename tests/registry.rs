@@ -92,6 +92,22 @@ impl Registry {
         reply.split_whitespace().nth(1)?.parse().ok()
     }
 
+    /// `PUT /v2/REPO/manifests/TAG`, asserted to be accepted.
+    fn put_manifest(&self, repo: &str, tag: &str, body: &[u8]) {
+        let mut stream = TcpStream::connect(&self.addr).expect("connect");
+        let head = format!(
+            "PUT /v2/{repo}/manifests/{tag} HTTP/1.0\r\nHost: {}\r\n\
+             Content-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: {}\r\n\r\n",
+            self.addr,
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).expect("write");
+        stream.write_all(body).expect("write");
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).expect("read");
+        assert!(reply.split_whitespace().nth(1) == Some("201"), "{reply}");
+    }
+
     fn reference(&self, repo_tag: &str) -> String {
         format!("{}/{repo_tag}", self.addr)
     }
@@ -348,4 +364,52 @@ fn a_diff_template_is_refused() {
         .storage
         .join("docker/registry/v2/repositories/fn/diff");
     assert!(!repo.exists(), "{}", repo.display());
+}
+
+#[test]
+fn a_manifest_that_is_not_a_template_s_is_refused() {
+    let scratch = Scratch::new("registry-tampered");
+    let registry = Registry::start(&scratch, "reg", None);
+    let dir = template(&scratch);
+    let reference = registry.reference("fn/echo:v1");
+    let run = push(&dir, &reference);
+    assert_eq!(run.status, 0, "{run}");
+    let digest = run.json()["digest"].as_str().expect("digest").to_string();
+    let original: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(registry.blob_path(&digest)).expect("manifest"))
+            .expect("json");
+    // Stored under new tags through the registry, so that it serves each
+    // with its own, consistent digest: only vmfork's checks can refuse it.
+    let out = scratch.str("pulled");
+    let pull_edited = |tag: &str, edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut manifest = original.clone();
+        edit(&mut manifest);
+        registry.put_manifest(
+            "fn/echo",
+            tag,
+            &serde_json::to_vec(&manifest).expect("json"),
+        );
+        vmfork(&[
+            "template",
+            "pull",
+            &registry.reference(&format!("fn/echo:{tag}")),
+            "--out",
+            &out,
+        ])
+    };
+
+    let run = pull_edited("media", &|m| {
+        m["layers"][2]["mediaType"] = "application/vnd.oci.image.layer.v1.tar".into()
+    });
+    assert_clean_error(&run, REGISTRY, "not a vmfork template");
+    assert!(!Path::new(&out).exists());
+
+    // A memory layer far bigger than 32 MiB of guest RAM can compress to
+    // is refused before a byte of it is fetched.
+    let run = pull_edited("huge", &|m| m["layers"][2]["size"] = (1u64 << 40).into());
+    assert_clean_error(&run, REGISTRY, "more than the");
+    assert!(!Path::new(&out).exists());
+
+    let run = pull_edited("same", &|_| {});
+    assert_eq!(run.status, 0, "the unedited manifest pulls: {run}");
 }
