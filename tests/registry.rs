@@ -413,3 +413,43 @@ fn a_manifest_that_is_not_a_template_s_is_refused() {
     let run = pull_edited("same", &|_| {});
     assert_eq!(run.status, 0, "the unedited manifest pulls: {run}");
 }
+
+#[test]
+fn a_rootfs_template_is_refused() {
+    let scratch = Scratch::new("registry-rootfs");
+    let registry = Registry::start(&scratch, "reg", None);
+    // All the VMM checks of an image: whole 2 MiB units, an ext4 magic and
+    // a 4 KiB block size in the superblock (the embedded guest never
+    // reads it).
+    let image = scratch.path("rootfs.img");
+    let mut bytes = vec![0u8; 4 << 20];
+    bytes[1024 + 24..1024 + 28].copy_from_slice(&2u32.to_le_bytes());
+    bytes[1024 + 56..1024 + 58].copy_from_slice(&0xef53u16.to_le_bytes());
+    std::fs::write(&image, &bytes).expect("image");
+    let dir = scratch.str("tpl");
+    let image = image.to_string_lossy();
+    let run = vmfork(&[
+        "template",
+        "build",
+        "--rootfs",
+        &image,
+        "--cmdline",
+        "quiet=1",
+        "--mem",
+        "32M",
+        "--out",
+        &dir,
+    ]);
+    assert_eq!(run.status, 0, "{run}");
+
+    let run = push(&dir, &registry.reference("fn/rootfs:v1"));
+    assert_clean_error(
+        &run,
+        REGISTRY,
+        "pushing rootfs templates is not supported yet",
+    );
+    let repo = registry
+        .storage
+        .join("docker/registry/v2/repositories/fn/rootfs");
+    assert!(!repo.exists(), "{}", repo.display());
+}
