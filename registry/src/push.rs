@@ -1,9 +1,11 @@
 //! `vmfork template push DIR REF`.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::fs::File;
+use std::io::{BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use oci_client::manifest::{OciDescriptor, OciImageManifest, OCI_IMAGE_MEDIA_TYPE};
 use oci_client::{Reference, RegistryOperation};
@@ -25,6 +27,8 @@ use crate::error::{Error, Result};
 /// which any level shrinks to nearly nothing; higher levels cost seconds.
 const ZSTD_LEVEL: i32 = 3;
 const READ_CHUNK: usize = 1 << 20;
+/// oci-client's own chunk size for a chunked upload.
+const SEND_CHUNK: usize = 4 << 20;
 
 /// What a push stored.
 #[derive(Debug, Clone, Serialize)]
@@ -46,20 +50,44 @@ struct Blob {
 
 impl Blob {
     fn descriptor(&self) -> OciDescriptor {
-        let mut annotations = BTreeMap::new();
-        annotations.insert(
-            "org.opencontainers.image.title".to_string(),
-            self.title.to_string(),
-        );
-        OciDescriptor {
-            media_type: self.media_type.to_string(),
-            digest: sha256_digest(&self.data),
-            size: self.data.len() as i64,
-            urls: None,
-            annotations: Some(annotations),
-            ..OciDescriptor::default()
-        }
+        descriptor(
+            self.media_type,
+            self.title,
+            sha256_digest(&self.data),
+            self.data.len() as u64,
+        )
     }
+}
+
+fn descriptor(media_type: &str, title: &str, digest: String, size: u64) -> OciDescriptor {
+    let mut annotations = BTreeMap::new();
+    annotations.insert(
+        "org.opencontainers.image.title".to_string(),
+        title.to_string(),
+    );
+    OciDescriptor {
+        media_type: media_type.to_string(),
+        digest,
+        size: size as i64,
+        urls: None,
+        annotations: Some(annotations),
+        ..OciDescriptor::default()
+    }
+}
+
+/// The memory file, compressed as it is sent: its digest is known only
+/// once the last chunk has gone, and it is never held whole in memory.
+struct MemorySource {
+    file: Arc<File>,
+    len: u64,
+}
+
+/// The template's files, ready to send.
+struct Packed {
+    config: Blob,
+    manifest_json: Blob,
+    state: Blob,
+    memory: MemorySource,
 }
 
 /// Pushes the template at `dir` as `reference`. The template is loaded
@@ -75,7 +103,7 @@ pub fn push(dir: &Path, reference: &Reference, opts: &Options) -> Result<PushRep
 
 /// Reads and compresses the template's files into the config blob and
 /// the three layers.
-fn pack(dir: &Path) -> Result<(Blob, [Blob; 3])> {
+fn pack(dir: &Path) -> Result<Packed> {
     let unsupported = |what: String| Error::Unsupported {
         path: dir.to_path_buf(),
         what,
@@ -124,29 +152,17 @@ fn pack(dir: &Path) -> Result<(Blob, [Blob; 3])> {
         .map_err(|e| io(STATE_FILE, e))?;
     let state = zstd::bulk::compress(&state, ZSTD_LEVEL).map_err(|e| io(STATE_FILE, e))?;
 
-    let memory_file = match template.memory_layers.as_slice() {
-        [layer] => layer.file.clone(),
+    let memory = match template.memory_layers.as_slice() {
+        [layer] => MemorySource {
+            file: layer.file.clone(),
+            len: manifest.memory_bytes,
+        },
         _ => {
             return Err(unsupported(
                 "has more than one memory layer; pushing diffs is".into(),
             ))
         }
     };
-    let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), ZSTD_LEVEL)
-        .map_err(|e| io(MEMORY_FILE, e))?;
-    let mut buf = vec![0u8; READ_CHUNK];
-    let mut offset = 0u64;
-    while offset < manifest.memory_bytes {
-        let n = (manifest.memory_bytes - offset).min(READ_CHUNK as u64) as usize;
-        memory_file
-            .read_exact_at(&mut buf[..n], offset)
-            .map_err(|e| io(MEMORY_FILE, e))?;
-        encoder
-            .write_all(&buf[..n])
-            .map_err(|e| io(MEMORY_FILE, e))?;
-        offset += n as u64;
-    }
-    let memory = encoder.finish().map_err(|e| io(MEMORY_FILE, e))?;
 
     let config = ArtifactConfig {
         format_version: FORMAT_VERSION,
@@ -160,73 +176,83 @@ fn pack(dir: &Path) -> Result<(Blob, [Blob; 3])> {
         reference: dir.display().to_string(),
         detail: format!("encoding the config: {e}"),
     })?;
-    Ok((
-        Blob {
+    Ok(Packed {
+        config: Blob {
             media_type: CONFIG_MEDIA_TYPE,
             title: "config.json",
             data: config,
         },
-        [
-            Blob {
-                media_type: MANIFEST_MEDIA_TYPE,
-                title: MANIFEST_FILE,
-                data: manifest_json,
-            },
-            Blob {
-                media_type: STATE_MEDIA_TYPE,
-                title: STATE_FILE,
-                data: state,
-            },
-            Blob {
-                media_type: MEMORY_MEDIA_TYPE,
-                title: MEMORY_FILE,
-                data: memory,
-            },
-        ],
-    ))
+        manifest_json: Blob {
+            media_type: MANIFEST_MEDIA_TYPE,
+            title: MANIFEST_FILE,
+            data: manifest_json,
+        },
+        state: Blob {
+            media_type: STATE_MEDIA_TYPE,
+            title: STATE_FILE,
+            data: state,
+        },
+        memory,
+    })
 }
 
-async fn upload(
-    reference: &Reference,
-    opts: &Options,
-    (config, layers): (Blob, [Blob; 3]),
-) -> Result<PushReport> {
+async fn upload(reference: &Reference, opts: &Options, packed: Packed) -> Result<PushReport> {
     let (client, auth) = client_for(reference, opts);
     let client_err = |e| Error::from_client(reference, e);
     client
         .auth(reference, &auth, RegistryOperation::Push)
         .await
         .map_err(client_err)?;
-    let manifest = OciImageManifest {
-        schema_version: 2,
-        media_type: Some(OCI_IMAGE_MEDIA_TYPE.to_string()),
-        config: config.descriptor(),
-        layers: layers.iter().map(Blob::descriptor).collect(),
-        subject: None,
-        artifact_type: Some(ARTIFACT_TYPE.to_string()),
-        annotations: None,
-    };
-    let mut bytes = 0u64;
-    for (blob, desc) in layers
-        .into_iter()
-        .zip(&manifest.layers)
-        .chain(std::iter::once((config, &manifest.config)))
-    {
+    let Packed {
+        config,
+        manifest_json,
+        state,
+        memory,
+    } = packed;
+
+    let pushed = client
+        .push_blob_stream_chunked(reference, compressed_stream(memory))
+        .await
+        .map_err(client_err)?;
+    let memory = descriptor(
+        MEMORY_MEDIA_TYPE,
+        MEMORY_FILE,
+        pushed.blob_digest,
+        pushed.size,
+    );
+    let mut bytes = pushed.size;
+    let mut small = Vec::new();
+    for blob in [manifest_json, state, config] {
+        let desc = blob.descriptor();
         bytes += blob.data.len() as u64;
-        // A blob the repository already holds (the same state or memory
-        // pushed under another tag) is not sent again.
-        if client
+        // A blob the repository already holds (the same state pushed under
+        // another tag) is not sent again.
+        if !client
             .blob_exists(reference, &desc.digest)
             .await
             .map_err(client_err)?
         {
-            continue;
+            client
+                .push_blob(reference, blob.data, &desc.digest)
+                .await
+                .map_err(client_err)?;
         }
-        client
-            .push_blob(reference, blob.data, &desc.digest)
-            .await
-            .map_err(client_err)?;
+        small.push(desc);
     }
+    let [manifest_json, state, config] =
+        <[OciDescriptor; 3]>::try_from(small).map_err(|_| Error::Artifact {
+            reference: reference.whole(),
+            detail: "three small blobs expected".into(),
+        })?;
+    let manifest = OciImageManifest {
+        schema_version: 2,
+        media_type: Some(OCI_IMAGE_MEDIA_TYPE.to_string()),
+        config,
+        layers: vec![manifest_json, state, memory],
+        subject: None,
+        artifact_type: Some(ARTIFACT_TYPE.to_string()),
+        annotations: None,
+    };
     let body = serde_json::to_vec(&manifest).map_err(|e| Error::Artifact {
         reference: reference.whole(),
         detail: format!("encoding the manifest: {e}"),
@@ -245,5 +271,66 @@ async fn upload(
         digest,
         layers: manifest.layers.len(),
         bytes,
+    })
+}
+
+/// Reads `len` bytes of a file from offset 0 without moving a shared
+/// file position (the load's descriptor may be used elsewhere).
+struct FileReader {
+    file: Arc<File>,
+    offset: u64,
+    len: u64,
+}
+
+impl Read for FileReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (self.len - self.offset).min(buf.len() as u64) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..n], self.offset)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("{MEMORY_FILE} shrank while it was being pushed"),
+            ));
+        }
+        self.offset += n as u64;
+        Ok(n)
+    }
+}
+
+/// The memory file zstd-compressed, in chunks of up to [`SEND_CHUNK`].
+/// Compression runs on the runtime's one thread between sends: this
+/// command does nothing else meanwhile.
+fn compressed_stream(
+    memory: MemorySource,
+) -> impl futures_util::Stream<Item = oci_client::errors::Result<bytes::Bytes>> + Send + 'static {
+    let reader = FileReader {
+        file: memory.file,
+        offset: 0,
+        len: memory.len,
+    };
+    let encoder =
+        zstd::stream::read::Encoder::new(BufReader::with_capacity(READ_CHUNK, reader), ZSTD_LEVEL);
+    futures_util::stream::try_unfold(Some(encoder), |encoder| async move {
+        let mut encoder = match encoder {
+            Some(Ok(encoder)) => encoder,
+            Some(Err(e)) => return Err(e.into()),
+            None => return Ok(None),
+        };
+        let mut chunk = vec![0u8; SEND_CHUNK];
+        let mut filled = 0;
+        while filled < chunk.len() {
+            match encoder.read(&mut chunk[filled..])? {
+                0 => break,
+                n => filled += n,
+            }
+        }
+        if filled == 0 {
+            return Ok(None);
+        }
+        chunk.truncate(filled);
+        Ok(Some((bytes::Bytes::from(chunk), Some(Ok(encoder)))))
     })
 }
