@@ -64,7 +64,7 @@ pub struct PushArgs {
     /// The template directory.
     pub dir: PathBuf,
     /// Where to push it: [REGISTRY/]REPOSITORY[:TAG].
-    #[arg(value_name = "REF", value_parser = Parsed(parse_reference))]
+    #[arg(id = "REF", value_name = "REF", value_parser = Parsed(parse_reference))]
     pub reference: Reference,
     #[command(flatten)]
     pub registry: RegistryArgs,
@@ -76,7 +76,7 @@ pub struct PushArgs {
 #[derive(Debug, Args)]
 pub struct PullArgs {
     /// What to pull: [REGISTRY/]REPOSITORY[:TAG] or REPOSITORY@sha256:DIGEST.
-    #[arg(value_name = "REF", value_parser = Parsed(parse_reference))]
+    #[arg(id = "REF", value_name = "REF", value_parser = Parsed(parse_reference))]
     pub reference: Reference,
     /// The template directory to create (must not exist).
     #[arg(long, value_name = "DIR")]
