@@ -71,6 +71,14 @@ pub enum Error {
     /// stopped rather than run on memory nobody serves.
     #[error("the userfaultfd page server died: {0}")]
     PageServer(String),
+    /// `template push` or `pull`: the registry failed or refused, or
+    /// what it holds is not a template this vmfork can use
+    /// (vmfork-registry).
+    #[error("{0}")]
+    Registry(String),
+    /// The registry wants credentials, or refused the ones given.
+    #[error("{0}")]
+    RegistryAuth(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     /// A child process (a `clone --processes` worker) already printed its
@@ -107,6 +115,8 @@ impl Error {
             Error::Isolation(e) => e.exit_code(),
             Error::PageServer(_) => 20,
             Error::RootfsChanged { .. } => 21,
+            Error::Registry(_) => 25,
+            Error::RegistryAuth(_) => 26,
             Error::Reported(code) => *code,
         }
     }

@@ -47,7 +47,9 @@ unavailable; 5 host lacks a needed KVM feature or tool; 6 kernel unreadable; 7 k
 8 guest memory too small; 9 bad rootfs/initrd (or a rootfs image build failed); 10 guest shutdown/triple fault; 11 KVM internal \
 error; 12 guest crash; 13 guest exited non-zero; 14 timeout; 15 snapshot; 16 bad template; 17 control socket; \
 18 seccomp (a thread made a forbidden system call); 19 jail or cgroup setup failed; 20 a uffd clone's page server died; 21 a template's rootfs image changed or is missing; \
-24 a --jail directory that is unsafe to build in (not root's, writable by others, or a symlink on the way); 1 other."
+24 a --jail directory that is unsafe to build in (not root's, writable by others, or a symlink on the way); \
+25 registry (template push/pull: unreachable, not found, corrupt or not a vmfork template, or a template it cannot carry yet); \
+26 registry authentication refused or needed; 1 other."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -126,7 +128,11 @@ pub fn dispatch(cli: Cli, started: Instant) -> vmfork_machine::Result<()> {
     // calls no list allows: they install the main thread's filter
     // themselves, right after. `rootfs` runs mkfs.ext4 and debugfs, which
     // no list allows either, and touches nothing a guest controls, so it
-    // runs unfiltered. Every other command installs the filter here.
+    // runs unfiltered. `template push` and `pull` open network sockets,
+    // which no list allows, to talk to a registry; they touch nothing a
+    // guest controls (a pulled template is checked as any other before it
+    // is used), so they run unfiltered too. Every other command installs
+    // the filter here.
     if !matches!(
         cli.command,
         Command::Boot(_)
@@ -134,6 +140,9 @@ pub fn dispatch(cli: Cli, started: Instant) -> vmfork_machine::Result<()> {
             | Command::Clone(_)
             | Command::Serve(_)
             | Command::Rootfs(_)
+            | Command::Template(
+                template::TemplateCommand::Push(_) | template::TemplateCommand::Pull(_)
+            )
     ) {
         seccomp::install(ThreadKind::Vmm)?;
     }

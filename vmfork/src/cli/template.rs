@@ -1,4 +1,5 @@
-//! `vmfork template build`: cold-boot to the ready point and save the VM.
+//! `vmfork template build`: cold-boot to the ready point and save the VM;
+//! `push` and `pull`: a template through an OCI registry.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ use super::signals;
 use vmfork_machine::devices::console::Console;
 use vmfork_machine::error::{Error, Result};
 use vmfork_machine::exec::ExecEntry;
+use vmfork_registry::Reference;
 use vmfork_wasm::template::{build_template, WasmTemplate};
 
 #[derive(Debug, Subcommand)]
@@ -41,6 +43,68 @@ pub enum TemplateCommand {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
+    /// Push a template to an OCI registry, as an artifact of vmfork's own
+    /// media types (docs/registry.md). Diffs and rootfs templates are not
+    /// supported yet.
+    #[command(after_help = "Examples:
+  vmfork template push /tmp/tpl 127.0.0.1:5000/fn/echo:v1
+  printf '%s' \"$PASS\" | vmfork template push /tmp/tpl reg.example/fn/echo:v1 --username ci --password-stdin")]
+    Push(PushArgs),
+    /// Pull a template pushed by `template push` into a new directory,
+    /// checking every blob's digest and size, and the template as a
+    /// restore would, before it appears.
+    #[command(after_help = "Examples:
+  vmfork template pull 127.0.0.1:5000/fn/echo:v1 --out /tmp/echo
+  vmfork template pull 127.0.0.1:5000/fn/echo@sha256:... --out /tmp/echo --json")]
+    Pull(PullArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The template directory.
+    pub dir: PathBuf,
+    /// Where to push it: [REGISTRY/]REPOSITORY[:TAG].
+    #[arg(id = "REF", value_name = "REF", value_parser = Parsed(parse_reference))]
+    pub reference: Reference,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Print what was pushed as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// What to pull: [REGISTRY/]REPOSITORY[:TAG] or REPOSITORY@sha256:DIGEST.
+    #[arg(id = "REF", value_name = "REF", value_parser = Parsed(parse_reference))]
+    pub reference: Reference,
+    /// The template directory to create (must not exist).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Print what was pulled as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RegistryArgs {
+    /// User name for the registry's basic auth (or VMFORK_REGISTRY_USERNAME).
+    #[arg(long, value_name = "NAME")]
+    pub username: Option<String>,
+    /// Read the password from the first line of stdin (otherwise from
+    /// VMFORK_REGISTRY_PASSWORD); never give it on the command line.
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// Plain HTTP even to a registry that is not on loopback (loopback
+    /// registries always get plain HTTP).
+    #[arg(long)]
+    pub plain_http: bool,
+}
+
+fn parse_reference(s: &str) -> std::result::Result<Reference, String> {
+    s.parse::<Reference>().map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Args)]
@@ -85,7 +149,111 @@ pub fn run(command: &TemplateCommand, started: Instant) -> Result<()> {
         TemplateCommand::Build(args) => build(args, started),
         TemplateCommand::Flatten { dir, out } => flatten(dir, out),
         TemplateCommand::Serve { dir, sock } => serve(dir, sock),
+        TemplateCommand::Push(args) => push(args),
+        TemplateCommand::Pull(args) => pull(args),
     }
+}
+
+fn registry_options(args: &RegistryArgs) -> Result<vmfork_registry::Options> {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let username = args
+        .username
+        .clone()
+        .or_else(|| env("VMFORK_REGISTRY_USERNAME"));
+    let password = if args.password_stdin {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        Some(line.trim_end_matches(['\r', '\n']).to_string())
+    } else {
+        env("VMFORK_REGISTRY_PASSWORD")
+    };
+    let credentials = match (username, password) {
+        (Some(username), Some(password)) => {
+            Some(vmfork_registry::Credentials { username, password })
+        }
+        (None, None) => None,
+        (Some(_), None) => return Err(Error::InvalidArgument(
+            "a registry user name needs a password: --password-stdin or VMFORK_REGISTRY_PASSWORD"
+                .into(),
+        )),
+        (None, Some(_)) => {
+            return Err(Error::InvalidArgument(
+                "a registry password needs a user name: --username or VMFORK_REGISTRY_USERNAME"
+                    .into(),
+            ))
+        }
+    };
+    Ok(vmfork_registry::Options {
+        credentials,
+        plain_http: args.plain_http,
+    })
+}
+
+/// The registry crate's errors as the CLI's: a template's own failure
+/// keeps its status, authentication has its own, the rest are registry
+/// errors.
+fn registry_error(e: vmfork_registry::Error) -> Error {
+    match e {
+        vmfork_registry::Error::Template(e) => e,
+        e @ vmfork_registry::Error::Auth { .. } => Error::RegistryAuth(e.to_string()),
+        e => Error::Registry(e.to_string()),
+    }
+}
+
+fn push(args: &PushArgs) -> Result<()> {
+    let opts = registry_options(&args.registry)?;
+    let report =
+        vmfork_registry::push(&args.dir, &args.reference, &opts).map_err(registry_error)?;
+    if args.json {
+        outln!(
+            "{}",
+            json!({
+                "dir": args.dir,
+                "reference": report.reference,
+                "digest": report.digest,
+                "layers": report.layers,
+                "bytes": report.bytes,
+            })
+        );
+    } else {
+        outln!(
+            "pushed {} to {} ({}, {} layers, {})",
+            args.dir.display(),
+            report.reference,
+            report.digest,
+            report.layers,
+            human(report.bytes)
+        );
+    }
+    Ok(())
+}
+
+fn pull(args: &PullArgs) -> Result<()> {
+    let opts = registry_options(&args.registry)?;
+    let report =
+        vmfork_registry::pull(&args.reference, &args.out, &opts).map_err(registry_error)?;
+    if args.json {
+        outln!(
+            "{}",
+            json!({
+                "reference": report.reference,
+                "out": report.out,
+                "digest": report.digest,
+                "bytes": report.bytes,
+                "memory_bytes": report.memory_bytes,
+                "memory_on_disk_bytes": disk_usage(&args.out.join(vmfork_template::manifest::MEMORY_FILE)),
+            })
+        );
+    } else {
+        outln!(
+            "pulled {} to {} ({}, {} received)",
+            report.reference,
+            args.out.display(),
+            report.digest,
+            human(report.bytes)
+        );
+    }
+    Ok(())
 }
 
 fn progress(message: &str) {
@@ -229,4 +397,13 @@ fn build_wasm(
         vmfork_wasm::Error::Vm(e) => e,
         other => Error::InvalidArgument(format!("--wasm {}: {other}", path.display())),
     })
+}
+
+/// A transfer size for people: "27.0 KiB", "1.2 MiB".
+fn human(bytes: u64) -> String {
+    if bytes < 1 << 20 {
+        format!("{:.1} KiB", bytes as f64 / 1024.0)
+    } else {
+        format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+    }
 }
