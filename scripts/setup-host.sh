@@ -24,6 +24,7 @@ set -euo pipefail
 
 packages=(
     qemu-system-x86 busybox-static kmod linux-source-6.12 e2fsprogs wrk curl initramfs-tools-core
+    containerd
     afl++
     clang lld wasi-libc libclang-rt-14-dev-wasm32
     gcc make bc bison flex libelf-dev libssl-dev cpio patch xz-utils
