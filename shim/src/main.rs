@@ -10,9 +10,11 @@
 
 mod cache;
 mod error;
+mod mount;
 mod process;
 mod service;
 mod spec;
+mod stdin;
 
 use std::sync::Arc;
 

@@ -5,6 +5,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -38,9 +39,18 @@ pub struct Exit {
 pub struct ExitCell {
     exit: Mutex<Option<Exit>>,
     cond: Condvar,
+    /// The signal a kill request asked for, when the shim ended vmfork
+    /// with SIGKILL in its place (0: none).
+    requested: AtomicU32,
 }
 
 impl ExitCell {
+    /// Remembers that `signal` was asked for: vmfork's SIGKILL is then
+    /// reported as death by `signal`.
+    pub fn note_kill(&self, signal: u32) {
+        self.requested.store(signal, Ordering::SeqCst);
+    }
+
     pub fn set(&self, exit: Exit) {
         let mut slot = self.exit.lock().unwrap_or_else(|p| p.into_inner());
         slot.get_or_insert(exit);
@@ -68,7 +78,7 @@ pub fn command(
     template: &Path,
     args: &[String],
     env: &[String],
-    stdin: &str,
+    stdin: bool,
 ) -> Command {
     let mut cmd = Command::new(bin);
     cmd.arg("clone")
@@ -77,9 +87,9 @@ pub fn command(
     for entry in env {
         cmd.arg("--env").arg(entry);
     }
-    if !stdin.is_empty() {
+    if stdin {
         // vmfork reads it to the end before the module starts.
-        cmd.arg("--stdin").arg(stdin);
+        cmd.args(["--stdin", "-"]);
     }
     cmd.arg("--").args(args);
     cmd
@@ -91,17 +101,26 @@ pub fn command(
 pub fn spawn(
     mut cmd: Command,
     stdio: &Stdio3,
+    stdin: Option<Arc<crate::stdin::Stdin>>,
     exit: Arc<ExitCell>,
     on_exit: impl FnOnce(Exit) + Send + 'static,
 ) -> Result<u32> {
     let bin = PathBuf::from(cmd.get_program());
     let mut child: Child = cmd
-        .stdin(Stdio::null())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|source| Error::Spawn { bin, source })?;
     let pid = child.id();
+    if let (Some(feed), Some(pipe)) = (stdin, child.stdin.take()) {
+        feed.started();
+        feed.feed(pipe);
+    }
     let copies: Vec<JoinHandle<()>> = [
         child
             .stdout
@@ -117,7 +136,13 @@ pub fn spawn(
     .collect();
     std::thread::spawn(move || {
         let status = match child.wait() {
-            Ok(status) => exit_status(status),
+            Ok(status) => {
+                let requested = exit.requested.load(Ordering::SeqCst);
+                match exit_status(status) {
+                    KILLED if requested != 0 => 128 + requested,
+                    other => other,
+                }
+            }
             Err(e) => {
                 log::warn!("waiting for vmfork (pid {pid}): {e}");
                 255
@@ -136,6 +161,35 @@ pub fn spawn(
         on_exit(done);
     });
     Ok(pid)
+}
+
+/// The status of a process killed by SIGKILL.
+const KILLED: u32 = 128 + libc::SIGKILL as u32;
+
+/// What the shim does for a signal a kill request names. A Wasm module
+/// has no signal handlers (WASI has no signals), so a signal whose default
+/// action ends a process ends the module. `vmfork clone` does not stop a
+/// running command on SIGTERM or SIGINT (it waits for the command), so
+/// every ending signal becomes SIGKILL of vmfork, reported as the signal
+/// asked for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// SIGKILL vmfork; report death by this signal.
+    End,
+    /// Send the signal itself (stop/continue a process).
+    Pass(libc::c_int),
+    /// Ignored by default: nothing to do.
+    Ignore,
+}
+
+pub fn delivery(signal: libc::c_int) -> Delivery {
+    match signal {
+        libc::SIGCHLD | libc::SIGURG | libc::SIGWINCH => Delivery::Ignore,
+        libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU | libc::SIGCONT => {
+            Delivery::Pass(signal)
+        }
+        _ => Delivery::End,
+    }
 }
 
 /// A shell's idea of the status: the code, or 128 + the signal.
@@ -245,5 +299,13 @@ mod tests {
             None
         );
         assert!(container_bytes(b"vmfork: clone 1: trap: unreachable\n", Stream::Stderr).is_some());
+    }
+
+    #[test]
+    fn ending_signals_become_sigkill() {
+        assert_eq!(delivery(libc::SIGTERM), Delivery::End);
+        assert_eq!(delivery(libc::SIGKILL), Delivery::End);
+        assert_eq!(delivery(libc::SIGSTOP), Delivery::Pass(libc::SIGSTOP));
+        assert_eq!(delivery(libc::SIGWINCH), Delivery::Ignore);
     }
 }

@@ -19,6 +19,7 @@ use crate::cache;
 use crate::error::{io, Error, Result};
 use crate::process::{self, Exit, ExitCell, Stdio3};
 use crate::spec;
+use crate::stdin::Stdin;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Status {
@@ -32,6 +33,8 @@ struct Container {
     /// The rootfs this shim mounted (and unmounts on delete).
     mounted: Option<PathBuf>,
     stdio: Stdio3,
+    /// The stdin FIFO's bytes, collected from create on.
+    stdin: Option<Arc<Stdin>>,
     template: PathBuf,
     program: spec::Program,
     pid: u32,
@@ -117,12 +120,7 @@ fn mount_rootfs(
     let target = bundle.join("rootfs");
     std::fs::create_dir_all(&target).map_err(io("creating", &target))?;
     for (i, m) in mounts.iter().enumerate() {
-        let mounted = containerd_shim::mount::mount_rootfs(
-            Some(m.type_.as_str()).filter(|t| !t.is_empty()),
-            Some(m.source.as_str()).filter(|s| !s.is_empty()),
-            &m.options,
-            &target,
-        );
+        let mounted = crate::mount::mount(&m.type_, &m.source, &m.options, &target);
         if let Err(e) = mounted {
             if i > 0 {
                 unmount(&target);
@@ -158,7 +156,15 @@ impl Service {
             let template = cache::template_for(&cache::state_dir(), &program.module)?;
             Ok((program, template))
         });
-        let (program, template) = match prepared {
+        let prepared = prepared.and_then(|ok| {
+            let stdin = if req.stdin.is_empty() {
+                None
+            } else {
+                Some(Stdin::open(&req.stdin)?)
+            };
+            Ok((ok, stdin))
+        });
+        let ((program, template), stdin) = match prepared {
             Ok(ok) => ok,
             Err(e) => {
                 if let Some(target) = &mounted {
@@ -181,6 +187,7 @@ impl Service {
                 stdout: req.stdout.clone(),
                 stderr: req.stderr.clone(),
             },
+            stdin,
             template,
             program,
             pid: 0,
@@ -223,28 +230,34 @@ impl Service {
             &c.template,
             &c.program.args,
             &c.program.env,
-            &c.stdio.stdin,
+            c.stdin.is_some(),
         );
         let inner = Arc::clone(&self.0);
         let cid = id.to_string();
         // The pid is only known after the spawn; the exit event needs it.
         let pid_slot = Arc::new(Mutex::new(0u32));
         let pid_for_exit = Arc::clone(&pid_slot);
-        let pid = process::spawn(cmd, &c.stdio, Arc::clone(&c.exit), move |exit: Exit| {
-            let pid = *pid_for_exit.lock().unwrap_or_else(|p| p.into_inner());
-            log::info!("{cid}: vmfork (pid {pid}) exited with {}", exit.status);
-            inner.publish(
-                topics::TASK_EXIT_EVENT_TOPIC,
-                Box::new(TaskExit {
-                    container_id: cid.clone(),
-                    id: cid,
-                    pid,
-                    exit_status: exit.status,
-                    exited_at: timestamp(exit.at),
-                    ..Default::default()
-                }),
-            );
-        })?;
+        let pid = process::spawn(
+            cmd,
+            &c.stdio,
+            c.stdin.clone(),
+            Arc::clone(&c.exit),
+            move |exit: Exit| {
+                let pid = *pid_for_exit.lock().unwrap_or_else(|p| p.into_inner());
+                log::info!("{cid}: vmfork (pid {pid}) exited with {}", exit.status);
+                inner.publish(
+                    topics::TASK_EXIT_EVENT_TOPIC,
+                    Box::new(TaskExit {
+                        container_id: cid.clone(),
+                        id: cid,
+                        pid,
+                        exit_status: exit.status,
+                        exited_at: timestamp(exit.at),
+                        ..Default::default()
+                    }),
+                );
+            },
+        )?;
         *pid_slot.lock().unwrap_or_else(|p| p.into_inner()) = pid;
         c.pid = pid;
         c.started = true;
@@ -286,11 +299,19 @@ impl Service {
                     pid: c.pid,
                     source: std::io::Error::from_raw_os_error(libc::ESRCH),
                 })?;
+                let sent = match process::delivery(sig) {
+                    process::Delivery::Ignore => return Ok(()),
+                    process::Delivery::Pass(sig) => sig,
+                    process::Delivery::End => {
+                        c.exit.note_kill(signal);
+                        libc::SIGKILL
+                    }
+                };
                 // SAFETY: kill(2) takes plain integers and touches no memory
                 // of ours. The pid is our own child's, not yet reported as
                 // exited (its waiter sets the exit after reaping it, so the
                 // window for a reused pid is that thread's few instructions).
-                let rc = unsafe { libc::kill(pid, sig) };
+                let rc = unsafe { libc::kill(pid, sent) };
                 if rc != 0 {
                     return Err(Error::Kill {
                         signal,
@@ -469,6 +490,20 @@ impl containerd_shim::Task for Service {
             version: env!("CARGO_PKG_VERSION").to_string(),
             ..Default::default()
         })
+    }
+
+    fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
+        no_exec(&req.exec_id)?;
+        let containers = self.containers();
+        let c = containers
+            .get(&req.id)
+            .ok_or_else(|| Error::NotFound(req.id.clone()))?;
+        if req.stdin {
+            if let Some(stdin) = &c.stdin {
+                stdin.close();
+            }
+        }
+        Ok(api::Empty::default())
     }
 
     fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
