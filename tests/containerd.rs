@@ -15,7 +15,7 @@ const RUNTIME: &str = "io.containerd.vmfork.v1";
 const NAMESPACE: &str = "vmfork";
 
 /// A WASI command: prints a greeting with its argv and $GREETING; `exit`
-/// exits 3, `loop` spins until killed.
+/// exits 3, `loop` spins until killed, `cat` copies stdin to stdout.
 const MODULE_C: &str = r#"
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +24,11 @@ int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "hello";
     if (strcmp(mode, "exit") == 0) { fprintf(stderr, "exiting 3 on purpose\n"); return 3; }
     if (strcmp(mode, "loop") == 0) { volatile unsigned long n = 0; for (;;) n++; }
+    if (strcmp(mode, "cat") == 0) {
+        char buf[4096]; size_t n;
+        while ((n = fread(buf, 1, sizeof buf, stdin)) > 0) fwrite(buf, 1, n, stdout);
+        return 0;
+    }
     const char *greeting = getenv("GREETING");
     printf("hello from wasm argv0=%s", argv[0]);
     for (int i = 1; i < argc; i++) printf(" %s", argv[i]);
@@ -306,9 +311,18 @@ fn wasm_images_run_under_containerd_with_the_vmfork_shim() {
         &oci_archive(image, &[("hello.wasm", &module)], &["/hello.wasm"]),
     );
 
+    // The image's entrypoint alone.
+    let run = daemon.ctr_within(&run_args(image, "plain-1", &[]), limit);
+    assert_eq!(run.status, 0, "{run}\n{}", daemon.log_text());
+    assert_eq!(
+        run.stdout, "hello from wasm argv0=/hello.wasm\nGREETING=(unset)\n",
+        "{run}"
+    );
+
     // The module's stdout and stderr reach ctr, with its args and env.
+    // (ctr's ARGS replace all of process.args, the entrypoint included.)
     let mut args = run_args(image, "hello-1", &["--env", "GREETING=hi"]);
-    args.extend(["a", "b"]);
+    args.extend(["/hello.wasm", "a", "b"]);
     let run = daemon.ctr_within(&args, limit);
     assert_eq!(run.status, 0, "{run}\n{}", daemon.log_text());
     assert!(
@@ -321,14 +335,14 @@ fn wasm_images_run_under_containerd_with_the_vmfork_shim() {
 
     // The module's exit status is ctr's.
     let mut args = run_args(image, "exit-1", &[]);
-    args.push("exit");
+    args.extend(["/hello.wasm", "exit"]);
     let run = daemon.ctr_within(&args, limit);
     assert_eq!(run.status, 3, "{run}\n{}", daemon.log_text());
     assert!(run.stderr.contains("exiting 3 on purpose"), "{run}");
 
     // `ctr task kill` stops a module that would spin for ever.
     let mut args = run_args(image, "loop-1", &[]);
-    args.push("loop");
+    args.extend(["/hello.wasm", "loop"]);
     let mut looping = daemon
         .command(&args)
         .stdout(Stdio::piped())
@@ -358,15 +372,45 @@ fn wasm_images_run_under_containerd_with_the_vmfork_shim() {
     assert_eq!(run.status, 128 + libc::SIGTERM, "{run}");
     assert_eq!(daemon.task_status("loop-1"), "", "task left behind");
 
+    // ctr's stdin is the module's.
+    let mut args = run_args(image, "cat-1", &[]);
+    args.extend(["/hello.wasm", "cat"]);
+    let start = Instant::now();
+    let mut cat = daemon
+        .command(&args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ctr run");
+    let text = "line one\nline two\n".repeat(1000);
+    if let Some(mut stdin) = cat.stdin.take() {
+        stdin.write_all(text.as_bytes()).expect("write ctr's stdin");
+    }
+    while matches!(cat.try_wait(), Ok(None)) {
+        if start.elapsed() > limit {
+            let _ = cat.kill();
+            panic!("ctr run of cat-1 hung\n{}", daemon.log_text());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let run = finish(cat.wait_with_output().expect("output"), start);
+    assert_eq!(run.status, 0, "{run}");
+    assert!(run.stdout == text, "stdin did not come back: {run}");
+
     // A file that is not Wasm fails at create, with the reason.
-    let text = "notwasm.example/text:latest";
+    let not_wasm = "notwasm.example/text:latest";
     import(
         &daemon,
         &scratch,
         "text.tar",
-        &oci_archive(text, &[("readme.txt", b"not a module\n")], &["/readme.txt"]),
+        &oci_archive(
+            not_wasm,
+            &[("readme.txt", b"not a module\n")],
+            &["/readme.txt"],
+        ),
     );
-    let run = daemon.ctr_within(&run_args(text, "text-1", &[]), limit);
+    let run = daemon.ctr_within(&run_args(not_wasm, "text-1", &[]), limit);
     assert_ne!(run.status, 0, "{run}");
     assert!(run.stderr.contains("is not a WebAssembly module"), "{run}");
 
