@@ -414,12 +414,66 @@ fn wasm_images_run_under_containerd_with_the_vmfork_shim() {
     assert_ne!(run.status, 0, "{run}");
     assert!(run.stderr.contains("is not a WebAssembly module"), "{run}");
 
-    // Every run of the image used one template, built once.
-    let templates: Vec<_> = std::fs::read_dir(state.join("templates"))
-        .expect("template cache")
-        .filter_map(|e| e.ok().map(|e| e.file_name()))
+    // Two creates of a new module at once: both run, and the cache gets
+    // one template of it (the second build, if any, is dropped).
+    let mut other_module = module.clone();
+    other_module.extend_from_slice(&[0, 5, 4, b'n', b'o', b't', b'e']); // a custom section
+    let other = "docker.io/vmfork/other:latest";
+    import(
+        &daemon,
+        &scratch,
+        "other.tar",
+        &oci_archive(other, &[("hello.wasm", &other_module)], &["/hello.wasm"]),
+    );
+    let start = Instant::now();
+    let racers: Vec<Child> = ["race-1", "race-2"]
+        .iter()
+        .map(|id| {
+            daemon
+                .command(&run_args(other, id, &[]))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn ctr run")
+        })
         .collect();
-    assert_eq!(templates, [sha256_hex(&module).as_str()], "{templates:?}");
+    for mut racer in racers {
+        while matches!(racer.try_wait(), Ok(None)) {
+            if start.elapsed() > limit {
+                let _ = racer.kill();
+                panic!("a concurrent ctr run hung\n{}", daemon.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let run = finish(racer.wait_with_output().expect("output"), start);
+        assert_eq!(run.status, 0, "{run}\n{}", daemon.log_text());
+        assert!(run.stdout.starts_with("hello from wasm"), "{run}");
+    }
+
+    // One template per module, each built (renamed into place) once,
+    // whatever the number of runs.
+    let mut templates: Vec<String> = std::fs::read_dir(state.join("templates"))
+        .expect("template cache")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    templates.sort();
+    let mut expected = vec![sha256_hex(&module), sha256_hex(&other_module)];
+    expected.sort();
+    assert_eq!(templates, expected);
     let builds = std::fs::read_to_string(state.join("builds.log")).expect("builds.log");
-    assert_eq!(builds.lines().count(), 1, "{builds}");
+    assert_eq!(builds.lines().count(), 2, "{builds}");
+    for sha in &expected {
+        assert_eq!(
+            builds.lines().filter(|l| l.contains(sha.as_str())).count(),
+            1,
+            "{builds}"
+        );
+    }
+    let tmp = std::fs::read_dir(state.join("tmp")).map_or(0, |d| d.count());
+    assert_eq!(
+        tmp,
+        0,
+        "build directories left in {}",
+        state.join("tmp").display()
+    );
 }
