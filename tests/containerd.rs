@@ -414,6 +414,18 @@ fn wasm_images_run_under_containerd_with_the_vmfork_shim() {
     assert_ne!(run.status, 0, "{run}");
     assert!(run.stderr.contains("is not a WebAssembly module"), "{run}");
 
+    // An image with no entrypoint and no args names no module.
+    let empty = "docker.io/vmfork/no-entrypoint:latest";
+    import(
+        &daemon,
+        &scratch,
+        "empty.tar",
+        &oci_archive(empty, &[("hello.wasm", &module)], &[]),
+    );
+    let run = daemon.ctr_within(&run_args(empty, "empty-1", &[]), limit);
+    assert_ne!(run.status, 0, "{run}");
+    assert!(run.stderr.contains("process.args[0]"), "{run}");
+
     // Two creates of a new module at once: both run, and the cache gets
     // one template of it (the second build, if any, is dropped).
     let mut other_module = module.clone();

@@ -282,10 +282,22 @@ impl Service {
             Status::Stopped => Err(Error::NotFound(format!("{id}: process already finished"))),
             Status::Created => {
                 // Nothing runs yet: the task just ends, as if killed.
-                c.exit.set(Exit {
+                let exit = Exit {
                     status: 128 + signal,
                     at: std::time::SystemTime::now(),
-                });
+                };
+                c.exit.set(exit);
+                drop(containers);
+                self.0.publish(
+                    topics::TASK_EXIT_EVENT_TOPIC,
+                    Box::new(TaskExit {
+                        container_id: id.to_string(),
+                        id: id.to_string(),
+                        exit_status: exit.status,
+                        exited_at: timestamp(exit.at),
+                        ..Default::default()
+                    }),
+                );
                 Ok(())
             }
             Status::Running => {
