@@ -426,6 +426,28 @@ fn wasm_images_run_under_containerd_with_the_vmfork_shim() {
     assert_ne!(run.status, 0, "{run}");
     assert!(run.stderr.contains("process.args[0]"), "{run}");
 
+    // A module vmfork refuses (an import the Wasm guest lacks): the build
+    // fails at create with vmfork's reason, and nothing enters the cache.
+    let bad_module: &[u8] = &[
+        0, b'a', b's', b'm', 1, 0, 0, 0, // magic, version
+        1, 4, 1, 0x60, 0, 0, // type section: () -> ()
+        2, 19, 1, 3, b'e', b'n', b'v', 11, b'h', b'o', b's', b't', b'_', b's', b'e', b'c', b'r',
+        b'e', b't', 0, 0, // import section: env::host_secret, a function of type 0
+    ];
+    let bad = "docker.io/vmfork/bad-import:latest";
+    import(
+        &daemon,
+        &scratch,
+        "bad.tar",
+        &oci_archive(bad, &[("bad.wasm", bad_module)], &["/bad.wasm"]),
+    );
+    let run = daemon.ctr_within(&run_args(bad, "bad-1", &[]), limit);
+    assert_ne!(run.status, 0, "{run}");
+    assert!(
+        run.stderr.contains("vmfork template build --wasm") && run.stderr.contains("host_secret"),
+        "{run}"
+    );
+
     // Two creates of a new module at once: both run, and the cache gets
     // one template of it (the second build, if any, is dropped).
     let mut other_module = module.clone();
