@@ -295,6 +295,48 @@ fn run_args<'a>(image: &'a str, id: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
     args
 }
 
+/// `ctr run` of a looping module, killed with `ctr task kill KILL_ARGS`
+/// once running; what that `ctr run` ended with.
+fn run_and_kill(
+    daemon: &Containerd,
+    image: &str,
+    id: &str,
+    kill_args: &[&str],
+    limit: Duration,
+) -> Run {
+    let mut args = run_args(image, id, &[]);
+    args.extend(["/hello.wasm", "loop"]);
+    let mut looping = daemon
+        .command(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ctr run");
+    let deadline = Instant::now() + limit;
+    while daemon.task_status(id) != "RUNNING" {
+        if Instant::now() > deadline || matches!(looping.try_wait(), Ok(Some(_))) {
+            let _ = looping.kill();
+            let run = finish(looping.wait_with_output().expect("output"), Instant::now());
+            panic!("{id} never ran: {run}\n{}", daemon.log_text());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let killed_at = Instant::now();
+    let mut kill = vec!["task", "kill"];
+    kill.extend_from_slice(kill_args);
+    kill.push(id);
+    let run = daemon.ctr(&kill);
+    assert_eq!(run.status, 0, "{run}");
+    while matches!(looping.try_wait(), Ok(None)) {
+        if killed_at.elapsed() > Duration::from_secs(20) {
+            let _ = looping.kill();
+            panic!("ctr run of {id} still running 20 s after the kill");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    finish(looping.wait_with_output().expect("output"), killed_at)
+}
+
 #[test]
 fn wasm_images_run_under_containerd_with_the_vmfork_shim() {
     let scratch = Scratch::new("containerd");
@@ -340,37 +382,16 @@ fn wasm_images_run_under_containerd_with_the_vmfork_shim() {
     assert_eq!(run.status, 3, "{run}\n{}", daemon.log_text());
     assert!(run.stderr.contains("exiting 3 on purpose"), "{run}");
 
-    // `ctr task kill` stops a module that would spin for ever.
-    let mut args = run_args(image, "loop-1", &[]);
-    args.extend(["/hello.wasm", "loop"]);
-    let mut looping = daemon
-        .command(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ctr run");
-    let deadline = Instant::now() + limit;
-    while daemon.task_status("loop-1") != "RUNNING" {
-        if Instant::now() > deadline || matches!(looping.try_wait(), Ok(Some(_))) {
-            let _ = looping.kill();
-            let run = finish(looping.wait_with_output().expect("output"), Instant::now());
-            panic!("loop-1 never ran: {run}\n{}", daemon.log_text());
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    // `ctr task kill` stops a module that would spin for ever: SIGTERM
+    // (ctr's default) and SIGKILL, each reported as that signal.
+    for (id, kill_args, status) in [
+        ("loop-1", &[][..], 128 + libc::SIGTERM),
+        ("loop-2", &["-s", "SIGKILL"][..], 128 + libc::SIGKILL),
+    ] {
+        let run = run_and_kill(&daemon, image, id, kill_args, limit);
+        assert_eq!(run.status, status, "{id}: {run}");
+        assert_eq!(daemon.task_status(id), "", "task {id} left behind");
     }
-    let killed_at = Instant::now();
-    let kill = daemon.ctr(&["task", "kill", "loop-1"]);
-    assert_eq!(kill.status, 0, "{kill}");
-    while matches!(looping.try_wait(), Ok(None)) {
-        if killed_at.elapsed() > Duration::from_secs(20) {
-            let _ = looping.kill();
-            panic!("ctr run of loop-1 still running 20 s after the kill");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let run = finish(looping.wait_with_output().expect("output"), killed_at);
-    assert_eq!(run.status, 128 + libc::SIGTERM, "{run}");
-    assert_eq!(daemon.task_status("loop-1"), "", "task left behind");
 
     // ctr's stdin is the module's.
     let mut args = run_args(image, "cat-1", &[]);
