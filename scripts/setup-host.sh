@@ -24,6 +24,7 @@ set -euo pipefail
 
 packages=(
     qemu-system-x86 busybox-static kmod linux-source-6.12 e2fsprogs wrk curl initramfs-tools-core
+    containerd
     afl++
     docker-registry     # the OCI registry tests/registry.rs pushes templates to and pulls them from
     clang lld wasi-libc libclang-rt-14-dev-wasm32

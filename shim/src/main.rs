@@ -1,0 +1,90 @@
+//! `containerd-shim-vmfork-v1`: a containerd runtime v2 shim (runtime type
+//! `io.containerd.vmfork.v1`) that runs Wasm images in vmfork clones.
+//!
+//! A container's image holds a WASI module; `process.args[0]` names it.
+//! On create the shim builds (once per module, cached by SHA-256) a vmfork
+//! template of it; on start it runs `vmfork clone TEMPLATE -n 1 -- ARGS`,
+//! whose output and exit status are the module's. See docs/containerd.md.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod cache;
+mod error;
+mod mount;
+mod process;
+mod service;
+mod spec;
+mod stdin;
+
+use std::sync::Arc;
+
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim::protos::protobuf::MessageField;
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::{Config, DeleteResponse, ExitSignal, Flags, StartOpts};
+
+/// The runtime type containerd knows this shim by.
+pub const RUNTIME_ID: &str = "io.containerd.vmfork.v1";
+
+struct Shim {
+    namespace: String,
+    exit: Arc<ExitSignal>,
+}
+
+impl containerd_shim::Shim for Shim {
+    type T = service::Service;
+
+    fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
+        Shim {
+            namespace: args.namespace.clone(),
+            exit: Arc::new(ExitSignal::default()),
+        }
+    }
+
+    fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
+        let grouping = opts.id.clone();
+        let (_pid, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
+        containerd_shim::util::write_address(&address)?;
+        Ok(address)
+    }
+
+    /// containerd's cleanup after a shim that died: the working directory
+    /// is the bundle; unmount its rootfs if a mount is left there.
+    fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
+        if let Ok(bundle) = std::env::current_dir() {
+            let rootfs = bundle.join("rootfs");
+            if let Some(path) = rootfs.to_str() {
+                let _ = containerd_shim::mount::umount_recursive(Some(path), libc::MNT_DETACH);
+            }
+        }
+        Ok(DeleteResponse {
+            exit_status: 128 + 9,
+            exited_at: MessageField::some(Timestamp::now()),
+            ..Default::default()
+        })
+    }
+
+    fn wait(&mut self) {
+        self.exit.wait();
+    }
+
+    fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
+        service::Service::new(
+            self.namespace.clone(),
+            Arc::clone(&self.exit),
+            Some(publisher),
+        )
+    }
+}
+
+fn main() {
+    // The shim waits for its own children (std::process::Child::wait): the
+    // crate's SIGCHLD reaper would take their exit statuses first. (The
+    // crate reads these before Shim::new, so they are set here.)
+    let config = Config {
+        no_reaper: true,
+        no_sub_reaper: true,
+        ..Config::default()
+    };
+    containerd_shim::run::<Shim>(RUNTIME_ID, Some(config));
+}

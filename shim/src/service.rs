@@ -1,0 +1,528 @@
+//! The task service containerd talks to (ttrpc, task API v2): create,
+//! start, wait, kill, delete, state, pids, connect, shutdown. Everything
+//! else answers Unimplemented (the trait's defaults).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use containerd_shim::api;
+use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskStart};
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
+use containerd_shim::protos::topics;
+use containerd_shim::protos::types::task::ProcessInfo;
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::{Context, ExitSignal, TtrpcContext, TtrpcResult};
+
+use crate::cache;
+use crate::error::{io, Error, Result};
+use crate::process::{self, Exit, ExitCell, Stdio3};
+use crate::spec;
+use crate::stdin::Stdin;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Created,
+    Running,
+    Stopped,
+}
+
+struct Container {
+    bundle: PathBuf,
+    /// The rootfs this shim mounted (and unmounts on delete).
+    mounted: Option<PathBuf>,
+    stdio: Stdio3,
+    /// The stdin FIFO's bytes, collected from create on.
+    stdin: Option<Arc<Stdin>>,
+    template: PathBuf,
+    program: spec::Program,
+    pid: u32,
+    exit: Arc<ExitCell>,
+    /// Created before start: a kill then ends it without a process.
+    started: bool,
+}
+
+impl Container {
+    fn status(&self) -> Status {
+        match (self.started, self.exit.get()) {
+            (_, Some(_)) => Status::Stopped,
+            (true, None) => Status::Running,
+            (false, None) => Status::Created,
+        }
+    }
+}
+
+/// Shared by the service's clones (one per ttrpc worker).
+pub struct Inner {
+    namespace: String,
+    exit: Arc<ExitSignal>,
+    publisher: Option<Mutex<RemotePublisher>>,
+    containers: Mutex<HashMap<String, Container>>,
+}
+
+#[derive(Clone)]
+pub struct Service(Arc<Inner>);
+
+impl Service {
+    pub fn new(
+        namespace: String,
+        exit: Arc<ExitSignal>,
+        publisher: Option<RemotePublisher>,
+    ) -> Self {
+        Service(Arc::new(Inner {
+            namespace,
+            exit,
+            publisher: publisher.map(Mutex::new),
+            containers: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    fn containers(&self) -> MutexGuard<'_, HashMap<String, Container>> {
+        self.0.containers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Inner {
+    /// Publishes an event to containerd (best effort: logged on failure).
+    fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
+        let Some(publisher) = &self.publisher else {
+            return;
+        };
+        let publisher = publisher.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = publisher.publish(Context::default(), topic, &self.namespace, event) {
+            log::warn!("publishing {topic}: {e}");
+        }
+    }
+}
+
+fn timestamp(at: std::time::SystemTime) -> MessageField<Timestamp> {
+    MessageField::some(Timestamp::from(at))
+}
+
+fn no_exec(exec_id: &str) -> Result<()> {
+    if exec_id.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Exec(exec_id.to_string()))
+    }
+}
+
+/// Mounts containerd's rootfs mounts (usually one overlay) on
+/// `BUNDLE/rootfs`. Returns the mount point when anything was mounted.
+fn mount_rootfs(
+    bundle: &Path,
+    mounts: &[containerd_shim::protos::types::mount::Mount],
+) -> Result<Option<PathBuf>> {
+    if mounts.is_empty() {
+        return Ok(None);
+    }
+    let target = bundle.join("rootfs");
+    std::fs::create_dir_all(&target).map_err(io("creating", &target))?;
+    for (i, m) in mounts.iter().enumerate() {
+        let mounted = crate::mount::mount(&m.type_, &m.source, &m.options, &target);
+        if let Err(e) = mounted {
+            if i > 0 {
+                unmount(&target);
+            }
+            return Err(Error::Mount {
+                fs_type: m.type_.clone(),
+                source_path: m.source.clone(),
+                target,
+                message: e.to_string(),
+            });
+        }
+    }
+    Ok(Some(target))
+}
+
+fn unmount(target: &Path) {
+    let Some(path) = target.to_str() else {
+        return;
+    };
+    if let Err(e) = containerd_shim::mount::umount_recursive(Some(path), libc::MNT_DETACH) {
+        log::warn!("unmounting {path}: {e}");
+    }
+}
+
+impl Service {
+    fn create(&self, req: &api::CreateTaskRequest) -> Result<u32> {
+        if self.containers().contains_key(&req.id) {
+            return Err(Error::Exists(req.id.clone()));
+        }
+        let bundle = PathBuf::from(&req.bundle);
+        let mounted = mount_rootfs(&bundle, &req.rootfs)?;
+        let prepared = spec::load(&bundle).and_then(|program| {
+            let template = cache::template_for(&cache::state_dir(), &program.module)?;
+            Ok((program, template))
+        });
+        let prepared = prepared.and_then(|ok| {
+            let stdin = if req.stdin.is_empty() {
+                None
+            } else {
+                Some(Stdin::open(&req.stdin)?)
+            };
+            Ok((ok, stdin))
+        });
+        let ((program, template), stdin) = match prepared {
+            Ok(ok) => ok,
+            Err(e) => {
+                if let Some(target) = &mounted {
+                    unmount(target);
+                }
+                return Err(e);
+            }
+        };
+        log::info!(
+            "create {}: module {}, template {}",
+            req.id,
+            program.module.display(),
+            template.display()
+        );
+        let container = Container {
+            bundle: bundle.clone(),
+            mounted,
+            stdio: Stdio3 {
+                stdin: req.stdin.clone(),
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+            },
+            stdin,
+            template,
+            program,
+            pid: 0,
+            exit: Arc::new(ExitCell::default()),
+            started: false,
+        };
+        self.containers().insert(req.id.clone(), container);
+        self.0.publish(
+            topics::TASK_CREATE_EVENT_TOPIC,
+            Box::new(TaskCreate {
+                container_id: req.id.clone(),
+                bundle: req.bundle.clone(),
+                rootfs: req.rootfs.clone(),
+                io: MessageField::some(TaskIO {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: req.terminal,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        );
+        Ok(0)
+    }
+
+    fn start(&self, id: &str) -> Result<u32> {
+        let mut containers = self.containers();
+        let c = containers
+            .get_mut(id)
+            .ok_or_else(|| Error::NotFound(id.to_string()))?;
+        if c.status() != Status::Created {
+            return Err(Error::Precondition {
+                id: id.to_string(),
+                message: "already started",
+            });
+        }
+        let cmd = process::command(
+            &cache::vmfork_bin(),
+            &c.template,
+            &c.program.args,
+            &c.program.env,
+            c.stdin.is_some(),
+        );
+        let inner = Arc::clone(&self.0);
+        let cid = id.to_string();
+        // The pid is only known after the spawn; the exit event needs it.
+        let pid_slot = Arc::new(Mutex::new(0u32));
+        let pid_for_exit = Arc::clone(&pid_slot);
+        let pid = process::spawn(
+            cmd,
+            &c.stdio,
+            c.stdin.clone(),
+            Arc::clone(&c.exit),
+            move |exit: Exit| {
+                let pid = *pid_for_exit.lock().unwrap_or_else(|p| p.into_inner());
+                log::info!("{cid}: vmfork (pid {pid}) exited with {}", exit.status);
+                inner.publish(
+                    topics::TASK_EXIT_EVENT_TOPIC,
+                    Box::new(TaskExit {
+                        container_id: cid.clone(),
+                        id: cid,
+                        pid,
+                        exit_status: exit.status,
+                        exited_at: timestamp(exit.at),
+                        ..Default::default()
+                    }),
+                );
+            },
+        )?;
+        *pid_slot.lock().unwrap_or_else(|p| p.into_inner()) = pid;
+        c.pid = pid;
+        c.started = true;
+        drop(containers);
+        self.0.publish(
+            topics::TASK_START_EVENT_TOPIC,
+            Box::new(TaskStart {
+                container_id: id.to_string(),
+                pid,
+                ..Default::default()
+            }),
+        );
+        Ok(pid)
+    }
+
+    fn kill(&self, id: &str, signal: u32) -> Result<()> {
+        let containers = self.containers();
+        let c = containers
+            .get(id)
+            .ok_or_else(|| Error::NotFound(id.to_string()))?;
+        match c.status() {
+            Status::Stopped => Err(Error::NotFound(format!("{id}: process already finished"))),
+            Status::Created => {
+                // Nothing runs yet: the task just ends, as if killed.
+                let exit = Exit {
+                    status: 128 + signal,
+                    at: std::time::SystemTime::now(),
+                };
+                c.exit.set(exit);
+                drop(containers);
+                self.0.publish(
+                    topics::TASK_EXIT_EVENT_TOPIC,
+                    Box::new(TaskExit {
+                        container_id: id.to_string(),
+                        id: id.to_string(),
+                        exit_status: exit.status,
+                        exited_at: timestamp(exit.at),
+                        ..Default::default()
+                    }),
+                );
+                Ok(())
+            }
+            Status::Running => {
+                let sig = libc::c_int::try_from(signal).map_err(|_| Error::Kill {
+                    signal,
+                    pid: c.pid,
+                    source: std::io::Error::from_raw_os_error(libc::EINVAL),
+                })?;
+                let pid = libc::pid_t::try_from(c.pid).map_err(|_| Error::Kill {
+                    signal,
+                    pid: c.pid,
+                    source: std::io::Error::from_raw_os_error(libc::ESRCH),
+                })?;
+                let sent = match process::delivery(sig) {
+                    process::Delivery::Ignore => return Ok(()),
+                    process::Delivery::Pass(sig) => sig,
+                    process::Delivery::End => {
+                        c.exit.note_kill(signal);
+                        libc::SIGKILL
+                    }
+                };
+                // SAFETY: kill(2) takes plain integers and touches no memory
+                // of ours. The pid is our own child's, not yet reported as
+                // exited (its waiter sets the exit after reaping it, so the
+                // window for a reused pid is that thread's few instructions).
+                let rc = unsafe { libc::kill(pid, sent) };
+                if rc != 0 {
+                    return Err(Error::Kill {
+                        signal,
+                        pid: c.pid,
+                        source: std::io::Error::last_os_error(),
+                    });
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn delete(&self, id: &str) -> Result<(u32, Exit)> {
+        let mut containers = self.containers();
+        let c = containers
+            .get(id)
+            .ok_or_else(|| Error::NotFound(id.to_string()))?;
+        let exit = match (c.status(), c.exit.get()) {
+            (Status::Running, _) => {
+                return Err(Error::Precondition {
+                    id: id.to_string(),
+                    message: "still running: kill it first",
+                })
+            }
+            (_, Some(exit)) => exit,
+            (_, None) => Exit {
+                status: 0,
+                at: std::time::SystemTime::now(),
+            },
+        };
+        let Some(c) = containers.remove(id) else {
+            return Err(Error::NotFound(id.to_string()));
+        };
+        drop(containers);
+        if let Some(target) = &c.mounted {
+            unmount(target);
+        }
+        log::info!("delete {id} (bundle {})", c.bundle.display());
+        self.0.publish(
+            topics::TASK_DELETE_EVENT_TOPIC,
+            Box::new(TaskDelete {
+                container_id: id.to_string(),
+                id: id.to_string(),
+                pid: c.pid,
+                exit_status: exit.status,
+                exited_at: timestamp(exit.at),
+                ..Default::default()
+            }),
+        );
+        Ok((c.pid, exit))
+    }
+
+    /// (pid, exit, wait cell) of a container.
+    fn lookup(&self, id: &str) -> Result<(u32, Arc<ExitCell>)> {
+        let containers = self.containers();
+        let c = containers
+            .get(id)
+            .ok_or_else(|| Error::NotFound(id.to_string()))?;
+        Ok((c.pid, Arc::clone(&c.exit)))
+    }
+}
+
+impl containerd_shim::Task for Service {
+    fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> TtrpcResult<api::CreateTaskResponse> {
+        let pid = Service::create(self, &req)?;
+        Ok(api::CreateTaskResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    fn start(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StartRequest,
+    ) -> TtrpcResult<api::StartResponse> {
+        no_exec(&req.exec_id)?;
+        let pid = Service::start(self, &req.id)?;
+        Ok(api::StartResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
+        no_exec(&req.exec_id)?;
+        let (_, cell) = self.lookup(&req.id)?;
+        let exit = cell.wait();
+        Ok(api::WaitResponse {
+            exit_status: exit.status,
+            exited_at: timestamp(exit.at),
+            ..Default::default()
+        })
+    }
+
+    fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+        no_exec(&req.exec_id)?;
+        Service::kill(self, &req.id, req.signal)?;
+        Ok(api::Empty::default())
+    }
+
+    fn delete(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> TtrpcResult<api::DeleteResponse> {
+        no_exec(&req.exec_id)?;
+        let (pid, exit) = Service::delete(self, &req.id)?;
+        Ok(api::DeleteResponse {
+            pid,
+            exit_status: exit.status,
+            exited_at: timestamp(exit.at),
+            ..Default::default()
+        })
+    }
+
+    fn state(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StateRequest,
+    ) -> TtrpcResult<api::StateResponse> {
+        no_exec(&req.exec_id)?;
+        let containers = self.containers();
+        let c = containers
+            .get(&req.id)
+            .ok_or_else(|| Error::NotFound(req.id.clone()))?;
+        let status = match c.status() {
+            Status::Created => api::Status::CREATED,
+            Status::Running => api::Status::RUNNING,
+            Status::Stopped => api::Status::STOPPED,
+        };
+        let exit = c.exit.get();
+        Ok(api::StateResponse {
+            id: req.id.clone(),
+            bundle: c.bundle.display().to_string(),
+            pid: c.pid,
+            status: status.into(),
+            stdin: c.stdio.stdin.clone(),
+            stdout: c.stdio.stdout.clone(),
+            stderr: c.stdio.stderr.clone(),
+            exit_status: exit.map_or(0, |e| e.status),
+            exited_at: exit.map_or_else(MessageField::none, |e| timestamp(e.at)),
+            ..Default::default()
+        })
+    }
+
+    fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
+        let (pid, _) = self.lookup(&req.id)?;
+        let processes = if pid == 0 {
+            Vec::new()
+        } else {
+            vec![ProcessInfo {
+                pid,
+                ..Default::default()
+            }]
+        };
+        Ok(api::PidsResponse {
+            processes,
+            ..Default::default()
+        })
+    }
+
+    fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ConnectRequest,
+    ) -> TtrpcResult<api::ConnectResponse> {
+        let task_pid = self.lookup(&req.id).map_or(0, |(pid, _)| pid);
+        Ok(api::ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ..Default::default()
+        })
+    }
+
+    fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
+        no_exec(&req.exec_id)?;
+        let containers = self.containers();
+        let c = containers
+            .get(&req.id)
+            .ok_or_else(|| Error::NotFound(req.id.clone()))?;
+        if req.stdin {
+            if let Some(stdin) = &c.stdin {
+                stdin.close();
+            }
+        }
+        Ok(api::Empty::default())
+    }
+
+    fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
+        if self.containers().is_empty() {
+            log::info!("shutdown: no containers left");
+            self.0.exit.signal();
+        }
+        Ok(api::Empty::default())
+    }
+}
