@@ -125,6 +125,59 @@ fn a_stalled_page_server_ends_in_the_ack_timeout_not_a_hang() {
     assert_clean_error(&run, exit::TIMEOUT, "clone 2 did not acknowledge");
 }
 
+/// SIGTERM while a clone is still coming up (here: its page server
+/// stalled) stops every clone at once and exits 128 + 15 with one line,
+/// instead of waiting out the 10 s acknowledgement timeout.
+#[test]
+fn a_stop_signal_while_clones_start_stops_them_at_once() {
+    use std::io::{BufRead, BufReader};
+    let scratch = Scratch::new("uffd-interrupt");
+    let dir = template(&scratch, "t");
+    let start = Instant::now();
+    let mut child = Command::new(vmfork_bin())
+        .args(["clone", &dir, "-n", "3", "--backend", "uffd"])
+        .env("VMFORK_FAULT_INJECT", "uffd-handler-stall-after=1,clone=2")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("vmfork clone");
+    // The progress line for clone 1 is the event: clone 2 starts right
+    // after it and stalls.
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let n = stderr.read_line(&mut line).expect("stderr");
+        assert!(n > 0, "vmfork clone ended before clone 1 was up: {seen}");
+        seen.push_str(&line);
+        if line.contains("1/3") {
+            break;
+        }
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let signalled = Instant::now();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).expect("stderr");
+    let status = child.wait().expect("wait");
+    let elapsed = signalled.elapsed();
+    seen.push_str(&rest);
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{seen}");
+    assert!(
+        seen.contains("vmfork: interrupted by SIGTERM; stopped 2 of 3 clones")
+            || seen.contains("vmfork: interrupted by SIGTERM; stopped 1 of 3 clones"),
+        "{seen}"
+    );
+    // Well inside the acknowledgement timeout the run would otherwise
+    // have waited for.
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "took {elapsed:?} after SIGTERM: {seen}"
+    );
+    assert!(!seen.contains("did not acknowledge"), "{seen}");
+    assert!(start.elapsed() < Duration::from_secs(60));
+}
+
 #[test]
 fn a_malformed_fault_injection_is_refused() {
     let scratch = Scratch::new("uffd-badspec");

@@ -177,6 +177,74 @@ fn exec_carries_status_streams_stdin_env_and_cwd() {
     assert!(run.elapsed < Duration::from_secs(25), "{run}");
 }
 
+/// SIGTERM while the clones run a command stops them at once: vmfork
+/// exits 128 + 15 with one line, without waiting for the command or its
+/// --exec-timeout, and without a line per clone.
+#[test]
+fn a_stop_signal_while_clones_run_a_command_stops_them() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let scratch = Scratch::new("linux-interrupt");
+    let Some(tpl) = linux_template(&scratch) else {
+        return;
+    };
+    let mut child = Command::new(vmfork_tests::vmfork_bin())
+        .args([
+            "clone",
+            &tpl,
+            "-n",
+            "2",
+            "--exec-timeout",
+            "600",
+            "--",
+            "sleep",
+            "600",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("vmfork clone");
+    // The progress line for the last clone is the event: both clones are
+    // up, and each was handed its command before it resumed.
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let n = stderr.read_line(&mut line).expect("stderr");
+        assert!(
+            n > 0,
+            "vmfork clone ended before its clones were up: {seen}"
+        );
+        seen.push_str(&line);
+        if line.contains("2/2") {
+            break;
+        }
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let signalled = std::time::Instant::now();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).expect("stderr");
+    let status = child.wait().expect("wait");
+    let elapsed = signalled.elapsed();
+    seen.push_str(&rest);
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{seen}");
+    assert!(
+        seen.contains("vmfork: interrupted by SIGTERM; stopped 2 of 2 clones"),
+        "{seen}"
+    );
+    assert!(
+        !seen.contains("clone 1:") && !seen.contains("clone 2:"),
+        "{seen}"
+    );
+    // Far inside the command's own deadline; under TCG a stop takes a few
+    // seconds at most.
+    assert!(
+        elapsed < Duration::from_secs(60),
+        "took {elapsed:?}: {seen}"
+    );
+}
+
 /// A Linux template is bound to its rootfs image and to its own files: a
 /// changed image and a truncated `state` are both refused with one line,
 /// before any VM runs.

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::interrupt::Interrupt;
 use crate::uffd::PageServerLink;
 use crate::{Backend, CloneFactory, CloneOptions};
 use vmfork_machine::control::{CommandChannel, StopLatch, StopReason};
@@ -57,6 +58,10 @@ pub struct FleetOptions {
     /// Hash the template's rootfs image again on load (a holder's template
     /// was checked by the holder).
     pub verify_rootfs: bool,
+    /// Firing it (on a stop signal) stops every clone, started or not:
+    /// starts end, and a command's wait ends, without waiting for the
+    /// guests.
+    pub interrupt: Option<Interrupt>,
 }
 
 /// What a fleet cost, measured around its clones. Totals are over all
@@ -243,6 +248,13 @@ impl Fleet {
         on_progress: &mut impl FnMut(u64),
     ) -> Result<()> {
         for id in 1..=opts.count {
+            if opts.interrupt.as_ref().is_some_and(Interrupt::fired) {
+                return Err(Error::Interrupted(format!(
+                    "stopped after {} of {} clones had started",
+                    id - 1,
+                    opts.count
+                )));
+            }
             self.start_one(id, shells.pop(), opts)?;
             if id == 1 {
                 // (The first clone of a --prefetch run came up alone, so
@@ -282,6 +294,9 @@ impl Fleet {
         }
         let commands = machine.control().commands().clone();
         let latch = machine.control().latch().clone();
+        if let Some(interrupt) = &opts.interrupt {
+            interrupt.watch(&latch);
+        }
         let acks = commands.acks();
         // Its first park ends the run on the vCPU thread: the clone is
         // up, and the guest waits in its `in` for a command a fleet never
@@ -333,6 +348,11 @@ impl Fleet {
                 (c.id, result)
             })
             .collect()
+    }
+
+    /// How many clones were started (up, or failed while coming up).
+    pub fn started(&self) -> usize {
+        self.clones.len()
     }
 
     /// True when every clone came up.

@@ -6,6 +6,7 @@
 pub mod fault_inject;
 pub mod fleet;
 pub mod holder;
+pub mod interrupt;
 pub mod memfd;
 pub mod uffd;
 pub mod workers;

@@ -81,6 +81,10 @@ pub enum Error {
     RegistryAuth(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// A stop signal ended the work early. The CLI exits with 128 + the
+    /// signal; 130 (SIGINT's) where the signal is not known.
+    #[error("interrupted: {0}")]
+    Interrupted(String),
     /// A child process (a `clone --processes` worker) already printed its
     /// one-line error; exit with its status without adding another line.
     #[error("exit status {0}, already reported")]
@@ -117,6 +121,7 @@ impl Error {
             Error::RootfsChanged { .. } => 21,
             Error::Registry(_) => 25,
             Error::RegistryAuth(_) => 26,
+            Error::Interrupted(_) => 130,
             Error::Reported(code) => *code,
         }
     }

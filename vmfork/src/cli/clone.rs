@@ -1,6 +1,8 @@
 //! `vmfork clone`: start N clones of a template, each proving it is alive,
 //! hold them, then stop them all and check nothing leaked.
 
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -10,6 +12,7 @@ use super::floor::{floor_json, measure_floor};
 use super::progress::{Progress, ProgressMode};
 use super::signals;
 use vmfork_clone::fleet::{Fleet, FleetOptions, FleetReport, FleetSource};
+use vmfork_clone::interrupt::Interrupt;
 use vmfork_clone::workers::{WorkerReport, CLONES_UP};
 use vmfork_isolation::cgroup::Joined;
 use vmfork_machine::control::{StopLatch, StopReason};
@@ -46,13 +49,28 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
     // The KVM floor, measured in the same run as the clones it is compared
     // to, before any of them exists.
     let floor = measure_floor(args.floor)?;
+    // A stop signal stops the clones wherever they are: while they start,
+    // run a command or are held. (A worker's clones are its parent's to
+    // stop: it closes the worker's stdin.)
+    let interrupt = Interrupt::default();
+    let signal = Arc::new(AtomicI32::new(0));
+    if !args.worker {
+        let (interrupt, signal) = (interrupt.clone(), signal.clone());
+        signals::on_first_then_exit(
+            move |number| {
+                signal.store(number, Ordering::Relaxed);
+                interrupt.fire();
+            },
+            "vmfork clone",
+        );
+    }
     let progress = Progress::new(
         Some(args.count),
         "clone",
         ProgressMode::detect(args.json || args.worker),
     );
     progress.set_message("starting");
-    let fleet = Fleet::start(fleet_options(args)?, |up| progress.set(up))?;
+    let fleet = Fleet::start(fleet_options(args, &interrupt)?, |up| progress.set(up))?;
     if fleet.all_up() {
         progress.finish(&format!("{} clones up", args.count));
     } else {
@@ -68,14 +86,28 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
         }
     }
     let failed_status = if fleet.all_up() && !args.exec.command.is_empty() {
-        super::clone_exec::print_results(&fleet, &args.exec)
+        super::clone_exec::print_results(&fleet, &args.exec, &interrupt)
     } else {
         None
     };
-    if fleet.all_up() {
-        hold(args);
+    // A signal that ends a hold is how a hold is meant to end; one that
+    // cut the starts or the command short is not.
+    let cut_short = interrupt.fired();
+    if fleet.all_up() && !cut_short {
+        hold(args, &interrupt);
     }
-    let report = fleet.stop()?;
+    let started_clones = fleet.started();
+    let report = fleet.stop();
+    if cut_short {
+        let number = signal.load(Ordering::Relaxed);
+        eprintln!(
+            "vmfork: interrupted by {}; stopped {started_clones} of {} clones",
+            signals::name(number),
+            args.count
+        );
+        return Err(Error::Reported(128 + number));
+    }
+    let report = report?;
     print_report(args, &report, floor, cgroup.as_ref(), started);
     match failed_status {
         Some(code) => Err(Error::Reported(code)),
@@ -83,7 +115,7 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
     }
 }
 
-fn fleet_options(args: &CloneArgs) -> Result<FleetOptions> {
+fn fleet_options(args: &CloneArgs, interrupt: &Interrupt) -> Result<FleetOptions> {
     let source = match (&args.holder, &args.template) {
         (Some(sock), _) => FleetSource::Holder(sock.clone()),
         (None, Some(dir)) => FleetSource::Template(dir.clone()),
@@ -98,12 +130,13 @@ fn fleet_options(args: &CloneArgs) -> Result<FleetOptions> {
         capture_consoles: args.console,
         exec: super::clone_exec::request(&args.exec)?,
         verify_rootfs: args.verify,
+        interrupt: Some(interrupt.clone()),
     })
 }
 
 /// Keeps the clones up: a worker until its parent closes its stdin, else
 /// for --hold or until a signal.
-fn hold(args: &CloneArgs) {
+fn hold(args: &CloneArgs, interrupt: &Interrupt) {
     if args.worker {
         // The parent counts clones as up when every worker said so, and
         // ends the hold by closing our stdin.
@@ -113,7 +146,7 @@ fn hold(args: &CloneArgs) {
         // A latch of its own turns the hold time or a signal into one
         // wake-up.
         let holder = StopLatch::default();
-        signals::forward_to(holder.clone());
+        interrupt.watch(&holder);
         if let Some(StopReason::Requested) = holder.wait_timeout(args.hold) {
             tracing::info!("interrupted; stopping clones");
         }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::clone_args::ExecArgs;
 use vmfork_clone::fleet::Fleet;
+use vmfork_clone::interrupt::Interrupt;
 use vmfork_machine::error::{Error, Result};
 use vmfork_machine::exec::{ExecOutcome, ExecSpec};
 
@@ -57,13 +58,15 @@ pub fn request(args: &ExecArgs) -> Result<Option<Arc<Vec<u8>>>> {
 /// each line as `clone N: line`, and each failure on stderr. Returns the
 /// exit status vmfork ends with: the first failing clone's, or None when
 /// every command exited 0.
-pub fn print_results(fleet: &Fleet, args: &ExecArgs) -> Option<i32> {
+/// Clones a stop signal cut short get no line: the caller says it once.
+pub fn print_results(fleet: &Fleet, args: &ExecArgs, interrupt: &Interrupt) -> Option<i32> {
     let deadline = Instant::now() + args.exec_timeout + ANSWER_GRACE;
     let mut status = None;
     let program = args.command[0].to_string_lossy();
     for (id, result) in fleet.exec_results(deadline) {
         let out = match result {
             Ok(out) => out,
+            Err(_) if interrupt.fired() => continue,
             Err(e) => {
                 eprintln!("vmfork: clone {id}: {e}");
                 status.get_or_insert(e.exit_code());

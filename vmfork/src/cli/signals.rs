@@ -26,17 +26,26 @@ pub fn block_stop_signals() {
 
 /// Spawns a thread that turns the first SIGINT/SIGTERM into a clean stop.
 pub fn forward_to(latch: StopLatch) {
-    spawn(latch, None);
+    spawn(Box::new(move |_| latch.stop(StopReason::Requested)), None);
 }
 
 /// Like [`forward_to`], and a second SIGINT/SIGTERM, while the clean stop
 /// is under way, ends the process at once with status 128 + the signal
 /// and one line on stderr naming `who`.
 pub fn forward_then_exit(latch: StopLatch, who: &'static str) {
-    spawn(latch, Some(who));
+    spawn(
+        Box::new(move |_| latch.stop(StopReason::Requested)),
+        Some(who),
+    );
 }
 
-fn spawn(latch: StopLatch, exit_on_second: Option<&'static str>) {
+/// Calls `first` with the first SIGINT/SIGTERM's number; a second one
+/// ends the process at once, as with [`forward_then_exit`].
+pub fn on_first_then_exit(first: impl FnOnce(i32) + Send + 'static, who: &'static str) {
+    spawn(Box::new(first), Some(who));
+}
+
+fn spawn(first: Box<dyn FnOnce(i32) + Send>, exit_on_second: Option<&'static str>) {
     let spawned = std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -49,7 +58,7 @@ fn spawn(latch: StopLatch, exit_on_second: Option<&'static str>) {
             if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
                 return;
             }
-            latch.stop(StopReason::Requested);
+            first(signal);
             let Some(who) = exit_on_second else {
                 return;
             };
@@ -67,5 +76,14 @@ fn spawn(latch: StopLatch, exit_on_second: Option<&'static str>) {
         });
     if let Err(e) = spawned {
         tracing::warn!("no signal thread, Ctrl-C will kill vmfork abruptly: {e}");
+    }
+}
+
+/// SIGINT or SIGTERM, as a person would write it.
+pub fn name(number: i32) -> String {
+    match number {
+        libc::SIGINT => "SIGINT".into(),
+        libc::SIGTERM => "SIGTERM".into(),
+        other => format!("signal {other}"),
     }
 }
