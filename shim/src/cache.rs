@@ -1,7 +1,9 @@
-//! The node's template cache: one `vmfork template build --wasm` per
-//! distinct module, found again by the module's SHA-256.
+//! The node's template cache: one template per distinct Wasm module,
+//! found again by the module's SHA-256, and one per distinct Linux root
+//! filesystem, found again by the tree's (crate::linux).
 //!
-//! `STATE/templates/<sha256>` is a finished template; it only ever appears
+//! `STATE/templates/<sha256>` (a module's) or `STATE/templates/linux-<sha256>`
+//! (a tree's) is a finished template; it only ever appears
 //! by `rename(2)` of a template built in a directory of its own under
 //! `STATE/tmp/`, so a reader never sees half a template and two shims
 //! building the same module at once both succeed (the loser of the rename
@@ -15,6 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use sha2::{Digest, Sha256};
 
 use crate::error::{io, Error, Result};
+use crate::linux;
+use crate::spec::Kind;
 
 /// Where the cache lives unless `VMFORK_SHIM_STATE_DIR` says otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/vmfork";
@@ -43,9 +47,13 @@ pub fn digest(module: &Path) -> Result<String> {
     Ok(hash.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// The template of `module`, built now if the cache does not have it.
-pub fn template_for(state: &Path, module: &Path) -> Result<PathBuf> {
-    let sha = digest(module)?;
+/// The template of a container's program, built now if the cache does
+/// not have it.
+pub fn template_for(state: &Path, kind: &Kind) -> Result<PathBuf> {
+    let (sha, source) = match kind {
+        Kind::Wasm { module } => (digest(module)?, module),
+        Kind::Linux { root } => (format!("linux-{}", linux::tree_digest(root)?), root),
+    };
     let templates = state.join("templates");
     let target = templates.join(&sha);
     if target.is_dir() {
@@ -54,12 +62,16 @@ pub fn template_for(state: &Path, module: &Path) -> Result<PathBuf> {
     }
     std::fs::create_dir_all(&templates).map_err(io("creating", &templates))?;
     let work = unique_dir(&state.join("tmp"), &sha)?;
-    let built = build(module, &work.join("template"));
-    let result = built.and_then(|out| publish(&out, &target));
+    let out = work.join("template");
+    let built = match kind {
+        Kind::Wasm { module } => build_wasm(module, &out),
+        Kind::Linux { root } => linux::build(state, root, &sha, &work, &out),
+    };
+    let result = built.and_then(|()| publish(&out, &target));
     let _ = std::fs::remove_dir_all(&work);
     let fresh = result?;
     if fresh {
-        record_build(state, &sha, module);
+        record_build(state, &sha, source);
     }
     Ok(target)
 }
@@ -79,7 +91,7 @@ fn unique_dir(parent: &Path, sha: &str) -> Result<PathBuf> {
     }
 }
 
-fn build(module: &Path, out: &Path) -> Result<PathBuf> {
+fn build_wasm(module: &Path, out: &Path) -> Result<()> {
     let bin = vmfork_bin();
     log::info!(
         "building a template of {} in {}",
@@ -99,12 +111,12 @@ fn build(module: &Path, out: &Path) -> Result<PathBuf> {
         })?;
     if !output.status.success() {
         return Err(Error::Build {
-            module: module.to_path_buf(),
+            what: format!("vmfork template build --wasm {}", module.display()),
             status: output.status.to_string(),
             stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
         });
     }
-    Ok(out.to_path_buf())
+    Ok(())
 }
 
 /// Renames the built template into place. Ok(false) when another build of

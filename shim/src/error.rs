@@ -18,12 +18,10 @@ pub enum Error {
         path: PathBuf,
         source: oci_spec::OciSpecError,
     },
-    #[error("the OCI spec has no process.args[0]: a Wasm image needs the module's path as its entrypoint (e.g. \"Entrypoint\": [\"/hello.wasm\"])")]
+    #[error("the OCI spec has no process.args[0]: the image needs an entrypoint or a command (a Wasm image: the module's path, e.g. \"Entrypoint\": [\"/hello.wasm\"])")]
     NoModule,
-    #[error("the module path {0:?} leaves the container's root filesystem")]
-    OutsideRootfs(String),
-    #[error("{} (process.args[0] {arg0:?}) is not a WebAssembly module: it does not start with \\0asm (vmfork runs Wasm images only)", path.display())]
-    NotWasm { arg0: String, path: PathBuf },
+    #[error("a Linux image needs the guest kernel, and {} is not a file (set VMFORK_SHIM_KERNEL, or put the kernel there; docs/containerd.md)", .0.display())]
+    NoKernel(PathBuf),
     #[error("mounting the rootfs ({fs_type} from {source_path}) on {}: {message}", target.display())]
     Mount {
         fs_type: String,
@@ -31,9 +29,9 @@ pub enum Error {
         target: PathBuf,
         message: String,
     },
-    #[error("`vmfork template build --wasm {}` failed ({status}): {stderr}", module.display())]
+    #[error("`{what}` failed ({status}): {stderr}")]
     Build {
-        module: PathBuf,
+        what: String,
         status: String,
         stderr: String,
     },
@@ -65,9 +63,8 @@ impl Error {
             Error::Exists(_) => ttrpc::Code::ALREADY_EXISTS,
             Error::Precondition { .. } => ttrpc::Code::FAILED_PRECONDITION,
             Error::Exec(_) => ttrpc::Code::UNIMPLEMENTED,
-            Error::NoModule | Error::NotWasm { .. } | Error::OutsideRootfs(_) => {
-                ttrpc::Code::INVALID_ARGUMENT
-            }
+            Error::NoModule => ttrpc::Code::INVALID_ARGUMENT,
+            Error::NoKernel(_) => ttrpc::Code::FAILED_PRECONDITION,
             Error::Spec { .. } => ttrpc::Code::INVALID_ARGUMENT,
             _ => ttrpc::Code::INTERNAL,
         }

@@ -1,15 +1,19 @@
 //! `containerd-shim-vmfork-v1`: a containerd runtime v2 shim (runtime type
-//! `io.containerd.vmfork.v1`) that runs Wasm images in vmfork clones.
+//! `io.containerd.vmfork.v1`) that runs Wasm and Linux images in vmfork
+//! clones.
 //!
-//! A container's image holds a WASI module; `process.args[0]` names it.
-//! On create the shim builds (once per module, cached by SHA-256) a vmfork
-//! template of it; on start it runs `vmfork clone TEMPLATE -n 1 -- ARGS`,
-//! whose output and exit status are the module's. See docs/containerd.md.
+//! When `process.args[0]` names a WASI module in the image, the container
+//! is that module; otherwise the image is a Linux root filesystem and the
+//! container is its program, run by the guest agent. On create the shim
+//! builds (once per module or tree, cached by SHA-256) a vmfork template;
+//! on start it runs `vmfork clone TEMPLATE -n 1 -- ARGS`, whose output and
+//! exit status are the program's. See docs/containerd.md.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod cache;
 mod error;
+mod linux;
 mod mount;
 mod process;
 mod service;

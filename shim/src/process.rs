@@ -10,6 +10,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use crate::error::{Error, Result};
+use crate::spec::{Kind, Program};
 
 /// How long a module may run: `vmfork clone` kills a command after
 /// `--exec-timeout` (60 s by default); a container runs until it ends or
@@ -72,26 +73,25 @@ impl ExitCell {
     }
 }
 
-/// The `vmfork clone` command line for a module.
-pub fn command(
-    bin: &Path,
-    template: &Path,
-    args: &[String],
-    env: &[String],
-    stdin: bool,
-) -> Command {
+/// The `vmfork clone` command line for a container's program.
+pub fn command(bin: &Path, template: &Path, program: &Program, stdin: bool) -> Command {
     let mut cmd = Command::new(bin);
     cmd.arg("clone")
         .arg(template)
         .args(["-n", "1", "--exec-timeout", EXEC_TIMEOUT_SECONDS]);
-    for entry in env {
+    for entry in &program.env {
         cmd.arg("--env").arg(entry);
+    }
+    // A WASI module has no working directory to start in; a Linux
+    // program starts in the image's WorkingDir.
+    if let Kind::Linux { .. } = program.kind {
+        cmd.arg("--cwd").arg(&program.cwd);
     }
     if stdin {
         // vmfork reads it to the end before the module starts.
         cmd.args(["--stdin", "-"]);
     }
-    cmd.arg("--").args(args);
+    cmd.arg("--").args(&program.args);
     cmd
 }
 

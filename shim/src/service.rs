@@ -153,7 +153,7 @@ impl Service {
         let bundle = PathBuf::from(&req.bundle);
         let mounted = mount_rootfs(&bundle, &req.rootfs)?;
         let prepared = spec::load(&bundle).and_then(|program| {
-            let template = cache::template_for(&cache::state_dir(), &program.module)?;
+            let template = cache::template_for(&cache::state_dir(), &program.kind)?;
             Ok((program, template))
         });
         let prepared = prepared.and_then(|ok| {
@@ -174,9 +174,9 @@ impl Service {
             }
         };
         log::info!(
-            "create {}: module {}, template {}",
+            "create {}: {:?}, template {}",
             req.id,
-            program.module.display(),
+            program.kind,
             template.display()
         );
         let container = Container {
@@ -228,8 +228,7 @@ impl Service {
         let cmd = process::command(
             &cache::vmfork_bin(),
             &c.template,
-            &c.program.args,
-            &c.program.env,
+            &c.program,
             c.stdin.is_some(),
         );
         let inner = Arc::clone(&self.0);

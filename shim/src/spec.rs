@@ -1,5 +1,7 @@
-//! What the shim takes from a bundle's OCI spec: the module (process.args[0]
-//! resolved inside the root filesystem), its arguments and its environment.
+//! What the shim takes from a bundle's OCI spec: what to run (a Wasm
+//! module, when process.args[0] resolved inside the root filesystem is
+//! one; otherwise the image is a Linux one and the whole root filesystem
+//! is what runs), its arguments, environment and working directory.
 
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
@@ -13,12 +15,21 @@ const WASM_MAGIC: &[u8; 4] = b"\0asm";
 
 #[derive(Debug, Clone)]
 pub struct Program {
-    /// The module on the host (inside the mounted rootfs).
-    pub module: PathBuf,
-    /// process.args as given: args[0] is the module's argv[0].
+    pub kind: Kind,
+    /// process.args as given: args[0] is the program's argv[0].
     pub args: Vec<String>,
     /// process.env entries, NAME=VALUE.
     pub env: Vec<String>,
+    /// process.cwd (the image's WorkingDir, or `/`).
+    pub cwd: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub enum Kind {
+    /// A Wasm image: the module on the host (inside the mounted rootfs).
+    Wasm { module: PathBuf },
+    /// A Linux image: its root filesystem on the host, as mounted.
+    Linux { root: PathBuf },
 }
 
 /// Reads `BUNDLE/config.json` and finds the module it names.
@@ -39,60 +50,103 @@ pub fn load(bundle: &Path) -> Result<Program> {
         Some(root) => bundle.join(root.path()),
         None => bundle.join("rootfs"),
     };
-    let module = resolve(&root, process.cwd(), arg0)?;
-    check_wasm(arg0, &module)?;
+    let kind = match resolve_in_root(&root, process.cwd(), arg0) {
+        Some(module) if is_wasm(&module)? => Kind::Wasm { module },
+        // A program the guest finds on its PATH, a script, an ELF: the
+        // guest's agent resolves and runs it, and says so when it cannot.
+        _ => Kind::Linux { root },
+    };
     Ok(Program {
-        module,
+        kind,
         args,
         env: process.env().clone().unwrap_or_default(),
+        cwd: process.cwd().clone(),
     })
 }
 
-/// `arg0` inside `root`: absolute paths from the root, relative ones from
-/// the process's `cwd`. `..` is refused, and so is a path whose real
-/// location (after symlinks) is outside the root.
-fn resolve(root: &Path, cwd: &Path, arg0: &str) -> Result<PathBuf> {
-    let outside = || Error::OutsideRootfs(arg0.to_string());
-    let mut inside = PathBuf::new();
+/// How many symlinks a lookup follows before giving up (the kernel's
+/// limit for one path).
+const MAX_LINKS: usize = 40;
+
+/// `arg0` looked up inside `root` as if `root` were `/` (chroot
+/// semantics): absolute paths and absolute symlink targets start at the
+/// root, relative ones at the process's `cwd` or the link's directory,
+/// and `..` never climbs above the root. None when it does not lead to a
+/// regular file. The result is a path with no symlink in it, under
+/// `root`: nothing outside the container's root filesystem is ever read.
+fn resolve_in_root(root: &Path, cwd: &Path, arg0: &str) -> Option<PathBuf> {
     let arg = Path::new(arg0);
-    let start = if arg.is_absolute() {
-        Path::new("/")
-    } else {
-        cwd
-    };
-    for component in start.components().chain(arg.components()) {
-        match component {
-            Component::Normal(part) => inside.push(part),
-            Component::RootDir | Component::CurDir => {}
-            Component::ParentDir | Component::Prefix(_) => return Err(outside()),
+    // What is still to walk, next last, and the path walked so far
+    // (relative to the root, free of symlinks).
+    let mut todo: Vec<Part> = Vec::new();
+    push_parts(&mut todo, arg);
+    if !arg.is_absolute() {
+        push_parts(&mut todo, cwd);
+        todo.push(Part::Root);
+    }
+    let mut walked = PathBuf::new();
+    let mut links = 0;
+    while let Some(part) = todo.pop() {
+        match part {
+            Part::Root => walked = PathBuf::new(),
+            Part::Parent => {
+                walked.pop();
+            }
+            Part::Name(name) => {
+                let next = walked.join(name);
+                let meta = std::fs::symlink_metadata(root.join(&next)).ok()?;
+                if !meta.file_type().is_symlink() {
+                    walked = next;
+                    continue;
+                }
+                links += 1;
+                if links > MAX_LINKS {
+                    return None;
+                }
+                let target = std::fs::read_link(root.join(&next)).ok()?;
+                push_parts(&mut todo, &target);
+                if target.is_absolute() {
+                    todo.push(Part::Root);
+                }
+            }
         }
     }
-    let path = root.join(inside);
-    let real = path
-        .canonicalize()
-        .map_err(io("finding the module", &path))?;
-    let real_root = root
-        .canonicalize()
-        .map_err(io("finding the container's rootfs", root))?;
-    if !real.starts_with(&real_root) {
-        return Err(outside());
-    }
-    Ok(real)
+    let path = root.join(walked);
+    path.is_file().then_some(path)
 }
 
-fn check_wasm(arg0: &str, module: &Path) -> Result<()> {
-    let mut magic = [0u8; 4];
-    let mut file = std::fs::File::open(module).map_err(io("opening the module", module))?;
-    let read = file
-        .read(&mut magic)
-        .map_err(io("reading the module", module))?;
-    if read < magic.len() || &magic != WASM_MAGIC {
-        return Err(Error::NotWasm {
-            arg0: arg0.to_string(),
-            path: module.to_path_buf(),
-        });
+/// One step of a lookup.
+enum Part {
+    Root,
+    Parent,
+    Name(std::ffi::OsString),
+}
+
+/// Queues `path`'s components so that its first is popped next.
+fn push_parts(todo: &mut Vec<Part>, path: &Path) {
+    let start = todo.len();
+    for component in path.components() {
+        match component {
+            Component::Normal(name) => todo.push(Part::Name(name.to_os_string())),
+            Component::ParentDir => todo.push(Part::Parent),
+            // The root is pushed by the caller when it matters; `.` and
+            // prefixes (none on Unix) change nothing.
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
     }
-    Ok(())
+    todo[start..].reverse();
+}
+
+/// Whether the file starts with the WebAssembly magic. A directory or an
+/// unreadable file is not a module.
+fn is_wasm(path: &Path) -> Result<bool> {
+    if !path.is_file() {
+        return Ok(false);
+    }
+    let mut magic = [0u8; 4];
+    let mut file = std::fs::File::open(path).map_err(io("opening", path))?;
+    let read = file.read(&mut magic).map_err(io("reading", path))?;
+    Ok(read == magic.len() && &magic == WASM_MAGIC)
 }
 
 #[cfg(test)]
@@ -107,36 +161,38 @@ mod tests {
     }
 
     #[test]
-    fn resolves_inside_the_root_and_refuses_escapes() {
+    fn lookups_stay_inside_the_root_as_in_a_chroot() {
         let dir = scratch("resolve");
         let root = dir.join("rootfs");
+        std::fs::create_dir_all(root.join("bin")).expect("mkdir");
         std::fs::write(root.join("app/m.wasm"), b"\0asm\x01\0\0\0").expect("write");
         std::fs::write(dir.join("secret.wasm"), b"\0asm\x01\0\0\0").expect("write");
-        std::os::unix::fs::symlink(dir.join("secret.wasm"), root.join("link.wasm"))
+        // A link to the host's file: inside the root it names nothing.
+        std::os::unix::fs::symlink(dir.join("secret.wasm"), root.join("escape.wasm"))
             .expect("symlink");
-        let real_root = root.canonicalize().expect("root");
-        assert_eq!(
-            resolve(&root, Path::new("/"), "/app/m.wasm").expect("absolute"),
-            real_root.join("app/m.wasm")
-        );
-        assert_eq!(
-            resolve(&root, Path::new("/app"), "m.wasm").expect("relative"),
-            real_root.join("app/m.wasm")
-        );
-        assert!(matches!(
-            resolve(&root, Path::new("/"), "/../secret.wasm"),
-            Err(Error::OutsideRootfs(_))
-        ));
-        assert!(matches!(
-            resolve(&root, Path::new("/"), "/link.wasm"),
-            Err(Error::OutsideRootfs(_))
-        ));
+        std::os::unix::fs::symlink("/app/m.wasm", root.join("bin/absolute")).expect("symlink");
+        std::os::unix::fs::symlink("../app/m.wasm", root.join("bin/relative")).expect("symlink");
+        std::os::unix::fs::symlink("loop-b", root.join("bin/loop-a")).expect("symlink");
+        std::os::unix::fs::symlink("loop-a", root.join("bin/loop-b")).expect("symlink");
+        let module = root.join("app/m.wasm");
+        let look = |cwd: &str, arg0: &str| resolve_in_root(&root, Path::new(cwd), arg0);
+        assert_eq!(look("/", "/app/m.wasm"), Some(module.clone()));
+        assert_eq!(look("/app", "m.wasm"), Some(module.clone()));
+        assert_eq!(look("/app", "./m.wasm"), Some(module.clone()));
+        // `..` stops at the root.
+        assert_eq!(look("/", "/../../app/m.wasm"), Some(module.clone()));
+        assert_eq!(look("/", "/../secret.wasm"), None);
+        assert_eq!(look("/", "/escape.wasm"), None);
+        assert_eq!(look("/", "/bin/absolute"), Some(module.clone()));
+        assert_eq!(look("/bin", "relative"), Some(module.clone()));
+        assert_eq!(look("/", "/bin/loop-a"), None);
+        // A directory or a missing file is no program to inspect.
+        assert_eq!(look("/", "/app"), None);
+        assert_eq!(look("/", "sh"), None);
         std::fs::write(root.join("app/sh"), b"#!/bin/sh\n").expect("write");
-        assert!(matches!(
-            check_wasm("/app/sh", &root.join("app/sh")),
-            Err(Error::NotWasm { .. })
-        ));
-        assert!(check_wasm("/app/m.wasm", &root.join("app/m.wasm")).is_ok());
+        assert!(!is_wasm(&root.join("app/sh")).expect("a script"));
+        assert!(!is_wasm(&root.join("app")).expect("a directory"));
+        assert!(is_wasm(&module).expect("a module"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
