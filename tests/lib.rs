@@ -1,6 +1,10 @@
 //! Helpers for the integration tests: run the real `vmfork` binary against
 //! the real /dev/kvm and look at what it printed.
 
+#[path = "support/containerd.rs"]
+pub mod containerd;
+#[path = "support/cri.rs"]
+pub mod cri;
 pub mod server;
 
 use std::path::{Path, PathBuf};
