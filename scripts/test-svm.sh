@@ -47,7 +47,8 @@ RUN_LIMIT=${SVM_RUN_LIMIT:-1800}
 # templates, the KVM floor); serve (functions, limits and faults over
 # HTTP); a distribution's kernel (tests/linux_distro.rs, ignored outside
 # the rig, hence --include-ignored); program functions over CGI; the Wasm
-# guest and Wasm functions (all of both). Left out: the long soak-like tests.
+# guest and Wasm functions (all of both); Linux images under containerd
+# (containerd runs inside the rig). Left out: the long soak-like tests.
 # Under TCG everything runs 15-40x slower.
 plan=(
     "linux"
@@ -61,6 +62,7 @@ plan=(
     "clones clones_are_unique_and_on_the_hosts_clock every_backend_with_and_without_shells_starts_live_clones_and_cleans_up the_floor_is_measured_only_with_floor uffd_clones_fault_lazily_and_prefetch_removes_the_faults clone_processes_share_a_template_holders_sealed_memfd clones_spread_over_worker_processes clones_of_a_diff_template_see_the_diff"
     "serve functions_limits_and_faults_over_http"
     "rootfs_build a_built_image_boots_linux_to_the_agent"
+    "containerd_linux"
 )
 # Known to fail in the rig, so left out until fixed:
 # serve::recycled_vms_start_from_the_template: under the rig's 6.1 kernel
@@ -204,7 +206,7 @@ bash scripts/build-linux-guest.sh >/dev/null
 # download or run mkinitramfs in the read-only host root, so the cache is
 # filled here and the tests find it there.
 bash scripts/distro-kernel.sh >/dev/null
-cargo build --release -q -p vmfork -p vmfork-guest-artifacts
+cargo build --release -q -p vmfork -p vmfork-guest-artifacts -p vmfork-shim
 # The test executables' paths, by suite name.
 declare -A exe
 while read -r name path; do exe[$name]="$path"; done < <(

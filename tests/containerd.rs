@@ -4,15 +4,15 @@
 //! `--runtime io.containerd.vmfork.v1`. See docs/containerd.md.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
-use vmfork_tests::{finish, vmfork_bin, Run, Scratch};
+use vmfork_tests::containerd::{compile_wasi, oci_archive, sha256_hex, Containerd, RUNTIME};
+use vmfork_tests::{finish, Run, Scratch};
 
-const RUNTIME: &str = "io.containerd.vmfork.v1";
 const NAMESPACE: &str = "vmfork";
+/// Without the CRI plugin: `ctr` needs none of it.
+const CONFIG: &str = "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]";
 
 /// A WASI command: prints a greeting with its argv and $GREETING; `exit`
 /// exits 3, `loop` spins until killed, `cat` copies stdin to stdout.
@@ -38,253 +38,12 @@ int main(int argc, char **argv) {
 }
 "#;
 
-/// The built shim: next to the vmfork binary of the same profile.
-fn shim_bin() -> PathBuf {
-    let bin = vmfork_bin().with_file_name("containerd-shim-vmfork-v1");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it first (`cargo build --release -p vmfork-shim`)",
-        bin.display()
-    );
-    bin
-}
-
-/// A containerd daemon of the test's own, stopped on drop.
-struct Containerd {
-    child: Child,
-    socket: String,
-    log: PathBuf,
-}
-
-impl Containerd {
-    fn start(scratch: &Scratch, state_dir: &Path) -> Containerd {
-        let bin_dir = scratch.path("bin");
-        std::fs::create_dir_all(&bin_dir).expect("bin dir");
-        std::os::unix::fs::symlink(shim_bin(), bin_dir.join("containerd-shim-vmfork-v1"))
-            .expect("symlink shim");
-        std::os::unix::fs::symlink(vmfork_bin(), bin_dir.join("vmfork")).expect("symlink vmfork");
-        let socket = scratch.str("containerd.sock");
-        let config = scratch.path("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "version = 2\nroot = \"{}\"\nstate = \"{}\"\n\
-                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-                 [grpc]\n  address = \"{socket}\"\n\
-                 [ttrpc]\n  address = \"{socket}.ttrpc\"\n",
-                scratch.str("root"),
-                scratch.str("state"),
-            ),
-        )
-        .expect("write config");
-        let log = scratch.path("containerd.log");
-        let log_file = std::fs::File::create(&log).expect("containerd log");
-        let path = format!(
-            "{}:{}",
-            bin_dir.display(),
-            std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
-        );
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(&config)
-            .env("PATH", path)
-            .env("VMFORK_SHIM_STATE_DIR", state_dir)
-            .env("VMFORK_BIN", bin_dir.join("vmfork"))
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("log fd"))
-            .stderr(log_file)
-            .spawn()
-            .expect("spawn containerd (scripts/setup-host.sh installs it)");
-        let mut daemon = Containerd { child, socket, log };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let run = daemon.ctr(&["version"]);
-            if run.status == 0 {
-                break;
-            }
-            if let Ok(Some(status)) = daemon.child.try_wait() {
-                panic!("containerd exited ({status}): {}", daemon.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "containerd did not answer within 30 s: {run}\n{}",
-                daemon.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        daemon
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("ctr");
-        cmd.args(["-a", &self.socket, "-n", NAMESPACE])
-            .args(args)
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    fn ctr(&self, args: &[&str]) -> Run {
-        let start = Instant::now();
-        let output = self.command(args).output().expect("spawn ctr");
-        finish(output, start)
-    }
-
-    /// `ctr ARGS`, failed with containerd's log if it takes over `limit`.
-    fn ctr_within(&self, args: &[&str], limit: Duration) -> Run {
-        let start = Instant::now();
-        let mut child = self
-            .command(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ctr");
-        while child.try_wait().expect("try_wait").is_none() {
-            if start.elapsed() > limit {
-                let _ = child.kill();
-                let run = finish(child.wait_with_output().expect("output"), start);
-                panic!("ctr {args:?} hung: {run}\n{}", self.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        finish(child.wait_with_output().expect("output"), start)
-    }
-
-    /// `ctr task ls` status of `id` ("" when there is no such task).
-    fn task_status(&self, id: &str) -> String {
-        let run = self.ctr(&["task", "ls"]);
-        run.stdout
-            .lines()
-            .find(|line| line.split_whitespace().next() == Some(id))
-            .and_then(|line| line.split_whitespace().nth(2))
-            .unwrap_or_default()
-            .to_string()
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        // SIGTERM first: containerd leaves its state tidy on a clean stop.
-        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
-            // SAFETY: kill(2) with our own child's pid; no memory involved.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// An OCI image layout as a tar archive (what `ctr images import` reads):
-/// one uncompressed layer holding `files`, a config for linux/amd64 with
-/// `entrypoint`, named `name`.
-fn oci_archive(name: &str, files: &[(&str, &[u8])], entrypoint: &[&str]) -> Vec<u8> {
-    let mut layer = tar::Builder::new(Vec::new());
-    for (path, bytes) in files {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(bytes.len() as u64);
-        header.set_mode(0o755);
-        header.set_mtime(0);
-        header.set_cksum();
-        layer
-            .append_data(&mut header, path, *bytes)
-            .expect("layer entry");
-    }
-    let layer = layer.into_inner().expect("layer tar");
-    let layer_digest = format!("sha256:{}", sha256_hex(&layer));
-    let config = serde_json::json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": { "Entrypoint": entrypoint, "Env": ["PATH=/"] },
-        "rootfs": { "type": "layers", "diff_ids": [layer_digest] },
-    })
-    .to_string()
-    .into_bytes();
-    let config_digest = format!("sha256:{}", sha256_hex(&config));
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": config_digest,
-            "size": config.len(),
-        },
-        "layers": [{
-            "mediaType": "application/vnd.oci.image.layer.v1.tar",
-            "digest": layer_digest,
-            "size": layer.len(),
-        }],
-    })
-    .to_string()
-    .into_bytes();
-    let manifest_digest = format!("sha256:{}", sha256_hex(&manifest));
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": manifest_digest,
-            "size": manifest.len(),
-            "annotations": {
-                "io.containerd.image.name": name,
-                "org.opencontainers.image.ref.name": "latest",
-            },
-        }],
-    })
-    .to_string()
-    .into_bytes();
-    let mut archive = tar::Builder::new(Vec::new());
-    let mut add = |path: String, bytes: &[u8]| {
-        let mut header = tar::Header::new_ustar();
-        header.set_size(bytes.len() as u64);
-        header.set_mode(0o644);
-        header.set_mtime(0);
-        header.set_cksum();
-        archive
-            .append_data(&mut header, path, bytes)
-            .expect("archive entry");
-    };
-    add("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#);
-    add("index.json".into(), &index);
-    for blob in [&layer, &config, &manifest] {
-        add(format!("blobs/sha256/{}", sha256_hex(blob)), blob);
-    }
-    archive.into_inner().expect("archive tar")
-}
-
 fn compile_module(scratch: &Scratch) -> Vec<u8> {
-    let src = scratch.path("module.c");
-    let out = scratch.path("module.wasm");
-    std::fs::write(&src, MODULE_C).expect("write module.c");
-    let status = Command::new("clang")
-        .args(["--target=wasm32-wasi", "--sysroot=/usr", "-O2", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .expect("running clang (scripts/setup-host.sh installs it)");
-    assert!(status.success(), "clang {}", src.display());
-    std::fs::read(&out).expect("read module.wasm")
+    compile_wasi(scratch, "module", MODULE_C)
 }
 
 fn import(daemon: &Containerd, scratch: &Scratch, file: &str, archive: &[u8]) {
-    let path = scratch.path(file);
-    std::fs::File::create(&path)
-        .and_then(|mut f| f.write_all(archive))
-        .expect("write archive");
-    let run = daemon.ctr(&["images", "import", &path.to_string_lossy()]);
-    assert_eq!(run.status, 0, "import {file}: {run}\n{}", daemon.log_text());
+    daemon.import(scratch, file, archive);
 }
 
 fn run_args<'a>(image: &'a str, id: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
@@ -342,7 +101,7 @@ fn wasm_images_run_under_containerd_with_the_vmfork_shim() {
     let scratch = Scratch::new("containerd");
     let state = scratch.path("shim-state");
     let module = compile_module(&scratch);
-    let daemon = Containerd::start(&scratch, &state);
+    let daemon = Containerd::start(&scratch, &state, NAMESPACE, CONFIG);
     let limit = Duration::from_secs(60);
 
     let image = "docker.io/vmfork/hello:latest";

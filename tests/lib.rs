@@ -1,6 +1,12 @@
 //! Helpers for the integration tests: run the real `vmfork` binary against
 //! the real /dev/kvm and look at what it printed.
 
+#[path = "support/containerd.rs"]
+pub mod containerd;
+#[path = "support/cri.rs"]
+pub mod cri;
+#[path = "support/oci.rs"]
+pub mod oci;
 pub mod server;
 
 use std::path::{Path, PathBuf};

@@ -32,6 +32,8 @@ pub const RUNTIME_ID: &str = "io.containerd.vmfork.v1";
 
 struct Shim {
     namespace: String,
+    /// The ttrpc socket this shim serves (empty for `start` and `delete`).
+    socket: String,
     exit: Arc<ExitSignal>,
 }
 
@@ -41,12 +43,21 @@ impl containerd_shim::Shim for Shim {
     fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
         Shim {
             namespace: args.namespace.clone(),
+            socket: args.socket.clone(),
             exit: Arc::new(ExitSignal::default()),
         }
     }
 
+    /// One shim per Kubernetes pod, one per container otherwise: the
+    /// socket address is derived from the grouping id, and a shim started
+    /// for an address that already answers hands containerd that address
+    /// and exits (the crate's server start), as runc's shim does for a pod.
     fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
-        let grouping = opts.id.clone();
+        let grouping = std::env::current_dir()
+            .ok()
+            .and_then(|bundle| spec::pod_role(&bundle).ok())
+            .and_then(|role| role.sandbox_id)
+            .unwrap_or_else(|| opts.id.clone());
         let (_pid, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
         containerd_shim::util::write_address(&address)?;
         Ok(address)
@@ -70,6 +81,17 @@ impl containerd_shim::Shim for Shim {
 
     fn wait(&mut self) {
         self.exit.wait();
+        // The crate removes the socket named in BUNDLE/address, read from
+        // the working directory: the first container's bundle, which
+        // containerd may delete as soon as Shutdown answers (a pod's
+        // sandbox is deleted last). The address is known here, so the
+        // socket goes now; the listener keeps working until the server
+        // stops.
+        if let Some(path) = self.socket.strip_prefix("unix://") {
+            if let Err(e) = std::fs::remove_file(path) {
+                log::warn!("removing the shim socket {path}: {e}");
+            }
+        }
     }
 
     fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {

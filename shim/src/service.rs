@@ -1,6 +1,6 @@
-//! The task service containerd talks to (ttrpc, task API v2): create,
-//! start, wait, kill, delete, state, pids, connect, shutdown. Everything
-//! else answers Unimplemented (the trait's defaults).
+//! The tasks a shim holds, and what create, start, kill and delete do to
+//! them (task_api.rs is the ttrpc face). A task is a module running in a
+//! clone, or a pod's sandbox, which runs nothing (docs/kubernetes.md).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -11,15 +11,16 @@ use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, Ta
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
 use containerd_shim::protos::topics;
-use containerd_shim::protos::types::task::ProcessInfo;
 use containerd_shim::publisher::RemotePublisher;
-use containerd_shim::{Context, ExitSignal, TtrpcContext, TtrpcResult};
+use containerd_shim::{Context, ExitSignal};
 
 use crate::cache;
 use crate::error::{io, Error, Result};
 use crate::process::{self, Exit, ExitCell, Stdio3};
 use crate::spec;
 use crate::stdin::Stdin;
+
+mod task_api;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Status {
@@ -35,12 +36,26 @@ struct Container {
     stdio: Stdio3,
     /// The stdin FIFO's bytes, collected from create on.
     stdin: Option<Arc<Stdin>>,
-    template: PathBuf,
-    program: spec::Program,
+    workload: Workload,
+    /// vmfork's pid once started; the shim's own for a pod sandbox.
     pid: u32,
     exit: Arc<ExitCell>,
     /// Created before start: a kill then ends it without a process.
     started: bool,
+}
+
+/// What a task runs.
+enum Workload {
+    /// A module, in a clone of its template.
+    Clone {
+        template: PathBuf,
+        program: spec::Program,
+    },
+    /// A Kubernetes pod's sandbox container: no VM and no process. Every
+    /// container of the pod is a clone of its own, so the sandbox has
+    /// nothing to hold but its place in the pod's life cycle: it runs
+    /// from start until killed.
+    PodSandbox,
 }
 
 impl Container {
@@ -151,6 +166,12 @@ impl Service {
             return Err(Error::Exists(req.id.clone()));
         }
         let bundle = PathBuf::from(&req.bundle);
+        if spec::pod_role(&bundle)?.sandbox {
+            // The pause image's rootfs is not mounted: nothing reads it.
+            log::info!("create {}: pod sandbox (no VM)", req.id);
+            self.insert_created(req, bundle, None, None, Workload::PodSandbox);
+            return Ok(0);
+        }
         let mounted = mount_rootfs(&bundle, &req.rootfs)?;
         let prepared = spec::load(&bundle).and_then(|program| {
             let template = cache::template_for(&cache::state_dir(), &program.kind)?;
@@ -179,8 +200,21 @@ impl Service {
             program.kind,
             template.display()
         );
+        let workload = Workload::Clone { template, program };
+        self.insert_created(req, bundle, mounted, stdin, workload);
+        Ok(0)
+    }
+
+    fn insert_created(
+        &self,
+        req: &api::CreateTaskRequest,
+        bundle: PathBuf,
+        mounted: Option<PathBuf>,
+        stdin: Option<Arc<Stdin>>,
+        workload: Workload,
+    ) {
         let container = Container {
-            bundle: bundle.clone(),
+            bundle,
             mounted,
             stdio: Stdio3 {
                 stdin: req.stdin.clone(),
@@ -188,8 +222,7 @@ impl Service {
                 stderr: req.stderr.clone(),
             },
             stdin,
-            template,
-            program,
+            workload,
             pid: 0,
             exit: Arc::new(ExitCell::default()),
             started: false,
@@ -211,7 +244,6 @@ impl Service {
                 ..Default::default()
             }),
         );
-        Ok(0)
     }
 
     fn start(&self, id: &str) -> Result<u32> {
@@ -225,12 +257,22 @@ impl Service {
                 message: "already started",
             });
         }
-        let cmd = process::command(
-            &cache::vmfork_bin(),
-            &c.template,
-            &c.program,
-            c.stdin.is_some(),
-        );
+        let (template, program) = match &c.workload {
+            Workload::Clone { template, program } => (template, program),
+            Workload::PodSandbox => {
+                // The shim is what holds the sandbox, so its pid is the
+                // sandbox's: the namespace paths containerd writes into
+                // the pod's other specs (/proc/PID/ns/...) then name live
+                // namespaces (the host's; none of them reach a clone).
+                let pid = std::process::id();
+                c.pid = pid;
+                c.started = true;
+                drop(containers);
+                self.publish_start(id, pid);
+                return Ok(pid);
+            }
+        };
+        let cmd = process::command(&cache::vmfork_bin(), template, program, c.stdin.is_some());
         let inner = Arc::clone(&self.0);
         let cid = id.to_string();
         // The pid is only known after the spawn; the exit event needs it.
@@ -261,6 +303,11 @@ impl Service {
         c.pid = pid;
         c.started = true;
         drop(containers);
+        self.publish_start(id, pid);
+        Ok(pid)
+    }
+
+    fn publish_start(&self, id: &str, pid: u32) {
         self.0.publish(
             topics::TASK_START_EVENT_TOPIC,
             Box::new(TaskStart {
@@ -269,7 +316,27 @@ impl Service {
                 ..Default::default()
             }),
         );
-        Ok(pid)
+    }
+
+    /// Ends a task that has no process (not started, or a pod sandbox)
+    /// with `status`, as its waiters and containerd's exit event see it.
+    fn end_without_process(&self, id: &str, pid: u32, cell: &ExitCell, status: u32) {
+        let exit = Exit {
+            status,
+            at: std::time::SystemTime::now(),
+        };
+        cell.set(exit);
+        self.0.publish(
+            topics::TASK_EXIT_EVENT_TOPIC,
+            Box::new(TaskExit {
+                container_id: id.to_string(),
+                id: id.to_string(),
+                pid,
+                exit_status: exit.status,
+                exited_at: timestamp(exit.at),
+                ..Default::default()
+            }),
+        );
     }
 
     fn kill(&self, id: &str, signal: u32) -> Result<()> {
@@ -281,22 +348,18 @@ impl Service {
             Status::Stopped => Err(Error::NotFound(format!("{id}: process already finished"))),
             Status::Created => {
                 // Nothing runs yet: the task just ends, as if killed.
-                let exit = Exit {
-                    status: 128 + signal,
-                    at: std::time::SystemTime::now(),
-                };
-                c.exit.set(exit);
+                let cell = Arc::clone(&c.exit);
                 drop(containers);
-                self.0.publish(
-                    topics::TASK_EXIT_EVENT_TOPIC,
-                    Box::new(TaskExit {
-                        container_id: id.to_string(),
-                        id: id.to_string(),
-                        exit_status: exit.status,
-                        exited_at: timestamp(exit.at),
-                        ..Default::default()
-                    }),
-                );
+                self.end_without_process(id, 0, &cell, 128 + signal);
+                Ok(())
+            }
+            Status::Running if matches!(c.workload, Workload::PodSandbox) => {
+                let (pid, cell) = (c.pid, Arc::clone(&c.exit));
+                drop(containers);
+                if let Some(status) = sandbox_exit(signal) {
+                    log::info!("{id}: pod sandbox ends on signal {signal} (status {status})");
+                    self.end_without_process(id, pid, &cell, status);
+                }
                 Ok(())
             }
             Status::Running => {
@@ -375,7 +438,7 @@ impl Service {
         Ok((c.pid, exit))
     }
 
-    /// (pid, exit, wait cell) of a container.
+    /// (pid, wait cell) of a container.
     fn lookup(&self, id: &str) -> Result<(u32, Arc<ExitCell>)> {
         let containers = self.containers();
         let c = containers
@@ -383,145 +446,28 @@ impl Service {
             .ok_or_else(|| Error::NotFound(id.to_string()))?;
         Ok((c.pid, Arc::clone(&c.exit)))
     }
+
+    /// The pids of the processes a task runs: vmfork's, or none (not
+    /// started, ended, or a pod sandbox, which runs nothing of its own).
+    fn processes(&self, id: &str) -> Result<Vec<u32>> {
+        let containers = self.containers();
+        let c = containers
+            .get(id)
+            .ok_or_else(|| Error::NotFound(id.to_string()))?;
+        let runs = c.status() == Status::Running && matches!(c.workload, Workload::Clone { .. });
+        Ok(if runs { vec![c.pid] } else { Vec::new() })
+    }
 }
 
-impl containerd_shim::Task for Service {
-    fn create(
-        &self,
-        _ctx: &TtrpcContext,
-        req: api::CreateTaskRequest,
-    ) -> TtrpcResult<api::CreateTaskResponse> {
-        let pid = Service::create(self, &req)?;
-        Ok(api::CreateTaskResponse {
-            pid,
-            ..Default::default()
-        })
-    }
-
-    fn start(
-        &self,
-        _ctx: &TtrpcContext,
-        req: api::StartRequest,
-    ) -> TtrpcResult<api::StartResponse> {
-        no_exec(&req.exec_id)?;
-        let pid = Service::start(self, &req.id)?;
-        Ok(api::StartResponse {
-            pid,
-            ..Default::default()
-        })
-    }
-
-    fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
-        no_exec(&req.exec_id)?;
-        let (_, cell) = self.lookup(&req.id)?;
-        let exit = cell.wait();
-        Ok(api::WaitResponse {
-            exit_status: exit.status,
-            exited_at: timestamp(exit.at),
-            ..Default::default()
-        })
-    }
-
-    fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
-        no_exec(&req.exec_id)?;
-        Service::kill(self, &req.id, req.signal)?;
-        Ok(api::Empty::default())
-    }
-
-    fn delete(
-        &self,
-        _ctx: &TtrpcContext,
-        req: api::DeleteRequest,
-    ) -> TtrpcResult<api::DeleteResponse> {
-        no_exec(&req.exec_id)?;
-        let (pid, exit) = Service::delete(self, &req.id)?;
-        Ok(api::DeleteResponse {
-            pid,
-            exit_status: exit.status,
-            exited_at: timestamp(exit.at),
-            ..Default::default()
-        })
-    }
-
-    fn state(
-        &self,
-        _ctx: &TtrpcContext,
-        req: api::StateRequest,
-    ) -> TtrpcResult<api::StateResponse> {
-        no_exec(&req.exec_id)?;
-        let containers = self.containers();
-        let c = containers
-            .get(&req.id)
-            .ok_or_else(|| Error::NotFound(req.id.clone()))?;
-        let status = match c.status() {
-            Status::Created => api::Status::CREATED,
-            Status::Running => api::Status::RUNNING,
-            Status::Stopped => api::Status::STOPPED,
-        };
-        let exit = c.exit.get();
-        Ok(api::StateResponse {
-            id: req.id.clone(),
-            bundle: c.bundle.display().to_string(),
-            pid: c.pid,
-            status: status.into(),
-            stdin: c.stdio.stdin.clone(),
-            stdout: c.stdio.stdout.clone(),
-            stderr: c.stdio.stderr.clone(),
-            exit_status: exit.map_or(0, |e| e.status),
-            exited_at: exit.map_or_else(MessageField::none, |e| timestamp(e.at)),
-            ..Default::default()
-        })
-    }
-
-    fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
-        let (pid, _) = self.lookup(&req.id)?;
-        let processes = if pid == 0 {
-            Vec::new()
-        } else {
-            vec![ProcessInfo {
-                pid,
-                ..Default::default()
-            }]
-        };
-        Ok(api::PidsResponse {
-            processes,
-            ..Default::default()
-        })
-    }
-
-    fn connect(
-        &self,
-        _ctx: &TtrpcContext,
-        req: api::ConnectRequest,
-    ) -> TtrpcResult<api::ConnectResponse> {
-        let task_pid = self.lookup(&req.id).map_or(0, |(pid, _)| pid);
-        Ok(api::ConnectResponse {
-            shim_pid: std::process::id(),
-            task_pid,
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            ..Default::default()
-        })
-    }
-
-    fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
-        no_exec(&req.exec_id)?;
-        let containers = self.containers();
-        let c = containers
-            .get(&req.id)
-            .ok_or_else(|| Error::NotFound(req.id.clone()))?;
-        if req.stdin {
-            if let Some(stdin) = &c.stdin {
-                stdin.close();
-            }
-        }
-        Ok(api::Empty::default())
-    }
-
-    fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
-        if self.containers().is_empty() {
-            log::info!("shutdown: no containers left");
-            self.0.exit.signal();
-        }
-        Ok(api::Empty::default())
+/// How a pod sandbox ends on `signal`, as the pause container it stands in
+/// for would: SIGINT and SIGTERM are its clean shutdown (status 0), other
+/// signals that end a process end it as killed (128 + signal), and the
+/// rest (stop, continue, SIGCHLD, ...) leave it running.
+fn sandbox_exit(signal: u32) -> Option<u32> {
+    let sig = libc::c_int::try_from(signal).ok()?;
+    match process::delivery(sig) {
+        process::Delivery::End if sig == libc::SIGINT || sig == libc::SIGTERM => Some(0),
+        process::Delivery::End => Some(128 + signal),
+        process::Delivery::Pass(_) | process::Delivery::Ignore => None,
     }
 }

@@ -1,7 +1,8 @@
 //! What the shim takes from a bundle's OCI spec: what to run (a Wasm
 //! module, when process.args[0] resolved inside the root filesystem is
 //! one; otherwise the image is a Linux one and the whole root filesystem
-//! is what runs), its arguments, environment and working directory.
+//! is what runs), its arguments, environment and working directory, and,
+//! for a container of a Kubernetes pod, its place in the pod.
 
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
@@ -32,13 +33,43 @@ pub enum Kind {
     Linux { root: PathBuf },
 }
 
+/// The annotations containerd's CRI plugin puts on every container it
+/// creates (containerd 1.6, pkg/cri/annotations): "sandbox" for the pod's
+/// sandbox ("pause") container, "container" for the others.
+pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+/// The pod's sandbox id, on the sandbox and on every container of the pod.
+pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
+/// A container's place in a Kubernetes pod (nothing, outside CRI).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodRole {
+    /// The pod's sandbox container itself.
+    pub sandbox: bool,
+    /// The pod it belongs to.
+    pub sandbox_id: Option<String>,
+}
+
+fn read(bundle: &Path) -> Result<Spec> {
+    let path = bundle.join("config.json");
+    Spec::load(&path).map_err(|source| Error::Spec { path, source })
+}
+
+/// The pod role `BUNDLE/config.json` gives its container.
+pub fn pod_role(bundle: &Path) -> Result<PodRole> {
+    let spec = read(bundle)?;
+    let annotations = spec.annotations().clone().unwrap_or_default();
+    Ok(PodRole {
+        sandbox: annotations.get(CONTAINER_TYPE).map(String::as_str) == Some("sandbox"),
+        sandbox_id: annotations
+            .get(SANDBOX_ID)
+            .filter(|id| !id.is_empty())
+            .cloned(),
+    })
+}
+
 /// Reads `BUNDLE/config.json` and finds the module it names.
 pub fn load(bundle: &Path) -> Result<Program> {
-    let path = bundle.join("config.json");
-    let spec = Spec::load(&path).map_err(|source| Error::Spec {
-        path: path.clone(),
-        source,
-    })?;
+    let spec = read(bundle)?;
     let process = spec.process().as_ref().ok_or(Error::NoModule)?;
     let args = process.args().clone().unwrap_or_default();
     let arg0 = args
