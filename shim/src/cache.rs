@@ -11,14 +11,15 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 
-use crate::error::{io, Error, Result};
+use crate::error::{io, Result};
 use crate::linux;
 use crate::spec::Kind;
+use crate::vmfork;
 
 /// Where the cache lives unless `VMFORK_SHIM_STATE_DIR` says otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/vmfork";
@@ -27,17 +28,6 @@ pub fn state_dir() -> PathBuf {
     std::env::var_os("VMFORK_SHIM_STATE_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
-}
-
-/// `$VMFORK_BIN`, else `vmfork` next to this executable.
-pub fn vmfork_bin() -> PathBuf {
-    if let Some(bin) = std::env::var_os("VMFORK_BIN") {
-        return PathBuf::from(bin);
-    }
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|dir| dir.join("vmfork")))
-        .unwrap_or_else(|| PathBuf::from("vmfork"))
 }
 
 /// The hex SHA-256 of the module's bytes.
@@ -92,31 +82,19 @@ fn unique_dir(parent: &Path, sha: &str) -> Result<PathBuf> {
 }
 
 fn build_wasm(module: &Path, out: &Path) -> Result<()> {
-    let bin = vmfork_bin();
     log::info!(
         "building a template of {} in {}",
         module.display(),
         out.display()
     );
-    let output = Command::new(&bin)
-        .args(["template", "build", "--quiet", "--wasm"])
-        .arg(module)
-        .arg("--out")
-        .arg(out)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| Error::Spawn {
-            bin: bin.clone(),
-            source,
-        })?;
-    if !output.status.success() {
-        return Err(Error::Build {
-            what: format!("vmfork template build --wasm {}", module.display()),
-            status: output.status.to_string(),
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-        });
-    }
-    Ok(())
+    vmfork::build(
+        Command::new(vmfork::bin())
+            .args(["template", "build", "--quiet", "--wasm"])
+            .arg(module)
+            .arg("--out")
+            .arg(out),
+        || format!("vmfork template build --wasm {}", module.display()),
+    )
 }
 
 /// Renames the built template into place. Ok(false) when another build of

@@ -13,8 +13,8 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
-use crate::cache;
 use crate::error::{io, Error, Result};
+use crate::vmfork;
 
 /// Guest memory of a Linux template. The container's memory limit is not
 /// applied (it would have to be part of the cache key); 256 MiB holds a
@@ -119,8 +119,8 @@ pub fn build(state: &Path, root: &Path, key: &str, work: &Path, out: &Path) -> R
     let image = images.join(format!("{key}.ext4"));
     if !image.is_file() {
         let built = work.join("rootfs.ext4");
-        run(
-            Command::new(cache::vmfork_bin())
+        vmfork::build(
+            Command::new(vmfork::bin())
                 .args(["rootfs", "build", "--quiet"])
                 .arg(root)
                 .arg("--out")
@@ -136,8 +136,8 @@ pub fn build(state: &Path, root: &Path, key: &str, work: &Path, out: &Path) -> R
             Err(e) => return Err(io("publishing the rootfs image", &image)(e)),
         }
     }
-    run(
-        Command::new(cache::vmfork_bin())
+    vmfork::build(
+        Command::new(vmfork::bin())
             .args(["template", "build", "--quiet", "--mem", LINUX_MEM])
             .args(["--timeout", BUILD_TIMEOUT])
             .arg("--kernel")
@@ -155,22 +155,6 @@ pub fn build(state: &Path, root: &Path, key: &str, work: &Path, out: &Path) -> R
         },
     )?;
     Ok(())
-}
-
-fn run(cmd: &mut Command, what: impl FnOnce() -> String) -> Result<()> {
-    let bin = PathBuf::from(cmd.get_program());
-    let output = cmd
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|source| Error::Spawn { bin, source })?;
-    if output.status.success() {
-        return Ok(());
-    }
-    Err(Error::Build {
-        what: what(),
-        status: output.status.to_string(),
-        stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-    })
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ mod process;
 mod service;
 mod spec;
 mod stdin;
+mod vmfork;
 
 use std::sync::Arc;
 

@@ -272,7 +272,7 @@ impl Service {
                 return Ok(pid);
             }
         };
-        let cmd = process::command(&cache::vmfork_bin(), template, program, c.stdin.is_some());
+        let cmd = process::command(&crate::vmfork::bin(), template, program, c.stdin.is_some());
         let inner = Arc::clone(&self.0);
         let cid = id.to_string();
         // The pid is only known after the spawn; the exit event needs it.
