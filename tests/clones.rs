@@ -318,3 +318,64 @@ fn clones_spread_over_worker_processes() {
         "{run}"
     );
 }
+
+/// VM fds held by `pid`'s child processes (the workers' clones).
+fn vms_in_children(pid: u32) -> usize {
+    let children =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    children
+        .split_whitespace()
+        .flat_map(|child| {
+            std::fs::read_dir(format!("/proc/{child}/fd"))
+                .into_iter()
+                .flatten()
+        })
+        .flatten()
+        .filter(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy() == "anon_inode:kvm-vm")
+        })
+        .count()
+}
+
+/// SIGTERM ends a `--processes` hold early, as it does without workers:
+/// the workers stop their clones and the summary comes out, status 0.
+#[test]
+fn a_stop_signal_ends_a_hold_over_worker_processes() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let scratch = Scratch::new("procs-hold");
+    let dir = template(&scratch, "quiet=1 touch_mib=2 timer_hz=0");
+    let child = Command::new(vmfork_tests::vmfork_bin())
+        .args([
+            "clone",
+            &dir,
+            "-n",
+            "4",
+            "--processes",
+            "2",
+            "--hold",
+            "600",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("vmfork clone");
+    let pid = child.id();
+    // Every clone's VM exists in a worker: the hold is under way, or about
+    // to be (a signal that comes first waits, blocked, for the hold).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while vms_in_children(pid) < 4 {
+        assert!(Instant::now() < deadline, "the clones never came up");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    let signalled = Instant::now();
+    let run = vmfork_tests::finish(child.wait_with_output().expect("wait"), signalled);
+    assert_eq!(run.status, 0, "{run}");
+    assert!(run.elapsed < Duration::from_secs(30), "{run}");
+    let json = run.json();
+    assert_eq!(json["clones"], 4, "{run}");
+    assert_eq!(json["worker_fd_leaks"], 0, "{run}");
+}

@@ -10,6 +10,7 @@ use serde_json::json;
 use super::clone_args::CloneArgs;
 use super::floor::{floor_json, measure_floor};
 use vmfork_clone::workers::{Workers, WorkersOptions};
+use vmfork_machine::control::StopLatch;
 use vmfork_machine::error::{Error, Result};
 use vmfork_template::{LoadOptions, LoadedTemplate};
 
@@ -37,8 +38,11 @@ pub fn run(args: &CloneArgs, started: Instant) -> Result<()> {
     let floor = measure_floor(args.floor)?;
     let exe = std::env::current_exe()?;
     let workers = Workers::start(opts, |sock, share| worker_command(&exe, args, sock, share))?;
-    if workers.all_up() {
-        std::thread::sleep(args.hold);
+    if workers.all_up() && !args.hold.is_zero() {
+        // As without --processes, SIGINT/SIGTERM end the hold early.
+        let held = StopLatch::default();
+        super::signals::forward_to(held.clone());
+        held.wait_timeout(args.hold);
     }
     let r = workers.stop()?;
     let (floor_us, ratio_vs_floor) = floor_json(r.p50, floor);
