@@ -14,7 +14,7 @@ use vmfork_tests::cri::{
     ImageSpec, KeyValue, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceOption,
     PodSandboxConfig, PodSandboxMetadata,
 };
-use vmfork_tests::Scratch;
+use vmfork_tests::{vmfork, Scratch};
 
 /// The namespace containerd's CRI plugin keeps its images and containers in.
 const NAMESPACE: &str = "k8s.io";
@@ -58,6 +58,54 @@ fn cri_config(scratch: &Scratch) -> String {
         scratch.str("cni/bin"),
         scratch.str("cni/net.d"),
     )
+}
+
+/// Debian's docker-registry on a free loopback port, killed on drop.
+struct Registry {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Registry {
+    fn start(scratch: &Scratch) -> Registry {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = scratch.path("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+                 http:\n  addr: {addr}\n",
+                scratch.str("registry-storage")
+            ),
+        )
+        .expect("registry config");
+        let child = std::process::Command::new("/usr/bin/docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn docker-registry (scripts/setup-host.sh installs it)");
+        let registry = Registry { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&registry.addr).is_err() {
+            assert!(Instant::now() < deadline, "docker-registry never listened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        registry
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Polls `f` until it returns Some, failing the test with `what` and
@@ -398,4 +446,101 @@ fn cri_refuses_what_the_node_cannot_run_with_clear_errors() {
         Duration::from_secs(20),
         || shims_of(&state).is_empty().then_some(()),
     );
+}
+
+/// A node pre-warmed as docs/kubernetes.md describes: the module's
+/// template, built elsewhere and pushed to a registry, is pulled straight
+/// into the shim's cache, and the pod's container clones it with no build.
+#[test]
+fn a_node_prewarmed_from_a_registry_runs_its_first_pod_without_a_build() {
+    let scratch = Scratch::new("cri-prewarm");
+    let state = scratch.path("shim-state");
+    let module = compile_wasi(&scratch, "pod", MODULE_C);
+    let sha = sha256_hex(&module);
+
+    // Elsewhere (CI, another node): build and push.
+    let registry = Registry::start(&scratch);
+    let built = scratch.str("built");
+    let run = vmfork(&[
+        "template",
+        "build",
+        "--wasm",
+        &scratch.str("pod.wasm"),
+        "--quiet",
+        "--out",
+        &built,
+    ]);
+    assert_eq!(run.status, 0, "{run}");
+    let reference = format!("{}/fn/pod-template:{sha}", registry.addr);
+    let run = vmfork(&["template", "push", &built, &reference]);
+    assert_eq!(run.status, 0, "{run}");
+    // On the node, before any pod: pull into the cache.
+    std::fs::create_dir_all(state.join("templates")).expect("cache dir");
+    let cached = state.join("templates").join(&sha);
+    let run = vmfork(&[
+        "template",
+        "pull",
+        &reference,
+        "--out",
+        &cached.to_string_lossy(),
+    ]);
+    assert_eq!(run.status, 0, "{run}");
+
+    let daemon = Containerd::start(&scratch, &state, NAMESPACE, &cri_config(&scratch));
+    let mut client = connect(&daemon);
+    let pause = oci_archive(
+        PAUSE_IMAGE,
+        &[("pause", b"vmfork pod sandbox\n")],
+        &["/pause"],
+    );
+    import(&daemon, &mut client, &scratch, PAUSE_IMAGE, &pause);
+    let app = oci_archive(IMAGE, &[("pod.wasm", &module)], &["/pod.wasm"]);
+    import(&daemon, &mut client, &scratch, IMAGE, &app);
+    let pod = pod_config(&scratch, "warm-pod");
+    let sandbox = client
+        .run_pod_sandbox(&pod, "vmfork")
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", daemon.log_text()));
+    let config = container_config("warm", IMAGE, &["w"], "warm.log");
+    let id = client
+        .create_container(&sandbox, &config, &pod)
+        .expect("CreateContainer");
+    client
+        .start_container(&id)
+        .unwrap_or_else(|e| panic!("StartContainer: {e}\n{}", daemon.log_text()));
+    let exited = poll(
+        &daemon,
+        "the container's exit",
+        Duration::from_secs(60),
+        || {
+            let status = client.container_status(&id).ok()?.status?;
+            (status.state == container_state::EXITED).then_some(status)
+        },
+    );
+    assert_eq!(exited.exit_code, 7, "{exited:?}");
+    let log_path = Path::new(&pod.log_directory).join("warm.log");
+    let lines = poll(
+        &daemon,
+        "the container's log",
+        Duration::from_secs(60),
+        || {
+            let lines = log_lines(&std::fs::read_to_string(&log_path).ok()?);
+            (!lines.is_empty()).then_some(lines)
+        },
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|(s, t)| s == "stdout" && t == "hello from a pod argv0=/pod.wasm w"),
+        "{lines:?}"
+    );
+    // The pulled template was used: the shim built nothing.
+    assert!(
+        !state.join("builds.log").exists(),
+        "the shim built a template: {:?}",
+        std::fs::read_to_string(state.join("builds.log"))
+    );
+    client.stop_pod_sandbox(&sandbox).expect("StopPodSandbox");
+    client
+        .remove_pod_sandbox(&sandbox)
+        .expect("RemovePodSandbox");
 }

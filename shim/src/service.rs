@@ -471,3 +471,18 @@ fn sandbox_exit(signal: u32) -> Option<u32> {
         process::Delivery::Pass(_) | process::Delivery::Ignore => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::sandbox_exit;
+
+    #[test]
+    fn a_sandbox_ends_as_pause_would() {
+        assert_eq!(sandbox_exit(libc::SIGTERM as u32), Some(0));
+        assert_eq!(sandbox_exit(libc::SIGINT as u32), Some(0));
+        assert_eq!(sandbox_exit(libc::SIGKILL as u32), Some(128 + 9));
+        assert_eq!(sandbox_exit(libc::SIGHUP as u32), Some(128 + 1));
+        assert_eq!(sandbox_exit(libc::SIGSTOP as u32), None);
+        assert_eq!(sandbox_exit(libc::SIGCHLD as u32), None);
+    }
+}

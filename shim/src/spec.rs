@@ -226,4 +226,32 @@ mod tests {
         assert!(is_wasm(&module).expect("a module"));
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    #[test]
+    fn reads_the_pod_role_from_cri_annotations() {
+        let dir = scratch("role");
+        let write = |annotations: &str| {
+            let spec = format!(r#"{{"ociVersion":"1.0.2","annotations":{{{annotations}}}}}"#);
+            std::fs::write(dir.join("config.json"), spec).expect("write spec");
+        };
+        write(
+            r#""io.kubernetes.cri.container-type":"sandbox","io.kubernetes.cri.sandbox-id":"pod1""#,
+        );
+        let role = pod_role(&dir).expect("sandbox");
+        assert!(role.sandbox);
+        assert_eq!(role.sandbox_id.as_deref(), Some("pod1"));
+        write(
+            r#""io.kubernetes.cri.container-type":"container","io.kubernetes.cri.sandbox-id":"pod1""#,
+        );
+        assert_eq!(
+            pod_role(&dir).expect("container"),
+            PodRole {
+                sandbox: false,
+                sandbox_id: Some("pod1".into())
+            }
+        );
+        write("");
+        assert_eq!(pod_role(&dir).expect("ctr"), PodRole::default());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
