@@ -95,6 +95,51 @@ pub fn vmfork_within(args: &[&str], envs: &[(&str, &str)], limit: Duration) -> R
     finish(child.wait_with_output().expect("output"), start)
 }
 
+/// What [`sigterm_after_line`] saw: all of stderr, the exit status, and
+/// the time from the signal to the exit.
+pub struct Interrupted {
+    pub stderr: String,
+    pub status: Option<i32>,
+    pub after_signal: Duration,
+}
+
+/// Spawns `vmfork ARGS` with extra environment `envs`, waits for a line
+/// on its stderr that contains `needle` (the event the caller wants the
+/// signal to follow), sends it SIGTERM and waits for it to exit.
+pub fn sigterm_after_line(args: &[&str], envs: &[(&str, &str)], needle: &str) -> Interrupted {
+    use std::io::{BufRead, BufReader, Read};
+    let mut child = Command::new(vmfork_bin())
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn vmfork");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let n = stderr.read_line(&mut line).expect("stderr");
+        assert!(n > 0, "vmfork ended before printing {needle:?}: {seen}");
+        seen.push_str(&line);
+        if line.contains(needle) {
+            break;
+        }
+    }
+    let pid = libc::pid_t::try_from(child.id()).expect("pid");
+    // SAFETY: kill(2) on our own child's pid; no memory involved.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let signalled = Instant::now();
+    stderr.read_to_string(&mut seen).expect("stderr");
+    let status = child.wait().expect("wait").code();
+    Interrupted {
+        stderr: seen,
+        status,
+        after_signal: signalled.elapsed(),
+    }
+}
+
 pub fn vmfork(args: &[&str]) -> Run {
     let start = Instant::now();
     let output = Command::new(vmfork_bin())

@@ -182,14 +182,14 @@ fn exec_carries_status_streams_stdin_env_and_cwd() {
 /// --exec-timeout, and without a line per clone.
 #[test]
 fn a_stop_signal_while_clones_run_a_command_stops_them() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
     let scratch = Scratch::new("linux-interrupt");
     let Some(tpl) = linux_template(&scratch) else {
         return;
     };
-    let mut child = Command::new(vmfork_tests::vmfork_bin())
-        .args([
+    // The progress line for the last clone is the event: both clones are
+    // up, and each was handed its command before it resumed.
+    let run = vmfork_tests::sigterm_after_line(
+        &[
             "clone",
             &tpl,
             "-n",
@@ -199,36 +199,12 @@ fn a_stop_signal_while_clones_run_a_command_stops_them() {
             "--",
             "sleep",
             "600",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("vmfork clone");
-    // The progress line for the last clone is the event: both clones are
-    // up, and each was handed its command before it resumed.
-    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
-    let mut seen = String::new();
-    loop {
-        let mut line = String::new();
-        let n = stderr.read_line(&mut line).expect("stderr");
-        assert!(
-            n > 0,
-            "vmfork clone ended before its clones were up: {seen}"
-        );
-        seen.push_str(&line);
-        if line.contains("2/2") {
-            break;
-        }
-    }
-    // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-    let signalled = std::time::Instant::now();
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stderr, &mut rest).expect("stderr");
-    let status = child.wait().expect("wait");
-    let elapsed = signalled.elapsed();
-    seen.push_str(&rest);
-    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{seen}");
+        ],
+        &[],
+        "2/2",
+    );
+    let seen = &run.stderr;
+    assert_eq!(run.status, Some(128 + libc::SIGTERM), "{seen}");
     assert!(
         seen.contains("vmfork: interrupted by SIGTERM; stopped 2 of 2 clones"),
         "{seen}"
@@ -240,8 +216,9 @@ fn a_stop_signal_while_clones_run_a_command_stops_them() {
     // Far inside the command's own deadline; under TCG a stop takes a few
     // seconds at most.
     assert!(
-        elapsed < Duration::from_secs(60),
-        "took {elapsed:?}: {seen}"
+        run.after_signal < Duration::from_secs(60),
+        "took {:?}: {seen}",
+        run.after_signal
     );
 }
 
