@@ -106,9 +106,17 @@ pub fn parse_requests(mut raw: &[u8]) -> Option<Vec<Request>> {
             return None;
         }
         // HTTP/1.0 closes unless asked to keep alive; 1.1 keeps alive
-        // unless asked to close.
-        let connection = |token: &str| all("connection").any(|v| v.eq_ignore_ascii_case(token));
-        let close = connection("close") || (version == "HTTP/1.0" && !connection("keep-alive"));
+        // unless asked to close. `Connection` is a list whose empty
+        // elements count for nothing (RFC 9110, 5.6.1), as hyper reads
+        // it; one that asks for both is left to the server.
+        let connection = |token: &str| {
+            all("connection").any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        };
+        let (asks_close, asks_keep_alive) = (connection("close"), connection("keep-alive"));
+        if asks_close && asks_keep_alive {
+            return None;
+        }
+        let close = asks_close || (version == "HTTP/1.0" && !asks_keep_alive);
         let (body, rest) = match (lengths.first(), encodings.first()) {
             (None, Some(te)) if te.eq_ignore_ascii_case("chunked") && version == "HTTP/1.1" => {
                 dechunk(rest)?
