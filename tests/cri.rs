@@ -210,6 +210,23 @@ fn info_pid(info: &std::collections::HashMap<String, String>) -> u32 {
     u32::try_from(pid).expect("pid fits u32")
 }
 
+/// After RemovePodSandbox: no task or container is left in containerd,
+/// and the pod's shim has exited.
+fn assert_pod_gone(daemon: &Containerd, state: &Path) {
+    assert_eq!(daemon.ids("tasks"), Vec::<String>::new(), "tasks left");
+    assert_eq!(
+        daemon.ids("containers"),
+        Vec::<String>::new(),
+        "containers left"
+    );
+    poll(
+        daemon,
+        "the pod's shim to exit",
+        Duration::from_secs(20),
+        || shims_of(state).is_empty().then_some(()),
+    );
+}
+
 /// Pids of this test's running shims: the shim binary, with this test's
 /// shim state directory in its environment.
 fn shims_of(state: &Path) -> Vec<u32> {
@@ -355,19 +372,8 @@ fn a_pod_runs_a_wasm_container_through_containerds_cri_plugin() {
     assert!(client.pod_sandbox_status(&sandbox).is_err(), "pod left");
     assert_eq!(client.list_containers().expect("ListContainers"), vec![]);
     assert_eq!(client.list_pod_sandboxes().expect("ListPodSandbox"), vec![]);
-    assert_eq!(daemon.ids("tasks"), Vec::<String>::new(), "tasks left");
-    assert_eq!(
-        daemon.ids("containers"),
-        Vec::<String>::new(),
-        "containers left"
-    );
     // The shim ends with its last task, and takes its socket with it.
-    poll(
-        &daemon,
-        "the pod's shim to exit",
-        Duration::from_secs(20),
-        || shims_of(&state).is_empty().then_some(()),
-    );
+    assert_pod_gone(&daemon, &state);
     let socket = format!(
         "/run/containerd/s/{}",
         sha256_hex(format!("{}/{NAMESPACE}/{sandbox}", daemon.socket).as_bytes())
@@ -434,18 +440,7 @@ fn cri_refuses_what_the_node_cannot_run_with_clear_errors() {
     client
         .remove_pod_sandbox(&sandbox)
         .expect("RemovePodSandbox");
-    assert_eq!(daemon.ids("tasks"), Vec::<String>::new(), "tasks left");
-    assert_eq!(
-        daemon.ids("containers"),
-        Vec::<String>::new(),
-        "containers left"
-    );
-    poll(
-        &daemon,
-        "the pod's shim to exit",
-        Duration::from_secs(20),
-        || shims_of(&state).is_empty().then_some(()),
-    );
+    assert_pod_gone(&daemon, &state);
 }
 
 /// A node pre-warmed as docs/kubernetes.md describes: the module's

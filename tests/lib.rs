@@ -140,6 +140,18 @@ pub fn sigterm_after_line(args: &[&str], envs: &[(&str, &str)], needle: &str) ->
     }
 }
 
+/// C `src` compiled to a WASI command module at `out`, with Debian's clang
+/// and wasi-libc.
+pub fn compile_wasi_file(src: &Path, out: &Path) {
+    let status = Command::new("clang")
+        .args(["--target=wasm32-wasi", "--sysroot=/usr", "-O2", "-o"])
+        .arg(out)
+        .arg(src)
+        .status()
+        .expect("running clang (scripts/setup-host.sh installs it)");
+    assert!(status.success(), "clang {}", src.display());
+}
+
 pub fn vmfork(args: &[&str]) -> Run {
     let start = Instant::now();
     let output = Command::new(vmfork_bin())

@@ -4,7 +4,6 @@
 //! `vmfork template build --wasm` and from deploys over HTTP.
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use vmfork_tests::server::{curl, header, Server};
 use vmfork_tests::{assert_clean_error, vmfork, Scratch};
@@ -13,13 +12,7 @@ use vmfork_tests::{assert_clean_error, vmfork, Scratch};
 fn module(scratch: &Scratch, name: &str) -> PathBuf {
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("wasm/{name}.c"));
     let out = scratch.path(&format!("{name}.wasm"));
-    let status = Command::new("clang")
-        .args(["--target=wasm32-wasi", "--sysroot=/usr", "-O2", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .expect("running clang (scripts/setup-host.sh installs it)");
-    assert!(status.success(), "clang {}", src.display());
+    vmfork_tests::compile_wasi_file(&src, &out);
     out
 }
 

@@ -231,12 +231,6 @@ pub fn compile_wasi(scratch: &Scratch, name: &str, source: &str) -> Vec<u8> {
     let src = scratch.path(&format!("{name}.c"));
     let out = scratch.path(&format!("{name}.wasm"));
     std::fs::write(&src, source).expect("write module source");
-    let status = Command::new("clang")
-        .args(["--target=wasm32-wasi", "--sysroot=/usr", "-O2", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .expect("running clang (scripts/setup-host.sh installs it)");
-    assert!(status.success(), "clang {}", src.display());
+    crate::compile_wasi_file(&src, &out);
     std::fs::read(&out).expect("read the module")
 }
