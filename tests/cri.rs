@@ -156,6 +156,17 @@ fn import(daemon: &Containerd, client: &mut Client, scratch: &Scratch, name: &st
     );
 }
 
+/// The local pause image `sandbox_image` names. It is never run (the
+/// sandbox is no process), but the CRI plugin needs it on the node.
+fn import_pause(daemon: &Containerd, client: &mut Client, scratch: &Scratch) {
+    let pause = oci_archive(
+        PAUSE_IMAGE,
+        &[("pause", b"vmfork pod sandbox\n")],
+        &["/pause"],
+    );
+    import(daemon, client, scratch, PAUSE_IMAGE, &pause);
+}
+
 fn pod_config(scratch: &Scratch, name: &str) -> PodSandboxConfig {
     let log_directory = scratch.path(&format!("pods/{name}"));
     std::fs::create_dir_all(&log_directory).expect("pod log directory");
@@ -268,14 +279,7 @@ fn a_pod_runs_a_wasm_container_through_containerds_cri_plugin() {
     let version = client.version().expect("CRI Version");
     assert_eq!(version.runtime_api_version, "v1", "{version:?}");
 
-    // The sandbox image is never run (the sandbox is no process), but
-    // the CRI plugin needs it on the node.
-    let pause = oci_archive(
-        PAUSE_IMAGE,
-        &[("pause", b"vmfork pod sandbox\n")],
-        &["/pause"],
-    );
-    import(&daemon, &mut client, &scratch, PAUSE_IMAGE, &pause);
+    import_pause(&daemon, &mut client, &scratch);
     let app = oci_archive(IMAGE, &[("pod.wasm", &module)], &["/pod.wasm"]);
     import(&daemon, &mut client, &scratch, IMAGE, &app);
     let limit = Duration::from_secs(60);
@@ -388,12 +392,7 @@ fn cri_refuses_what_the_node_cannot_run_with_clear_errors() {
     let state = scratch.path("shim-state");
     let daemon = Containerd::start(&scratch, &state, NAMESPACE, &cri_config(&scratch));
     let mut client = connect(&daemon);
-    let pause = oci_archive(
-        PAUSE_IMAGE,
-        &[("pause", b"vmfork pod sandbox\n")],
-        &["/pause"],
-    );
-    import(&daemon, &mut client, &scratch, PAUSE_IMAGE, &pause);
+    import_pause(&daemon, &mut client, &scratch);
     let pod = pod_config(&scratch, "bad-pod");
 
     // A RuntimeClass handler the node has not configured.
@@ -483,12 +482,7 @@ fn a_node_prewarmed_from_a_registry_runs_its_first_pod_without_a_build() {
 
     let daemon = Containerd::start(&scratch, &state, NAMESPACE, &cri_config(&scratch));
     let mut client = connect(&daemon);
-    let pause = oci_archive(
-        PAUSE_IMAGE,
-        &[("pause", b"vmfork pod sandbox\n")],
-        &["/pause"],
-    );
-    import(&daemon, &mut client, &scratch, PAUSE_IMAGE, &pause);
+    import_pause(&daemon, &mut client, &scratch);
     let app = oci_archive(IMAGE, &[("pod.wasm", &module)], &["/pod.wasm"]);
     import(&daemon, &mut client, &scratch, IMAGE, &app);
     let pod = pod_config(&scratch, "warm-pod");

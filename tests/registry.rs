@@ -156,6 +156,16 @@ fn push(dir: &str, reference: &str) -> Run {
     vmfork(&["template", "push", dir, reference, "--json"])
 }
 
+/// Pushes `dir` to `reference` and returns the OCI manifest as the
+/// registry stores it (a blob too, under the digest push printed).
+fn push_and_read_manifest(registry: &Registry, dir: &str, reference: &str) -> serde_json::Value {
+    let run = push(dir, reference);
+    assert_eq!(run.status, 0, "{run}");
+    let digest = run.json()["digest"].as_str().expect("digest").to_string();
+    serde_json::from_slice(&std::fs::read(registry.blob_path(&digest)).expect("manifest"))
+        .expect("manifest json")
+}
+
 #[test]
 fn push_then_pull_gives_a_template_that_clones() {
     let scratch = Scratch::new("registry-roundtrip");
@@ -240,14 +250,9 @@ fn a_corrupt_blob_fails_its_digest_and_leaves_no_output() {
     let registry = Registry::start(&scratch, "reg", None);
     let dir = template(&scratch);
     let reference = registry.reference("fn/echo:v1");
-    let run = push(&dir, &reference);
-    assert_eq!(run.status, 0, "{run}");
-    let digest = run.json()["digest"].as_str().expect("digest").to_string();
     // The registry stores the OCI manifest as a blob too: find the memory
     // layer's blob through it, and flip bytes in its middle.
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(registry.blob_path(&digest)).expect("manifest"))
-            .expect("manifest json");
+    let manifest = push_and_read_manifest(&registry, &dir, &reference);
     let memory = manifest["layers"][2]["digest"].as_str().expect("layer");
     let path = registry.blob_path(memory);
     let mut blob = std::fs::read(&path).expect("blob");
@@ -372,12 +377,7 @@ fn a_manifest_that_is_not_a_template_s_is_refused() {
     let registry = Registry::start(&scratch, "reg", None);
     let dir = template(&scratch);
     let reference = registry.reference("fn/echo:v1");
-    let run = push(&dir, &reference);
-    assert_eq!(run.status, 0, "{run}");
-    let digest = run.json()["digest"].as_str().expect("digest").to_string();
-    let original: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(registry.blob_path(&digest)).expect("manifest"))
-            .expect("json");
+    let original = push_and_read_manifest(&registry, &dir, &reference);
     // Stored under new tags through the registry, so that it serves each
     // with its own, consistent digest: only vmfork's checks can refuse it.
     let out = scratch.str("pulled");
