@@ -159,7 +159,10 @@ fn holder_err(sock: &Path, reason: String) -> Error {
 
 /// Serves `dir`'s sealed memory on `sock` until `stop` is set. Returns how
 /// many clients were served.
-pub fn serve(dir: &Path, sock: &Path, stop: Arc<AtomicBool>) -> Result<u64> {
+/// `ready` runs once the socket listens, so that whoever waits for the
+/// holder connects to it rather than to a stale socket file a killed
+/// process left at the same path.
+pub fn serve(dir: &Path, sock: &Path, stop: Arc<AtomicBool>, ready: impl FnOnce()) -> Result<u64> {
     // Its own thread in `clone --processes`, the main thread (stacked on
     // the vmm list) in `template serve`: filtered before anything else.
     vmfork_isolation::seccomp::install(vmfork_isolation::seccomp::ThreadKind::Holder)?;
@@ -173,6 +176,7 @@ pub fn serve(dir: &Path, sock: &Path, stop: Arc<AtomicBool>) -> Result<u64> {
     }
     let listener = vmfork_template::api::bind_socket(sock, "--sock")?;
     listener.set_nonblocking(true)?;
+    ready();
     let mut served = 0u64;
     while !stop.load(Ordering::Acquire) {
         match listener.accept() {

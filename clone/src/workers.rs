@@ -224,30 +224,38 @@ impl Workers {
     }
 }
 
-/// Serves `template` on `sock` from a thread, once the socket exists.
+/// Serves `template` on `sock` from a thread, and returns once it listens.
+/// Waiting for the holder's own word (not for the socket file to appear)
+/// matters: a socket file left by a killed process with the same pid
+/// would otherwise send the workers to a dead socket.
 fn start_holder(
     template: &Path,
     sock: &Path,
     stop: &Arc<AtomicBool>,
 ) -> Result<JoinHandle<Result<u64>>> {
+    let (listening, ready) = std::sync::mpsc::channel();
     let holder = {
         let (dir, sock, stop) = (template.to_path_buf(), sock.to_path_buf(), stop.clone());
         std::thread::Builder::new()
             .name("holder".into())
-            .spawn(move || crate::holder::serve(&dir, &sock, stop))?
+            .spawn(move || {
+                crate::holder::serve(&dir, &sock, stop, move || {
+                    let _ = listening.send(());
+                })
+            })?
     };
-    let deadline = Instant::now() + HOLDER_START_TIMEOUT;
-    while !sock.exists() {
-        if holder.is_finished() || Instant::now() > deadline {
+    match ready.recv_timeout(HOLDER_START_TIMEOUT) {
+        Ok(()) => Ok(holder),
+        Err(e) => {
+            // Disconnected: the holder ended before it listened, and says
+            // why; Timeout: it is still loading, and is told to stop.
             stop.store(true, Ordering::Release);
-            return match holder.join() {
-                Ok(Err(e)) => Err(e),
+            match (e, holder.join()) {
+                (std::sync::mpsc::RecvTimeoutError::Disconnected, Ok(Err(e))) => Err(e),
                 _ => Err(Error::Control("the template holder did not start".into())),
-            };
+            }
         }
-        std::thread::sleep(Duration::from_millis(1));
     }
-    Ok(holder)
 }
 
 fn spawn(mut cmd: Command) -> Result<Worker> {

@@ -357,8 +357,9 @@ fn serve(dir: &std::path::Path, sock: &std::path::Path) -> Result<()> {
             latch.wait();
             flag.store(true, Ordering::Release);
         })?;
-    progress(&format!("holding {} on {}", dir.display(), sock.display()));
-    let served = vmfork_clone::holder::serve(dir, sock, stop)?;
+    let served = vmfork_clone::holder::serve(dir, sock, stop, || {
+        progress(&format!("holding {} on {}", dir.display(), sock.display()))
+    })?;
     progress(&format!("served {served} clone processes"));
     Ok(())
 }
