@@ -62,8 +62,7 @@ pub struct InitFailure {
     pub output: Vec<u8>,
 }
 
-/// An invocation as `next` answers it; shared so that a `next` whose
-/// client vanished can put it back.
+/// An invocation as `next` answers it.
 struct Handoff {
     id: String,
     head: String,
@@ -75,7 +74,7 @@ struct State {
     initializing: bool,
     init_error: Option<Vec<u8>>,
     nexts_waiting: usize,
-    pending: Option<Arc<Handoff>>,
+    pending: Option<Handoff>,
     /// The id that may still be answered.
     current: Option<String>,
     reply: Option<Reply>,
@@ -251,7 +250,7 @@ impl Runtime {
         s.output.truncate(log_cap);
         s.reply = None;
         s.current = Some(handoff.id.clone());
-        s.pending = Some(Arc::new(handoff));
+        s.pending = Some(handoff);
         drop(s);
         self.shared.changed.notify_all();
         let done = |s: &State| s.reply.is_some() || s.exited.is_some();
@@ -398,9 +397,8 @@ fn serve(stream: TcpStream, shared: &Shared) {
 fn read_line(r: &mut impl BufRead, budget: &mut usize, over: Fail) -> Line {
     let mut line = Vec::new();
     let mut limited = r.take(*budget as u64 + 1);
-    let n = limited
-        .read_until(b'\n', &mut line)
-        .map_err(|_| Fail::Gone)?;
+    let n = limited.read_until(b'\n', &mut line);
+    let n = n.map_err(|_| Fail::Gone)?;
     if n > *budget {
         return Err(over);
     }
@@ -497,10 +495,8 @@ fn read_request(r: &mut BufReader<TcpStream>, w: &mut TcpStream) -> Result<Optio
     let read = if chunked {
         read_chunked(r, &mut req.body)?
     } else {
-        r.take(length as u64)
-            .read_to_end(&mut req.body)
-            .map_err(|_| Fail::Gone)?
-            == length
+        let mut limited = r.take(length as u64);
+        limited.read_to_end(&mut req.body).map_err(|_| Fail::Gone)? == length
     };
     // A body cut short by the end of the connection.
     read.then_some(Some(req)).ok_or(Fail::Gone)
@@ -551,12 +547,8 @@ fn response(status: &str, head: &str, body: &[u8], connection: &str) -> Vec<u8> 
 fn error(status: &str, kind: &str, head: &str, connection: &str) -> Vec<u8> {
     let message = status.get(4..).unwrap_or_default();
     let body = format!(r#"{{"errorMessage":"{message}","errorType":"{kind}"}}"#);
-    response(
-        status,
-        &format!("{JSON}{head}"),
-        body.as_bytes(),
-        connection,
-    )
+    let head = format!("{JSON}{head}");
+    response(status, &head, body.as_bytes(), connection)
 }
 
 /// Answers `req`; false when the connection is unusable.
@@ -597,9 +589,10 @@ fn route(shared: &Shared, req: &Request, out: &mut TcpStream) -> bool {
             let body = req.body.clone();
             let error_type = req.header("lambda-runtime-function-error-type");
             let error_type = error_type.map(str::to_string);
-            s.reply = Some(match is_error {
-                true => Reply::Error { error_type, body },
-                false => Reply::Response(body),
+            s.reply = Some(if is_error {
+                Reply::Error { error_type, body }
+            } else {
+                Reply::Response(body)
             });
         }
     }
@@ -827,14 +820,30 @@ while True:
     }
 
     #[test]
-    fn wrong_ids_and_second_answers_are_refused() {
-        let (rt, conn, addr) = raw();
+    fn one_next_at_a_time_and_one_answer_per_id() {
+        let (rt, first, addr) = raw();
+        let mut second = TcpStream::connect(&addr).unwrap();
+        let next = format!("GET {PREFIX}invocation/next HTTP/1.1\r\n\r\n");
+        second.write_all(next.as_bytes()).unwrap();
+        thread::sleep(Duration::from_millis(100));
         let waiting = invoking(rt, inv("w-1", "{}"));
-        assert_eq!(read(&mut BufReader::new(conn)).0, 200);
+        // Whichever of the two waiting nexts gets it, the other gets nothing.
+        let (tx, handed) = mpsc::channel();
+        for c in [first, second] {
+            let tx = tx.clone();
+            thread::spawn(move || {
+                c.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+                let got = BufReader::new(c).fill_buf().map(|b| b.to_vec());
+                tx.send(got.unwrap_or_default()).unwrap();
+            });
+        }
+        assert!(handed.recv().unwrap().starts_with(b"HTTP/1.1 200 OK\r\n"));
         assert_eq!(send(&addr, &post("other", "x")).0, 400);
         assert_eq!(send(&addr, &post("w-1", "first")).0, 202);
         assert_eq!(send(&addr, &post("w-1", "second")).0, 400);
-        assert!(matches!(waiting.join().unwrap().1, Reply::Response(b) if b == b"first"));
+        let (_rt, reply) = waiting.join().unwrap();
+        assert!(matches!(reply, Reply::Response(b) if b == b"first"));
+        assert_eq!(handed.recv().unwrap(), b"");
     }
 
     #[test]
