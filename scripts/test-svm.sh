@@ -47,7 +47,7 @@ RUN_LIMIT=${SVM_RUN_LIMIT:-1800}
 # templates, the KVM floor); serve (functions, limits and faults over
 # HTTP); a distribution's kernel (tests/linux_distro.rs, ignored outside
 # the rig, hence --include-ignored); program functions over CGI; the Wasm
-# guest and Wasm functions (all of both); Linux images under containerd
+# guest and Wasm functions (all of both); Lambda functions; Linux images under containerd
 # (containerd runs inside the rig). Left out: the long soak-like tests.
 # Under TCG everything runs 15-40x slower.
 plan=(
@@ -55,6 +55,7 @@ plan=(
     "linux_clones"
     "linux_distro"
     "program_functions"
+    "lambda_functions"
     "wasm_guest"
     "wasm_functions"
     "boot"
@@ -206,6 +207,10 @@ bash scripts/build-linux-guest.sh >/dev/null
 # download or run mkinitramfs in the read-only host root, so the cache is
 # filled here and the tests find it there.
 bash scripts/distro-kernel.sh >/dev/null
+# The Lambda function of tests/lambda_functions.rs: cargo needs crates.io
+# and a writable cache, so it is built (once, cached) here, and the tests
+# are told where (the rig has no Rust toolchain on its PATH to find it).
+lambda_fn="$(bash scripts/build-lambda-fn.sh)"
 cargo build --release -q -p vmfork -p vmfork-guest-artifacts -p vmfork-shim
 # The test executables' paths, by suite name.
 declare -A exe
@@ -230,7 +235,7 @@ cleanup() {
 trap cleanup EXIT
 
 {
-    echo "export HOME=${HOME@Q} TMPDIR=/run/tmp NO_COLOR=1"
+    echo "export HOME=${HOME@Q} TMPDIR=/run/tmp NO_COLOR=1 VMFORK_LAMBDA_FN=${lambda_fn@Q}"
     if [ -n "${XDG_CACHE_HOME:-}" ]; then echo "export XDG_CACHE_HOME=${XDG_CACHE_HOME@Q}"; fi
     echo "cd ${repo@Q} || exit 1"
     echo "r=/run/svm"

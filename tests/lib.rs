@@ -251,6 +251,7 @@ pub mod exit {
     pub const ISOLATION: i32 = 19;
     pub const PAGE_SERVER: i32 = 20;
     pub const ROOTFS_CHANGED: i32 = 21;
+    pub const FUNCTION_INIT: i32 = 27;
 }
 
 /// One of the cached Linux guest artifacts (`kind` linux: vmlinux,

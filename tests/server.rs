@@ -4,6 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -47,18 +48,35 @@ impl Server {
 
     /// [`Server::start`] listening on `listen`.
     pub fn start_on(listen: &str, templates: &[(&str, String)], extra: &[&str]) -> Server {
+        Self::spawn(listen, templates, extra, None)
+    }
+
+    /// [`Server::start`] with the server's log (its stderr, at `info`,
+    /// where functions' output goes) in `log`.
+    pub fn start_logging(templates: &[(&str, String)], extra: &[&str], log: &Path) -> Server {
+        let file = std::fs::File::create(log).expect("create the server log");
+        Self::spawn("127.0.0.1:0", templates, extra, Some(file))
+    }
+
+    fn spawn(
+        listen: &str,
+        templates: &[(&str, String)],
+        extra: &[&str],
+        log: Option<std::fs::File>,
+    ) -> Server {
         let mut args = vec!["serve".to_string(), "--listen".into(), listen.into()];
         for (name, dir) in templates {
             args.push("--template".into());
             args.push(format!("{name}={dir}"));
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut child = Command::new(vmfork_bin())
-            .args(&args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn serve");
+        let mut command = Command::new(vmfork_bin());
+        command.args(&args).stdout(Stdio::piped());
+        match log {
+            Some(file) => command.stderr(file).env("VMFORK_LOG", "info"),
+            None => command.stderr(Stdio::inherit()),
+        };
+        let mut child = command.spawn().expect("spawn serve");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
         BufReader::new(stdout)

@@ -54,7 +54,7 @@ impl Outcome {
 
 /// The largest cap that still lets both streams and the header fit the
 /// mailbox's response half.
-fn cap(requested: u32) -> usize {
+pub fn cap(requested: u32) -> usize {
     (requested as usize).min((abi::MAX_BODY - abi::EXEC_RESULT_HEADER_SIZE) / 2)
 }
 
@@ -193,7 +193,7 @@ pub fn run(request: &ExecRequest<'_>) -> Outcome {
     }
 }
 
-fn exit_of(status: ExitStatus) -> (u32, u32) {
+pub fn exit_of(status: ExitStatus) -> (u32, u32) {
     match (status.code(), status.signal()) {
         (Some(code), _) => (abi::EXEC_OUTCOME_EXITED, code as u32 & 0xff),
         (None, Some(sig)) => (abi::EXEC_OUTCOME_SIGNALED, sig as u32),

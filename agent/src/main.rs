@@ -8,6 +8,9 @@
 //!   `CLOCK_REALTIME` from the host, and the clone id in
 //!   `/run/vmfork/clone-id`;
 //! - runs EXEC requests from the mailbox (the exec protocol);
+//! - for a Lambda template, starts the function the VMM left in the
+//!   mailbox before READY, under the Lambda Runtime API, and hands it one
+//!   invocation per Lambda EXEC (invoke.rs, lambda.rs);
 //! - ends the VM on EXIT, after a sync, and likewise when `poweroff`,
 //!   `halt` or `reboot` signal it (the VMM cannot power-cycle a guest).
 //!
@@ -16,6 +19,9 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod exec;
+mod invoke;
+mod lambda;
+mod lambda_http;
 mod mailbox;
 mod sys;
 
@@ -51,6 +57,8 @@ struct Agent {
     mem: mailbox::PhysMem,
     urandom: std::fs::File,
     invocations: u32,
+    /// The Lambda function started at boot, if the VMM asked for one.
+    function: Option<invoke::Function>,
 }
 
 impl Agent {
@@ -90,7 +98,18 @@ impl Agent {
             Ok(Err(why)) => Err(why),
             Ok(Ok(body)) => match abi::ExecRequest::parse(&body) {
                 Err(e) => Err(format!("exec request: {}", e.reason())),
-                Ok(request) => Ok(exec::run(&request).encode()),
+                Ok(request) => match request.header.flags {
+                    abi::EXEC_FLAG_LAMBDA_INVOKE => match &mut self.function {
+                        Some(f) => f.invoke(&request).map(|outcome| outcome.encode()),
+                        None => Err("no Lambda function runs in this guest \
+                                     (its template was not built with --lambda)"
+                            .into()),
+                    },
+                    abi::EXEC_FLAG_LAMBDA_INIT => {
+                        Err("a Lambda function is started at boot, not by EXEC".into())
+                    }
+                    _ => Ok(exec::run(&request).encode()),
+                },
             },
         };
         let (status, body) = match answer {
@@ -99,6 +118,40 @@ impl Agent {
         };
         if let Err(e) = self.mem.respond(status, &body, self.invocations) {
             say(&format!("error: writing the response: {e}"));
+        }
+    }
+
+    /// Starts the Lambda function the VMM wrote into the mailbox before
+    /// boot, if it did, and returns once it waits for its first
+    /// invocation. One that fails gets its result written back and the VM
+    /// ended, so the template build reports it.
+    fn start_function(&mut self) {
+        let Ok(Ok(body)) = self.mem.request() else {
+            return;
+        };
+        let request = match abi::ExecRequest::parse(&body) {
+            Ok(r) if r.header.flags == abi::EXEC_FLAG_LAMBDA_INIT => r,
+            _ => return,
+        };
+        say("starting the Lambda function");
+        let echo = |bytes: &[u8]| {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(bytes);
+            let _ = out.flush();
+        };
+        match invoke::start(&request, echo) {
+            Ok(function) => {
+                say("the Lambda function waits for its first invocation");
+                self.function = Some(function);
+            }
+            Err(outcome) => {
+                say("the Lambda function failed during init");
+                if let Err(e) = self.mem.respond(abi::STATUS_OK, &outcome.encode(), 0) {
+                    say(&format!("error: writing the init result: {e}"));
+                }
+                sys::outl(abi::READY_PORT, abi::EXIT_TAG | 1);
+                idle_forever("the VMM did not stop the VM after a failed init");
+            }
         }
     }
 
@@ -135,15 +188,21 @@ fn main() {
         mem,
         urandom,
         invocations: 0,
+        function: None,
     };
     sys::end_vm_on_power_signals();
+    agent.start_function();
     say("READY");
     sys::outl(abi::READY_PORT, abi::READY);
     let mut acknowledge = false;
     loop {
         // Children of finished requests and orphans are reaped while no
-        // request's child is being waited for.
-        sys::reap_orphans();
+        // request's child is being waited for; never beside a Lambda
+        // function, whose exit status its own waiter must get (a clone
+        // lives for one invocation, so its zombies go with it).
+        if agent.function.is_none() {
+            sys::reap_orphans();
+        }
         let port = if acknowledge {
             abi::ACK_WAIT_PORT
         } else {

@@ -26,7 +26,8 @@ pub const EXEC_VERSION: u32 = 1;
 pub struct ExecRequestHeader {
     /// [`EXEC_VERSION`].
     pub version: u32,
-    /// No flag is defined yet; a reader refuses a request with any set.
+    /// At most one of the `EXEC_FLAG_*` values; a reader refuses any
+    /// other bit.
     pub flags: u32,
     /// Bytes of stdout, and separately of stderr, the agent keeps; more is
     /// read and dropped, and the result's truncation flags say so.
@@ -38,6 +39,21 @@ pub struct ExecRequestHeader {
 
 /// Bytes of an [`ExecRequestHeader`].
 pub const EXEC_REQUEST_HEADER_SIZE: usize = size_of::<ExecRequestHeader>();
+
+/// Start the program as an AWS Lambda function: the agent serves the
+/// Lambda Runtime API to it on loopback, and answers once the function
+/// waits in its first `next` (the point a template is taken at), or with
+/// how it failed (it exited, posted an init error, or outran
+/// `timeout_ms`) and its output. The VMM writes this request into the
+/// mailbox before a cold boot; the agent looks for it once, at start.
+pub const EXEC_FLAG_LAMBDA_INIT: u32 = 1;
+/// One invocation of the Lambda function the agent started: stdin is the
+/// event, [`EXEC_FIELD_HEADER`] fields its metadata, `timeout_ms` its
+/// deadline. The result's stdout is the function's response (or, with
+/// [`EXEC_OUTCOME_FUNCTION_ERROR`], its error body) and its stderr what
+/// the function logged meanwhile. The argument fields name the function
+/// and must match the one running.
+pub const EXEC_FLAG_LAMBDA_INVOKE: u32 = 2;
 
 /// After the header come fields, each a `u32` kind, a `u32` length and that
 /// many bytes, packed. Arguments in order, `argv[0]` (the program, looked
@@ -51,6 +67,9 @@ pub const EXEC_FIELD_CWD: u32 = 3;
 /// Bytes for the program's stdin (at most one; without it stdin is
 /// `/dev/null`). The agent closes stdin after writing them.
 pub const EXEC_FIELD_STDIN: u32 = 4;
+/// A `Name: value` line of an invocation's metadata (only with
+/// [`EXEC_FLAG_LAMBDA_INVOKE`]): the Runtime API headers of its `next`.
+pub const EXEC_FIELD_HEADER: u32 = 5;
 /// Bytes of a field's kind and length.
 pub const EXEC_FIELD_HEADER_SIZE: usize = 8;
 
@@ -87,6 +106,9 @@ pub const EXEC_OUTCOME_TIMED_OUT: u32 = 3;
 /// A WebAssembly program trapped; `value` is 0 and stderr ends with the
 /// trap's message.
 pub const EXEC_OUTCOME_TRAPPED: u32 = 4;
+/// A Lambda function answered its invocation with an error (`/error`, or
+/// `/init/error` during init); stdout is the error body it posted.
+pub const EXEC_OUTCOME_FUNCTION_ERROR: u32 = 5;
 /// Stdout was longer than `output_cap`; what follows is its start.
 pub const EXEC_STDOUT_TRUNCATED: u32 = 1;
 /// Stderr was longer than `output_cap`.
@@ -226,7 +248,8 @@ pub struct ExecRequest<'a> {
 
 impl<'a> ExecRequest<'a> {
     /// Checks a whole request body: version, flags, every field's kind and
-    /// length, one program at least, cwd and stdin at most once.
+    /// length, one program at least, cwd and stdin at most once, header
+    /// fields only in a Lambda invocation.
     pub fn parse(body: &'a [u8]) -> Result<ExecRequest<'a>, ExecError> {
         let header = ExecRequestHeader {
             version: word(body, 0)?,
@@ -237,7 +260,10 @@ impl<'a> ExecRequest<'a> {
         if header.version != EXEC_VERSION {
             return Err(ExecError::Version(header.version));
         }
-        if header.flags != 0 {
+        if !matches!(
+            header.flags,
+            0 | EXEC_FLAG_LAMBDA_INIT | EXEC_FLAG_LAMBDA_INVOKE
+        ) {
             return Err(ExecError::Flags(header.flags));
         }
         let request = ExecRequest {
@@ -252,6 +278,7 @@ impl<'a> ExecRequest<'a> {
                 EXEC_FIELD_ENV => {}
                 EXEC_FIELD_CWD => cwd += 1,
                 EXEC_FIELD_STDIN => stdin += 1,
+                EXEC_FIELD_HEADER if header.flags == EXEC_FLAG_LAMBDA_INVOKE => {}
                 other => return Err(ExecError::FieldKind(other)),
             }
             if cwd > 1 || stdin > 1 {
@@ -343,7 +370,7 @@ impl<'a> ExecResult<'a> {
         if header.version != EXEC_VERSION {
             return Err(ExecError::Version(header.version));
         }
-        if header.outcome > EXEC_OUTCOME_TRAPPED {
+        if header.outcome > EXEC_OUTCOME_FUNCTION_ERROR {
             return Err(ExecError::Outcome(header.outcome));
         }
         if header.flags & !(EXEC_STDOUT_TRUNCATED | EXEC_STDERR_TRUNCATED) != 0 {
@@ -368,10 +395,14 @@ mod tests {
     use super::*;
 
     fn request(buf: &mut [u8], fields: &[(u32, &[u8])]) -> usize {
+        request_with(buf, 0, fields)
+    }
+
+    fn request_with(buf: &mut [u8], flags: u32, fields: &[(u32, &[u8])]) -> usize {
         let mut w = ExecWriter::new(buf);
         w.request_header(&ExecRequestHeader {
             version: EXEC_VERSION,
-            flags: 0,
+            flags,
             output_cap: 64,
             timeout_ms: 0,
         })
@@ -450,6 +481,38 @@ mod tests {
         assert_eq!(
             ExecRequest::parse(&buf[..n]).unwrap_err(),
             ExecError::Version(2)
+        );
+    }
+
+    #[test]
+    fn lambda_flags_and_header_fields() {
+        let mut buf = [0u8; 256];
+        let fields: &[(u32, &[u8])] = &[
+            (EXEC_FIELD_ARG, b"/var/task/bootstrap"),
+            (EXEC_FIELD_HEADER, b"Lambda-Runtime-Aws-Request-Id: 1"),
+            (EXEC_FIELD_STDIN, b"{}"),
+        ];
+        let n = request_with(&mut buf, EXEC_FLAG_LAMBDA_INVOKE, fields);
+        let r = ExecRequest::parse(&buf[..n]).unwrap();
+        assert_eq!(
+            r.one(EXEC_FIELD_HEADER),
+            Some(&b"Lambda-Runtime-Aws-Request-Id: 1"[..])
+        );
+        // Metadata belongs to an invocation only.
+        for flags in [0, EXEC_FLAG_LAMBDA_INIT] {
+            let n = request_with(&mut buf, flags, fields);
+            assert_eq!(
+                ExecRequest::parse(&buf[..n]).unwrap_err(),
+                ExecError::FieldKind(EXEC_FIELD_HEADER)
+            );
+        }
+        let n = request_with(&mut buf, EXEC_FLAG_LAMBDA_INIT, &fields[..1]);
+        assert!(ExecRequest::parse(&buf[..n]).is_ok());
+        let both = EXEC_FLAG_LAMBDA_INIT | EXEC_FLAG_LAMBDA_INVOKE;
+        let n = request_with(&mut buf, both, &fields[..1]);
+        assert_eq!(
+            ExecRequest::parse(&buf[..n]).unwrap_err(),
+            ExecError::Flags(both)
         );
     }
 

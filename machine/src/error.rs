@@ -79,6 +79,10 @@ pub enum Error {
     /// The registry wants credentials, or refused the ones given.
     #[error("{0}")]
     RegistryAuth(String),
+    /// A Lambda function failed during its init phase, so no template
+    /// could be taken (its output follows the first line).
+    #[error("{0}")]
+    FunctionInit(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     /// A stop signal ended the work early. The CLI exits with 128 + the
@@ -121,6 +125,7 @@ impl Error {
             Error::RootfsChanged { .. } => 21,
             Error::Registry(_) => 25,
             Error::RegistryAuth(_) => 26,
+            Error::FunctionInit(_) => 27,
             Error::Interrupted(_) => 130,
             Error::Reported(code) => *code,
         }

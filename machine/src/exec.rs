@@ -35,6 +35,10 @@ pub struct ExecSpec {
     pub output_cap: u32,
     /// Killed (with its process group) past this; None for no limit.
     pub timeout: Option<Duration>,
+    /// `abi::EXEC_FLAG_*`: 0 for a program, or a Lambda init/invocation.
+    pub flags: u32,
+    /// `Name: value` metadata of a Lambda invocation.
+    pub headers: Vec<Vec<u8>>,
 }
 
 impl ExecSpec {
@@ -63,7 +67,8 @@ impl ExecSpec {
             .iter()
             .chain(&self.env)
             .chain(&self.cwd)
-            .chain(&self.stdin);
+            .chain(&self.stdin)
+            .chain(&self.headers);
         let needed = fields.fold(abi::EXEC_REQUEST_HEADER_SIZE, |n, f| {
             n.saturating_add(abi::EXEC_FIELD_HEADER_SIZE)
                 .saturating_add(f.len())
@@ -78,7 +83,7 @@ impl ExecSpec {
         };
         w.request_header(&ExecRequestHeader {
             version: abi::EXEC_VERSION,
-            flags: 0,
+            flags: self.flags,
             output_cap: self.output_cap,
             timeout_ms,
         })
@@ -94,6 +99,9 @@ impl ExecSpec {
         }
         if let Some(stdin) = &self.stdin {
             w.field(abi::EXEC_FIELD_STDIN, stdin).map_err(too_big)?;
+        }
+        for header in &self.headers {
+            w.field(abi::EXEC_FIELD_HEADER, header).map_err(too_big)?;
         }
         let len = w.len();
         buf.truncate(len);
@@ -117,6 +125,11 @@ pub struct ExecEntry {
     pub env: Vec<String>,
     #[serde(default)]
     pub cwd: Option<String>,
+    /// Set for an AWS Lambda function (`template build --lambda`): the
+    /// program was started before the snapshot and each request is one
+    /// invocation of it (crate::lambda).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lambda: Option<crate::lambda::LambdaEntry>,
 }
 
 impl ExecEntry {
@@ -134,6 +147,7 @@ impl ExecEntry {
             // comes last, so the image's own tools win.
             env: vec![DEFAULT_PATH.into()],
             cwd: None,
+            lambda: None,
         })
     }
 
@@ -158,6 +172,8 @@ impl ExecEntry {
             stdin: Some(stdin),
             output_cap,
             timeout: Some(timeout),
+            flags: 0,
+            headers: Vec::new(),
         }
     }
 }
@@ -173,6 +189,8 @@ pub enum ExecOutcome {
     TimedOut,
     /// A WebAssembly program trapped (the trap is the end of its stderr).
     Trapped,
+    /// A Lambda function answered with an error: stdout is its body.
+    FunctionError,
 }
 
 impl ExecOutcome {
@@ -186,6 +204,7 @@ impl ExecOutcome {
             ExecOutcome::TimedOut => 124,
             // As a process aborted by SIGABRT.
             ExecOutcome::Trapped => 134,
+            ExecOutcome::FunctionError => 1,
         }
     }
 }
@@ -202,6 +221,7 @@ impl std::fmt::Display for ExecOutcome {
             ),
             ExecOutcome::TimedOut => write!(f, "timed out and was killed"),
             ExecOutcome::Trapped => write!(f, "trapped (the trap is on its stderr)"),
+            ExecOutcome::FunctionError => write!(f, "answered with an error"),
         }
     }
 }
@@ -262,6 +282,7 @@ pub fn read_result(mem: &GuestMemoryMmap) -> Result<ExecOutput> {
         abi::EXEC_OUTCOME_SIGNALED => ExecOutcome::Signaled(h.value),
         abi::EXEC_OUTCOME_SPAWN_FAILED => ExecOutcome::SpawnFailed(h.value),
         abi::EXEC_OUTCOME_TRAPPED => ExecOutcome::Trapped,
+        abi::EXEC_OUTCOME_FUNCTION_ERROR => ExecOutcome::FunctionError,
         _ => ExecOutcome::TimedOut,
     };
     Ok(ExecOutput {
@@ -308,6 +329,7 @@ mod tests {
             stdin: Some(b"input".to_vec()),
             output_cap: 100,
             timeout: Some(Duration::from_secs(2)),
+            ..ExecSpec::default()
         };
         let body = spec.encode().expect("encode");
         let r = abi::ExecRequest::parse(&body).expect("parse");

@@ -12,6 +12,7 @@ pub mod error;
 pub mod exec;
 pub mod floor;
 pub mod kvm_host;
+pub mod lambda;
 pub mod machine;
 pub mod mailbox;
 pub mod memory;

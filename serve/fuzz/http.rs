@@ -134,6 +134,7 @@ impl HttpTarget {
             templates.push((name.to_string(), dir));
         }
         let config = ServeConfig {
+            api_gateway: Vec::new(),
             templates,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             max_concurrency: 8,

@@ -222,6 +222,7 @@ fn build_function(
         template,
         limits,
         deployed: true,
+        api_gateway: false,
     })
 }
 
@@ -254,6 +255,7 @@ pub fn restore_all(settings: &BuildSettings, registry: &Registry) -> Result<()> 
                 template,
                 limits: record.limits,
                 deployed: true,
+                api_gateway: false,
             })
         });
         match loaded {

@@ -199,21 +199,29 @@ async fn invoke(
         return text(StatusCode::NOT_FOUND, format!("no function named {name:?}"));
     };
     let (function, limits) = (entry.function.clone(), entry.limits);
-    let program = function.program().is_some();
+    let lambda = function.program().and_then(|e| e.lambda.clone());
+    // Lambda's Invoke API is a POST to the function itself; behind an API
+    // Gateway proxy mapping any method and path reach it, as CGI does.
+    let program = function.program().is_some() && (lambda.is_none() || entry.api_gateway);
     let path_info = params.get("path").map(|p| format!("/{p}")).or_else(|| {
         // `/invoke/`: the sub-path is just the slash.
         request.uri().path().ends_with('/').then(|| "/".to_string())
     });
+    let kind = if lambda.is_some() {
+        "a Lambda function (Invoke API)"
+    } else {
+        "a built-in function"
+    };
     if !program && path_info.is_some() {
         return text(
             StatusCode::NOT_FOUND,
-            format!("{name} is a built-in function, with no sub-paths"),
+            format!("{name} is {kind}, with no sub-paths"),
         );
     }
     if !program && request.method() != Method::POST {
         let mut r = text(
             StatusCode::METHOD_NOT_ALLOWED,
-            format!("{name} is a built-in function: POST /v1/functions/{name}/invoke"),
+            format!("{name} is {kind}: POST /v1/functions/{name}/invoke"),
         );
         r.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
@@ -242,9 +250,46 @@ async fn invoke(
     let request_id = state
         .next_request
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let payload = match function.program() {
-        None => Payload::Body(body),
-        Some(entry) => {
+    let invocation = lambda
+        .as_ref()
+        .map(|l| super::lambda::invocation(l.arn(), limits.timeout));
+    let payload = match (function.program(), &invocation) {
+        (None, _) => Payload::Body(body),
+        (Some(program), Some(invocation)) => {
+            let event = if entry.api_gateway {
+                let addrs = parts.extensions.get::<ConnectionAddrs>().copied();
+                let path = path_info.unwrap_or_else(|| "/".into());
+                super::lambda::proxy_event(
+                    &super::lambda::ProxyRequest {
+                        method: &parts.method,
+                        uri: &parts.uri,
+                        headers: &parts.headers,
+                        path: &path,
+                        peer: addrs.and_then(|a| a.peer),
+                        stage: "vmfork",
+                    },
+                    &invocation.request_id,
+                    &body,
+                )
+            } else {
+                body.to_vec()
+            };
+            let spec = vmfork_machine::lambda::invoke_spec(
+                program,
+                invocation,
+                event,
+                limits.max_output,
+                limits.timeout,
+            );
+            match spec.encode() {
+                Ok(request) => Payload::Exec(request),
+                Err(e) => {
+                    state.metrics.count(Counted::TooLarge);
+                    return text(StatusCode::PAYLOAD_TOO_LARGE, e.to_string());
+                }
+            }
+        }
+        (Some(entry), None) => {
             let addrs = parts.extensions.get::<ConnectionAddrs>().copied();
             let cgi = CgiRequest {
                 script_name: format!("/v1/functions/{name}/invoke"),
@@ -332,8 +377,18 @@ async fn invoke(
             clone_us,
             run_us,
         }) => {
-            let (mut r, counted) =
-                super::program::respond(&function.name, request_id, output, limits.max_output);
+            let (mut r, counted) = match &invocation {
+                Some(invocation) => super::lambda::respond(
+                    &function.name,
+                    &invocation.request_id,
+                    output,
+                    limits.max_output,
+                    entry.api_gateway,
+                ),
+                None => {
+                    super::program::respond(&function.name, request_id, output, limits.max_output)
+                }
+            };
             state.metrics.count(counted);
             timing_headers(r.headers_mut(), clone_us, run_us, None);
             r

@@ -9,6 +9,7 @@ pub mod deploy;
 pub mod function;
 pub mod http;
 pub mod invokers;
+pub mod lambda;
 pub mod limits;
 pub use vmfork_machine::mailbox;
 pub mod metrics;
@@ -39,6 +40,9 @@ use vmfork_template::trust::TrustPolicy;
 
 pub struct ServeConfig {
     pub templates: Vec<(String, PathBuf)>,
+    /// Lambda functions (by --template name) served through an API
+    /// Gateway proxy mapping rather than the Invoke API.
+    pub api_gateway: Vec<String>,
     pub listen: SocketAddr,
     pub max_concurrency: usize,
     pub queue: usize,
@@ -119,6 +123,14 @@ pub fn new_state(
             memory: function.mem_size(),
             ..defaults
         };
+        let api_gateway = config.api_gateway.iter().any(|n| n == name);
+        let is_lambda = function.program().is_some_and(|p| p.lambda.is_some());
+        if api_gateway && !is_lambda {
+            return Err(Error::InvalidArgument(format!(
+                "--api-gateway {name}: its template {} is not a Lambda function's (template build --lambda)",
+                dir.display()
+            )));
+        }
         registry.insert(
             name,
             Entry {
@@ -126,8 +138,18 @@ pub fn new_state(
                 template: dir.clone(),
                 limits,
                 deployed: false,
+                api_gateway,
             },
         );
+    }
+    if let Some(name) = config
+        .api_gateway
+        .iter()
+        .find(|n| !config.templates.iter().any(|(t, _)| t == *n))
+    {
+        return Err(Error::InvalidArgument(format!(
+            "--api-gateway {name}: no --template of that name"
+        )));
     }
     let settings = BuildSettings {
         state_dir: state_dir.clone(),

@@ -18,7 +18,7 @@ pub fn respond(
     output: ExecOutput,
     max_output: u32,
 ) -> (Response, Counted) {
-    log_stderr(function, request, &output);
+    log_stderr(function, &request, &output);
     let failed = |status: StatusCode, why: String| {
         tracing::warn!(function, request, "{why}");
         let counted = if status == StatusCode::GATEWAY_TIMEOUT {
@@ -62,20 +62,22 @@ pub fn respond(
     }
 }
 
-fn log_stderr(function: &str, request: u64, output: &ExecOutput) {
+/// Logs what a program (or a Lambda function, under its request id) wrote
+/// on stderr.
+pub fn log_stderr(function: &str, request: &dyn std::fmt::Display, output: &ExecOutput) {
     if output.stderr.is_empty() {
         return;
     }
     let text = String::from_utf8_lossy(&output.stderr);
     let mut lines = text.lines();
     for line in lines.by_ref().take(MAX_LOGGED_LINES) {
-        tracing::info!(function, request, "stderr: {line}");
+        tracing::info!(function, request = %request, "stderr: {line}");
     }
     let more = lines.count();
     if more > 0 || output.stderr_truncated {
         tracing::info!(
             function,
-            request,
+            request = %request,
             "stderr: {more} more line(s){}",
             if output.stderr_truncated {
                 ", cut at max_output"

@@ -100,6 +100,9 @@ pub struct Entry {
     /// Deployed over HTTP (so DELETE removes its files), rather than given
     /// with `--template`.
     pub deployed: bool,
+    /// A Lambda function behind an API Gateway proxy mapping
+    /// (`--api-gateway NAME`, lambda.rs).
+    pub api_gateway: bool,
 }
 
 #[derive(Default)]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use vmfork_machine::control::{StopLatch, StopReason};
 use vmfork_machine::error::{Error, Result};
-use vmfork_machine::exec::ExecEntry;
+use vmfork_machine::exec::{self, ExecEntry};
 use vmfork_machine::machine::{Machine, MachineConfig};
 use vmfork_machine::stop::stop_result;
 
@@ -42,6 +42,13 @@ pub fn build(
     step("booting the guest");
     let mem = config.mem_size;
     let machine = Machine::cold_boot(config)?;
+    let lambda = exec.as_ref().and_then(|e| Some((e, e.lambda.as_ref()?)));
+    if let Some((entry, lambda)) = lambda {
+        // The agent looks for its function in the mailbox at start; the
+        // firmware-less boot leaves the reserved mailbox as written here.
+        let request = vmfork_machine::lambda::init_spec(entry, lambda).encode()?;
+        vmfork_machine::exec::write_request(machine.memory(), &request)?;
+    }
     let latch = machine.control().latch().clone();
     on_latch(&latch);
     let commands = machine.control().commands().clone();
@@ -50,6 +57,21 @@ pub fn build(
     let parked = commands.wait_parked(Some(deadline)) && commands.ready_at().is_some();
     if !parked {
         let reason = latch.reason().unwrap_or(StopReason::Timeout(timeout));
+        if lambda.is_some() {
+            // The agent's own account of the function's init, if it wrote
+            // one before ending the VM.
+            let report = exec::read_result(running.machine().memory());
+            let _ = running.stop(reason.clone());
+            if let Ok(output) = report {
+                return Err(init_failed(&output));
+            }
+            stop_result(&reason)?;
+            return Err(Error::Timeout(format!(
+                "the Lambda function did not wait for its first invocation within {:.1} s \
+                 (its output is on the console)",
+                timeout.as_secs_f64()
+            )));
+        }
         let _ = running.stop(reason.clone());
         stop_result(&reason)?;
         return Err(Error::Timeout(format!(
@@ -66,4 +88,28 @@ pub fn build(
     let mut machine = running.pause()?;
     let report = crate::snapshot_with(&mut machine, out, false, exec)?;
     Ok(Built { ready_at, report })
+}
+
+/// How many lines of a failed init's output an error shows.
+const INIT_OUTPUT_LINES: usize = 20;
+
+/// A Lambda function that did not reach its first `next`: the agent's
+/// reason (its last line of stderr), then the end of the function's output.
+fn init_failed(output: &exec::ExecOutput) -> Error {
+    let text = String::from_utf8_lossy(&output.stderr);
+    let mut lines: Vec<&str> = text.lines().collect();
+    let why = lines
+        .pop()
+        .map(|l| l.trim_start_matches("vmfork-agent: "))
+        .unwrap_or("it ended")
+        .to_string();
+    let tail = &lines[lines.len().saturating_sub(INIT_OUTPUT_LINES)..];
+    let shown = if tail.is_empty() {
+        "its output was empty".to_string()
+    } else {
+        format!("its output:\n  {}", tail.join("\n  "))
+    };
+    Error::FunctionInit(format!(
+        "the Lambda function failed during init, before its first invocation: {why}; {shown}"
+    ))
 }

@@ -76,6 +76,7 @@ pub fn build_template(
         argv: vec![t.name.to_string()],
         env: Vec::new(),
         cwd: None,
+        lambda: None,
     };
     build(config, out, t.timeout, Some(exec), on_latch, step).map_err(|e| match e {
         // The guest ends itself before READY only when the module failed

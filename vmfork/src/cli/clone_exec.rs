@@ -50,6 +50,7 @@ pub fn request(args: &ExecArgs) -> Result<Option<Arc<Vec<u8>>>> {
         // The parser bounds it to DEFAULT_OUTPUT_CAP.
         output_cap: u32::try_from(args.output_cap).unwrap_or(u32::MAX),
         timeout: Some(args.exec_timeout),
+        ..ExecSpec::default()
     };
     Ok(Some(Arc::new(spec.encode()?)))
 }

@@ -23,6 +23,13 @@ pub struct ServeArgs {
     /// and --state-dir.
     #[arg(long = "template", value_name = "NAME=DIR")]
     pub templates: Vec<String>,
+    /// Serve this Lambda function (a --template NAME) as an API Gateway
+    /// REST proxy integration: any method and sub-path, the request as a
+    /// proxy event, the function's statusCode/headers/body as the
+    /// response (repeatable; docs/linux-functions.md). Without it a Lambda
+    /// function is invoked as by Lambda's Invoke API.
+    #[arg(long = "api-gateway", value_name = "NAME")]
+    pub api_gateway: Vec<String>,
     /// A file holding the bearer token deploys (PUT and DELETE
     /// /v1/functions/NAME) need. Without it, deploying is open to anyone
     /// who can reach a loopback listener, and off on any other.
@@ -139,6 +146,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     }
     let mut config = ServeConfig {
         templates,
+        api_gateway: args.api_gateway.clone(),
         listen: args.listen,
         max_concurrency: args.max_concurrency,
         queue: args.queue,

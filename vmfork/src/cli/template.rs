@@ -133,8 +133,63 @@ pub struct BuildArgs {
     /// guest, initialized (`wizer.initialize` if it exports it) and saved
     /// at its ready point; every request or `vmfork clone -- ARGS` runs
     /// its `_start` in a fresh clone (docs/wasm.md).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "initrd", "rootfs", "function", "cmdline", "exec", "vcpus"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["kernel", "initrd", "rootfs", "function", "cmdline", "exec", "vcpus", "lambda"])]
     pub wasm: Option<PathBuf>,
+    /// Make an AWS Lambda function's template: start this program (a
+    /// custom runtime's `bootstrap`, or e.g. `python3 -m awslambdaric
+    /// app.handler`) with the Lambda Runtime API at
+    /// AWS_LAMBDA_RUNTIME_API, and take the template once it waits for
+    /// its first invocation, so its init ran once. Each request to `vmfork
+    /// serve` is then one invocation in a fresh clone
+    /// (docs/linux-functions.md). Needs --kernel and --rootfs.
+    #[arg(long, value_name = "COMMAND", conflicts_with = "exec")]
+    pub lambda: Option<String>,
+    /// The Lambda function's name (AWS_LAMBDA_FUNCTION_NAME, and its ARN);
+    /// by default the --out directory's name.
+    #[arg(long, value_name = "NAME", requires = "lambda")]
+    pub function_name: Option<String>,
+    /// How long the Lambda function's init may take, to its first wait
+    /// for an invocation (Lambda's own limit is 10 s).
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = Parsed(parse_duration), requires = "lambda")]
+    pub init_timeout: Duration,
+    /// An environment variable NAME=VALUE for the --lambda or --exec
+    /// program (repeatable; it wins over vmfork's defaults).
+    #[arg(long = "env", value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+}
+
+/// The program an --exec or --lambda template records, with --env.
+fn program_entry(args: &BuildArgs) -> Result<Option<ExecEntry>> {
+    if let Some(command) = &args.lambda {
+        let name = match &args.function_name {
+            Some(name) => name.clone(),
+            None => args
+                .out
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        };
+        vmfork_machine::lambda::check_function_name(&name).map_err(|e| match e {
+            Error::InvalidArgument(why) => {
+                Error::InvalidArgument(format!("{why} (name it with --function-name)"))
+            }
+            other => other,
+        })?;
+        return vmfork_machine::lambda::entry(
+            command,
+            &name,
+            args.vm.mem >> 20,
+            &args.env,
+            args.init_timeout,
+        )
+        .map(Some);
+    }
+    let Some(mut entry) = args.exec.clone() else {
+        return Ok(None);
+    };
+    vmfork_machine::lambda::check_env(&args.env)?;
+    entry.env.extend(args.env.iter().cloned());
+    Ok(Some(entry))
 }
 
 fn parse_exec(s: &str) -> std::result::Result<ExecEntry, String> {
@@ -264,12 +319,23 @@ fn progress(message: &str) {
 
 fn build(args: &BuildArgs, started: Instant) -> Result<()> {
     let timeout = args.timeout;
-    if args.exec.is_some() && (args.vm.kernel.is_none() || args.vm.rootfs.is_none()) {
+    let flag = match (&args.exec, &args.lambda) {
+        (Some(_), _) => Some("--exec"),
+        (_, Some(_)) => Some("--lambda"),
+        _ => None,
+    };
+    if let Some(flag) = flag {
+        if args.vm.kernel.is_none() || args.vm.rootfs.is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "{flag} needs a guest with the vmfork agent: a Linux kernel (--kernel) with --rootfs"
+            )));
+        }
+    } else if !args.env.is_empty() {
         return Err(Error::InvalidArgument(
-            "--exec needs a guest with the vmfork agent: a Linux kernel (--kernel) with --rootfs"
-                .into(),
+            "--env sets the environment of an --exec or --lambda program".into(),
         ));
     }
+    let exec = program_entry(args)?;
     // No progress hook inside the build: a spinner over the whole build,
     // its step as the message, and MiB written at the end.
     let progress = Progress::new(
@@ -283,7 +349,7 @@ fn build(args: &BuildArgs, started: Instant) -> Result<()> {
             args.vm.machine_config(started, false)?,
             &args.out,
             timeout,
-            args.exec.clone(),
+            exec,
             |latch| signals::forward_to(latch.clone()),
             |step| progress.set_message(step),
         )?,
