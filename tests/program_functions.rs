@@ -160,3 +160,85 @@ fn exec_needs_a_guest_with_the_agent() {
     ]);
     assert_clean_error(&run, 3, "--exec \"'unbalanced\": unbalanced quotes");
 }
+
+/// A compiled program, as most CGI functions are: static C (no libc in
+/// the image), built here with the host's C compiler.
+const C_PROGRAM: &str = r#"#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+int main(void) {
+    const char *method = getenv("REQUEST_METHOD");
+    printf("Content-Type: text/plain\r\nX-Lang: c\r\n\r\n");
+    printf("method=%s body=", method ? method : "?");
+    int c;
+    while ((c = getchar()) != EOF) putchar(toupper(c));
+    printf("\n");
+    return 0;
+}
+"#;
+
+#[test]
+fn a_static_c_program_serves_cgi_requests() {
+    let scratch = Scratch::new("cgi-c");
+    let kernel = guest_artifact("linux", "vmlinux");
+    let out = scratch.str("tpl");
+    let template = |rootfs: &str| {
+        vmfork(&[
+            "template",
+            "build",
+            "--kernel",
+            &kernel.to_string_lossy(),
+            "--rootfs",
+            rootfs,
+            "--mem",
+            "256M",
+            "--timeout",
+            "120",
+            "--quiet",
+            "--exec",
+            "/usr/bin/upper",
+            "--out",
+            &out,
+        ])
+    };
+    if host_is_pvm() {
+        let plain = guest_artifact("rootfs", "rootfs");
+        let run = template(&plain.to_string_lossy());
+        assert_clean_error(&run, exit::KVM_INTERNAL_ERROR, "emulation failure");
+        return;
+    }
+    let bin = scratch.path("tree/usr/bin");
+    std::fs::create_dir_all(&bin).expect("mkdir");
+    let source = scratch.path("upper.c");
+    std::fs::write(&source, C_PROGRAM).expect("write");
+    let cc = std::process::Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(bin.join("upper"))
+        .arg(&source)
+        .output()
+        .expect("run cc");
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    let img = scratch.str("root.ext4");
+    let run = vmfork(&[
+        "rootfs",
+        "build",
+        &scratch.str("tree"),
+        "--out",
+        &img,
+        "--quiet",
+    ]);
+    assert_eq!(run.status, 0, "{run}");
+    let run = template(&img);
+    assert_eq!(run.status, 0, "{run}");
+    let server = Server::start(&[("upper", out)], &["--timeout", "20s"]);
+    let url = format!("http://{}/v1/functions/upper/invoke", server.addr);
+    let (status, headers, body) = curl(&["--data-binary", "hello from c", &url]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(header(&headers, "x-lang"), Some("c"), "{headers:?}");
+    assert_eq!(body, "method=POST body=HELLO FROM C\n");
+    server.stop();
+}
