@@ -8,35 +8,25 @@
 //! message, which is what is checked there, beside the errors that need
 //! no guest.
 
-use std::path::Path;
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use vmfork_tests::server::{curl, header, Server};
-use vmfork_tests::{assert_clean_error, exit, guest_artifact, host_is_pvm, vmfork, Run, Scratch};
+use vmfork_tests::server::{curl, function_template, header, Server};
+use vmfork_tests::{
+    assert_clean_error, exit, guest_artifact, host_is_pvm, script_path, vmfork, Run, Scratch,
+};
 
 const FUNCTION_NAME: &str = "hello-fn";
 
 /// The static `bootstrap` of tests/lambda-fn: where scripts/test-svm.sh
 /// says it built it, or built (once, cached) now.
-fn bootstrap() -> String {
-    if let Ok(path) = std::env::var("VMFORK_LAMBDA_FN") {
-        return path;
+fn bootstrap() -> PathBuf {
+    match std::env::var_os("VMFORK_LAMBDA_FN") {
+        Some(path) => PathBuf::from(path),
+        None => script_path("build-lambda-fn.sh"),
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-lambda-fn.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
-    assert!(
-        out.status.success(),
-        "{} failed: {}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// An image holding the function at /var/task/bootstrap.
@@ -274,8 +264,12 @@ fn an_api_gateway_mapping_turns_http_into_proxy_events() {
     let Some((tpl, _)) = template() else {
         return;
     };
+    // Beside a built-in function of the default guest: one server takes
+    // every kind of template.
+    let scratch = Scratch::new("lambda-apigw");
+    let echo = function_template(&scratch, "echo", "echo");
     let server = Server::start(
-        &[("hello", tpl.clone()), ("raw", tpl.clone())],
+        &[("hello", tpl.clone()), ("raw", tpl.clone()), ("echo", echo)],
         &["--api-gateway", "hello"],
     );
     let base = format!("http://{}/v1/functions", server.addr);
@@ -294,6 +288,8 @@ fn an_api_gateway_mapping_turns_http_into_proxy_events() {
     let (status, _, body) = post(&format!("{base}/raw/invoke"), r#"{"op":"echo"}"#);
     assert_eq!(status, 200, "{body}");
     assert_eq!(json(&body)["event"]["op"], "echo");
+    let (code, _, body) = server.invoke("echo", b"unikernel");
+    assert_eq!((code, body.as_slice()), (200, &b"unikernel"[..]));
     server.stop();
 }
 

@@ -277,11 +277,13 @@ pub fn guest_artifact(kind: &str, key: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("no {key}= in the output of {} {kind}", tool.display()))
 }
 
-/// A distribution's kernel and its initrd (Debian's, prepared and cached by
-/// scripts/distro-kernel.sh, which scripts/test-svm.sh runs on the host
-/// before the rig boots): (vmlinuz, initrd.img).
-pub fn distro_kernel() -> (PathBuf, PathBuf) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/distro-kernel.sh");
+/// What one of scripts/NAME (a cache-filling script such as
+/// distro-kernel.sh or build-lambda-fn.sh) prints: the path it built or
+/// found.
+pub fn script_path(name: &str) -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scripts")
+        .join(name);
     let output = Command::new("bash")
         .arg(&script)
         .output()
@@ -292,8 +294,14 @@ pub fn distro_kernel() -> (PathBuf, PathBuf) {
         script.display(),
         String::from_utf8_lossy(&output.stderr)
     );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let dir = PathBuf::from(stdout.trim());
+    PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+}
+
+/// A distribution's kernel and its initrd (Debian's, prepared and cached by
+/// scripts/distro-kernel.sh, which scripts/test-svm.sh runs on the host
+/// before the rig boots): (vmlinuz, initrd.img).
+pub fn distro_kernel() -> (PathBuf, PathBuf) {
+    let dir = script_path("distro-kernel.sh");
     (dir.join("vmlinuz"), dir.join("initrd.img"))
 }
 

@@ -7,7 +7,7 @@
 //! ends with the clear exit-11 message, which is what is checked there.
 
 use vmfork_tests::server::{curl, header, Server};
-use vmfork_tests::{assert_clean_error, exit, guest_artifact, host_is_pvm, vmfork, Scratch};
+use vmfork_tests::{assert_clean_error, exit, guest_artifact, host_is_pvm, vmfork, Run, Scratch};
 
 /// One script, its behaviour chosen by PATH_INFO: a CGI answer echoing
 /// the request, a failure, a hang, a custom status.
@@ -23,31 +23,36 @@ echo "stdin=$(wc -c)"
 echo "clone=$(cat /run/vmfork/clone-id)"
 "#;
 
-fn cgi_template(scratch: &Scratch) -> Option<String> {
+/// `vmfork template build --exec EXEC` of our Linux guest on `rootfs`.
+fn build_exec(rootfs: &str, exec: &str, out: &str) -> Run {
     let kernel = guest_artifact("linux", "vmlinux");
-    let rootfs = guest_artifact("rootfs", "rootfs");
-    let out = scratch.str("tpl");
-    let exec = format!(
-        "/.vmfork/bin/busybox sh -c '{}'",
-        SCRIPT.replace('\'', r"'\''")
-    );
-    let run = vmfork(&[
+    vmfork(&[
         "template",
         "build",
         "--kernel",
         &kernel.to_string_lossy(),
         "--rootfs",
-        &rootfs.to_string_lossy(),
+        rootfs,
         "--mem",
         "256M",
         "--timeout",
         "120",
         "--quiet",
         "--exec",
-        &exec,
+        exec,
         "--out",
-        &out,
-    ]);
+        out,
+    ])
+}
+
+fn cgi_template(scratch: &Scratch) -> Option<String> {
+    let rootfs = guest_artifact("rootfs", "rootfs");
+    let out = scratch.str("tpl");
+    let exec = format!(
+        "/.vmfork/bin/busybox sh -c '{}'",
+        SCRIPT.replace('\'', r"'\''")
+    );
+    let run = build_exec(&rootfs.to_string_lossy(), &exec, &out);
     if host_is_pvm() {
         assert_clean_error(&run, exit::KVM_INTERNAL_ERROR, "emulation failure");
         return None;
@@ -180,30 +185,10 @@ int main(void) {
 #[test]
 fn a_static_c_program_serves_cgi_requests() {
     let scratch = Scratch::new("cgi-c");
-    let kernel = guest_artifact("linux", "vmlinux");
     let out = scratch.str("tpl");
-    let template = |rootfs: &str| {
-        vmfork(&[
-            "template",
-            "build",
-            "--kernel",
-            &kernel.to_string_lossy(),
-            "--rootfs",
-            rootfs,
-            "--mem",
-            "256M",
-            "--timeout",
-            "120",
-            "--quiet",
-            "--exec",
-            "/usr/bin/upper",
-            "--out",
-            &out,
-        ])
-    };
     if host_is_pvm() {
         let plain = guest_artifact("rootfs", "rootfs");
-        let run = template(&plain.to_string_lossy());
+        let run = build_exec(&plain.to_string_lossy(), "/usr/bin/upper", &out);
         assert_clean_error(&run, exit::KVM_INTERNAL_ERROR, "emulation failure");
         return;
     }
@@ -232,7 +217,7 @@ fn a_static_c_program_serves_cgi_requests() {
         "--quiet",
     ]);
     assert_eq!(run.status, 0, "{run}");
-    let run = template(&img);
+    let run = build_exec(&img, "/usr/bin/upper", &out);
     assert_eq!(run.status, 0, "{run}");
     let server = Server::start(&[("upper", out)], &["--timeout", "20s"]);
     let url = format!("http://{}/v1/functions/upper/invoke", server.addr);

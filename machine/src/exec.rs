@@ -129,7 +129,28 @@ pub struct ExecEntry {
     /// program was started before the snapshot and each request is one
     /// invocation of it (crate::lambda).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lambda: Option<crate::lambda::LambdaEntry>,
+    pub lambda: Option<LambdaEntry>,
+}
+
+/// The region and account in the ARNs vmfork makes up: there is no AWS
+/// account behind them, and a real-looking one would mislead.
+const ARN_PREFIX: &str = "arn:aws:lambda:local:000000000000:function:";
+
+/// What a Lambda template records beside its command (crate::lambda).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LambdaEntry {
+    /// `AWS_LAMBDA_FUNCTION_NAME`, and the end of the function's ARN.
+    pub function_name: String,
+    /// How long the function may take to reach its first `next`.
+    pub init_timeout_ms: u64,
+}
+
+impl LambdaEntry {
+    /// The ARN each invocation is made under.
+    pub fn arn(&self) -> String {
+        format!("{ARN_PREFIX}{}", self.function_name)
+    }
 }
 
 impl ExecEntry {

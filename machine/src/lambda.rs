@@ -8,31 +8,11 @@ use std::time::Duration;
 use vmfork_guest_abi as abi;
 
 use crate::error::{Error, Result};
+pub use crate::exec::LambdaEntry;
 use crate::exec::{ExecEntry, ExecSpec, DEFAULT_OUTPUT_CAP, DEFAULT_PATH};
 
 /// Lambda's own limit on a function's init phase.
 pub const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The region and account in the ARNs vmfork makes up: there is no AWS
-/// account behind them, and a real-looking one would mislead.
-const ARN_PREFIX: &str = "arn:aws:lambda:local:000000000000:function:";
-
-/// What a Lambda template records beside its command.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LambdaEntry {
-    /// `AWS_LAMBDA_FUNCTION_NAME`, and the end of the function's ARN.
-    pub function_name: String,
-    /// How long the function may take to reach its first `next`.
-    pub init_timeout_ms: u64,
-}
-
-impl LambdaEntry {
-    /// The ARN each invocation is made under.
-    pub fn arn(&self) -> String {
-        format!("{ARN_PREFIX}{}", self.function_name)
-    }
-}
 
 /// A Lambda function's name as AWS allows it: 1 to 64 letters, digits,
 /// hyphens and underscores.
@@ -200,7 +180,10 @@ mod tests {
         assert_eq!(var(&e, "TZ"), Some("Europe/Paris"));
         assert_eq!(var(&e, "A"), Some("b=c"));
         let lambda = e.lambda.clone().expect("lambda");
-        assert_eq!(lambda.arn(), format!("{ARN_PREFIX}hello_fn"));
+        assert_eq!(
+            lambda.arn(),
+            "arn:aws:lambda:local:000000000000:function:hello_fn"
+        );
         let init = init_spec(&e, &lambda).encode().expect("encode");
         let parsed = abi::ExecRequest::parse(&init).expect("parse");
         assert_eq!(parsed.header.flags, abi::EXEC_FLAG_LAMBDA_INIT);
