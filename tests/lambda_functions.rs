@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use base64::Engine;
 use serde_json::Value;
 use vmfork_tests::server::{curl, function_template, header, Server};
 use vmfork_tests::{
@@ -217,6 +218,63 @@ fn invocations_run_once_each_in_fresh_clones_of_the_initialised_function() {
         logged.contains("failing on purpose"),
         "the error body is logged: {logged}"
     );
+
+    // The Invoke API's request headers: a client context for the
+    // function, the end of the logs in the response, a dry run that runs
+    // nothing, and an asynchronous invocation answered at once.
+    let context = "eyJjdXN0b20iOnsiZnJvbSI6ImN1cmwifX0="; // {"custom":{"from":"curl"}}
+    let (status, headers, body) = curl(&[
+        "-H",
+        &format!("X-Amz-Client-Context: {context}"),
+        "-H",
+        "X-Amz-Log-Type: Tail",
+        "--data-binary",
+        r#"{"op":"log","line":"tail me"}"#,
+        &url,
+    ]);
+    assert_eq!(status, 200, "{body}");
+    let tail = header(&headers, "x-amz-log-result").unwrap_or_default();
+    let tail = base64::engine::general_purpose::STANDARD
+        .decode(tail)
+        .unwrap_or_default();
+    let tail = String::from_utf8_lossy(&tail);
+    assert!(tail.contains("tail me"), "{tail:?}");
+    let (status, _, body) = curl(&[
+        "-H",
+        &format!("X-Amz-Client-Context: {context}"),
+        "--data-binary",
+        r#"{"op":"echo"}"#,
+        &url,
+    ]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)["client_custom"]["from"], "curl", "{body}");
+    let (status, _, _) = curl(&["-H", "X-Amz-Invocation-Type: DryRun", "-d", "{}", &url]);
+    assert_eq!(status, 204);
+    let (status, _, body) = curl(&["-H", "X-Amz-Client-Context: !!", "-d", "{}", &url]);
+    assert_eq!(status, 400, "{body}");
+    let marker = "async marker line";
+    let (status, headers, _) = curl(&[
+        "-H",
+        "X-Amz-Invocation-Type: Event",
+        "--data-binary",
+        &format!(r#"{{"op":"log","line":"{marker}"}}"#),
+        &url,
+    ]);
+    assert_eq!(status, 202);
+    let id = header(&headers, "x-amzn-requestid")
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(id.len(), 36, "{headers:?}");
+    // Its result reaches the log; the server's `asynchronous invocation
+    // ended` line is the event to wait for.
+    assert!(
+        server.log_line_within(&log, &id, "asynchronous invocation ended: 200 OK"),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains(marker));
 
     // Limits: a response over --max-output, a body over --max-body, and
     // the Invoke API's shape (POST to the function, no sub-paths).

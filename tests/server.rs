@@ -223,6 +223,23 @@ impl Client {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
+
+    /// Whether a line holding both `a` and `b` reaches the server's `log`
+    /// (from [`Server::start_logging`]) within 60 s (rig speeds): the
+    /// event an asynchronous invocation's end is known by.
+    pub fn log_line_within(&self, log: &Path, a: &str, b: &str) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            if text.lines().any(|l| l.contains(a) && l.contains(b)) {
+                return true;
+            }
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
 }
 
 pub fn header<'a>(headers: &'a [(String, String)], key: &str) -> Option<&'a str> {

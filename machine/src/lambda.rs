@@ -114,6 +114,9 @@ pub struct Invocation {
     pub deadline_ms: u64,
     pub function_arn: String,
     pub trace_id: String,
+    /// The caller's client context (JSON), as Lambda's Invoke API passes
+    /// it on.
+    pub client_context: Option<String>,
 }
 
 /// The request for one invocation of `entry`'s running function: `event`
@@ -146,7 +149,15 @@ pub fn invoke_spec(
                 &invocation.function_arn,
             ),
             header("Lambda-Runtime-Trace-Id", &invocation.trace_id),
-        ],
+        ]
+        .into_iter()
+        .chain(
+            invocation
+                .client_context
+                .as_deref()
+                .map(|c| header("Lambda-Runtime-Client-Context", c)),
+        )
+        .collect(),
     }
 }
 
@@ -210,6 +221,7 @@ mod tests {
             deadline_ms: 1_700_000_000_123,
             function_arn: "arn:x".into(),
             trace_id: "Root=1-a-b".into(),
+            client_context: Some("{}".into()),
         };
         let spec = invoke_spec(&e, &inv, b"{}".to_vec(), 64, Duration::from_secs(3));
         let body = spec.encode().expect("encode");
@@ -218,6 +230,7 @@ mod tests {
         let headers: Vec<_> = r.each(abi::EXEC_FIELD_HEADER).collect();
         assert_eq!(headers[0], b"Lambda-Runtime-Aws-Request-Id: id-1");
         assert_eq!(headers[1], b"Lambda-Runtime-Deadline-Ms: 1700000000123");
+        assert_eq!(headers[4], b"Lambda-Runtime-Client-Context: {}");
         assert_eq!(r.one(abi::EXEC_FIELD_STDIN), Some(&b"{}"[..]));
     }
 }

@@ -15,7 +15,8 @@ use serde_json::json;
 use super::cgi::CgiRequest;
 use super::deploy::{Admin, Builder};
 use super::function::{Outcome, Payload};
-use super::limits::Limits;
+use super::lambda::{InvocationType, InvokeOptions};
+use super::limits::{Admission, Limits};
 use super::metrics::{Counted, Metrics};
 use super::pool::Finished;
 use super::registry::{FunctionLimits, Registry};
@@ -233,6 +234,16 @@ async fn invoke(
     if declared_length(request.headers()).is_some_and(|n| n > state.max_body as u64) {
         return too_large(&state);
     }
+    let options = match (&lambda, entry.api_gateway) {
+        (Some(_), false) => match super::lambda::invoke_options(request.headers()) {
+            Ok(options) => options,
+            Err(why) => return text(StatusCode::BAD_REQUEST, why),
+        },
+        _ => InvokeOptions::default(),
+    };
+    if options.invocation_type == InvocationType::DryRun {
+        return StatusCode::NO_CONTENT.into_response();
+    }
     // Running plus queued invocations are bounded, and so are the bodies
     // buffered for them: admission comes before the body is read.
     let Some(admission) = state.limits.admit() else {
@@ -250,9 +261,9 @@ async fn invoke(
     let request_id = state
         .next_request
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let invocation = lambda
-        .as_ref()
-        .map(|l| super::lambda::invocation(l.arn(), limits.timeout));
+    let invocation = lambda.as_ref().map(|l| {
+        super::lambda::invocation(l.arn(), limits.timeout, options.client_context.clone())
+    });
     let payload = match (function.program(), &invocation) {
         (None, _) => Payload::Body(body),
         (Some(program), Some(invocation)) => {
@@ -313,105 +324,174 @@ async fn invoke(
             }
         }
     };
-    // The slot goes with the VM: it is freed when the VM is stopped, not
-    // when this handler is dropped (a client that hangs up).
-    let Some(slot) = admission.run_slot().await else {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    let pending = Pending {
+        function,
+        limits,
+        payload,
+        invocation,
+        request_id,
+        proxy: entry.api_gateway,
+        tail_logs: options.tail_logs,
+        started,
     };
-    let reaper = state.reaper.clone();
-    let (timeout, metrics, f) = (limits.timeout, state.metrics.clone(), function.clone());
-    let (reply, outcome) = tokio::sync::oneshot::channel();
-    // A job the invokers no longer take (shutting down) drops `reply`:
-    // the outcome below is then an error.
-    let _ = state.invokers.run(move || {
-        f.invoke(
-            Some(slot),
-            &payload,
-            timeout,
-            &metrics,
-            &reaper,
-            |outcome| {
-                let _ = reply.send(outcome);
-            },
-        )
-    });
-    let outcome = outcome.await;
-    // Refill the warm pool for the next request, off this one's path (a
-    // blocking task only when there is something to make, one at a time).
-    if function.claim_refill() {
-        let refill = function.clone();
-        // Once the server is shutting down there is nothing to refill.
-        let _ = state.invokers.run(move || refill.refill_claimed());
+    if options.invocation_type == InvocationType::Event {
+        // Lambda's asynchronous invocation: accepted now (admission above
+        // still bounds how many wait), run when a slot is free, its result
+        // logged. Not retried, and dropped if the server stops first.
+        let id = pending.invocation.as_ref().map(|i| i.request_id.clone());
+        let id = id.unwrap_or_default();
+        let name = pending.function.name.clone();
+        let (task_state, task_id) = (state.clone(), id.clone());
+        tokio::spawn(async move {
+            let r = pending.finish(&task_state, admission).await;
+            tracing::info!(
+                function = name,
+                request = task_id,
+                "asynchronous invocation ended: {}",
+                r.status()
+            );
+        });
+        let mut r = StatusCode::ACCEPTED.into_response();
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            r.headers_mut().insert(super::lambda::REQUEST_ID_HEADER, v);
+        }
+        return r;
     }
-    let response = match outcome {
-        Err(e) => {
-            state.metrics.count(Counted::Error);
-            text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("invocation task failed: {e}"),
+    pending.finish(&state, admission).await
+}
+
+/// An invocation whose body is read and payload encoded, waiting for a
+/// slot to run in.
+struct Pending {
+    function: Arc<super::function::Function>,
+    limits: FunctionLimits,
+    payload: Payload,
+    invocation: Option<vmfork_machine::lambda::Invocation>,
+    /// Numbers it in program functions' logs.
+    request_id: u64,
+    /// Behind an API Gateway proxy mapping.
+    proxy: bool,
+    tail_logs: bool,
+    started: Instant,
+}
+
+impl Pending {
+    /// Runs it in a clone once a slot is free, and answers.
+    async fn finish(self, state: &Arc<AppState>, admission: Admission) -> Response {
+        let Pending {
+            function,
+            limits,
+            payload,
+            invocation,
+            request_id,
+            proxy,
+            tail_logs,
+            started,
+        } = self;
+        // The slot goes with the VM: it is freed when the VM is stopped, not
+        // when this handler is dropped (a client that hangs up).
+        let Some(slot) = admission.run_slot().await else {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+        };
+        let reaper = state.reaper.clone();
+        let (timeout, metrics, f) = (limits.timeout, state.metrics.clone(), function.clone());
+        let (reply, outcome) = tokio::sync::oneshot::channel();
+        // A job the invokers no longer take (shutting down) drops `reply`:
+        // the outcome below is then an error.
+        let _ = state.invokers.run(move || {
+            f.invoke(
+                Some(slot),
+                &payload,
+                timeout,
+                &metrics,
+                &reaper,
+                |outcome| {
+                    let _ = reply.send(outcome);
+                },
             )
+        });
+        let outcome = outcome.await;
+        // Refill the warm pool for the next request, off this one's path (a
+        // blocking task only when there is something to make, one at a time).
+        if function.claim_refill() {
+            let refill = function.clone();
+            // Once the server is shutting down there is nothing to refill.
+            let _ = state.invokers.run(move || refill.refill_claimed());
         }
-        Ok(Outcome::Timeout) => {
-            state.metrics.count(Counted::Timeout);
-            text(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!(
-                    "the function ran longer than {:.1} s; its clone was stopped",
-                    timeout.as_secs_f64()
-                ),
-            )
-        }
-        Ok(Outcome::Crash(reason)) => {
-            state.metrics.count(Counted::Crash);
-            text(
-                StatusCode::BAD_GATEWAY,
-                format!("the function's VM crashed: {reason}"),
-            )
-        }
-        Ok(Outcome::Error(reason)) => {
-            state.metrics.count(Counted::Error);
-            text(StatusCode::INTERNAL_SERVER_ERROR, reason)
-        }
-        Ok(Outcome::Ran {
-            output,
-            clone_us,
-            run_us,
-        }) => {
-            let (mut r, counted) = match &invocation {
-                Some(invocation) => super::lambda::respond(
-                    &function.name,
-                    &invocation.request_id,
-                    output,
-                    limits.max_output,
-                    entry.api_gateway,
-                ),
-                None => {
-                    super::program::respond(&function.name, request_id, output, limits.max_output)
-                }
-            };
-            state.metrics.count(counted);
-            timing_headers(r.headers_mut(), clone_us, run_us, None);
-            r
-        }
-        Ok(Outcome::Done {
-            response,
-            clone_us,
-            run_us,
-        }) => {
-            let (code, outcome) = answer_for(&response.status);
-            state.metrics.count(outcome);
-            let mut r = (code, response.body).into_response();
-            timing_headers(
-                r.headers_mut(),
+        let response = match outcome {
+            Err(e) => {
+                state.metrics.count(Counted::Error);
+                text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("invocation task failed: {e}"),
+                )
+            }
+            Ok(Outcome::Timeout) => {
+                state.metrics.count(Counted::Timeout);
+                text(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "the function ran longer than {:.1} s; its clone was stopped",
+                        timeout.as_secs_f64()
+                    ),
+                )
+            }
+            Ok(Outcome::Crash(reason)) => {
+                state.metrics.count(Counted::Crash);
+                text(
+                    StatusCode::BAD_GATEWAY,
+                    format!("the function's VM crashed: {reason}"),
+                )
+            }
+            Ok(Outcome::Error(reason)) => {
+                state.metrics.count(Counted::Error);
+                text(StatusCode::INTERNAL_SERVER_ERROR, reason)
+            }
+            Ok(Outcome::Ran {
+                output,
                 clone_us,
                 run_us,
-                Some(u64::from(response.invocations)),
-            );
-            r
-        }
-    };
-    state.metrics.observe(started.elapsed());
-    response
+            }) => {
+                let (mut r, counted) = match &invocation {
+                    Some(invocation) => super::lambda::respond(
+                        &function.name,
+                        &invocation.request_id,
+                        output,
+                        limits.max_output,
+                        proxy,
+                        tail_logs,
+                    ),
+                    None => super::program::respond(
+                        &function.name,
+                        request_id,
+                        output,
+                        limits.max_output,
+                    ),
+                };
+                state.metrics.count(counted);
+                timing_headers(r.headers_mut(), clone_us, run_us, None);
+                r
+            }
+            Ok(Outcome::Done {
+                response,
+                clone_us,
+                run_us,
+            }) => {
+                let (code, outcome) = answer_for(&response.status);
+                state.metrics.count(outcome);
+                let mut r = (code, response.body).into_response();
+                timing_headers(
+                    r.headers_mut(),
+                    clone_us,
+                    run_us,
+                    Some(u64::from(response.invocations)),
+                );
+                r
+            }
+        };
+        state.metrics.observe(started.elapsed());
+        response
+    }
 }
 
 fn timing_headers(headers: &mut HeaderMap, clone_us: u64, run_us: u64, invocations: Option<u64>) {

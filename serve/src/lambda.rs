@@ -23,9 +23,80 @@ pub const REQUEST_ID_HEADER: &str = "x-amzn-requestid";
 /// What Lambda's Invoke API sets on a function error.
 const FUNCTION_ERROR_HEADER: &str = "x-amz-function-error";
 
+/// How many bytes of an invocation's logs `X-Amz-Log-Type: Tail` returns.
+const LOG_TAIL: usize = 4096;
+
+/// What a caller of the Invoke API asks for with its X-Amz-* headers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InvokeOptions {
+    pub invocation_type: InvocationType,
+    /// `X-Amz-Client-Context`, decoded: JSON for the function's context.
+    pub client_context: Option<String>,
+    /// `X-Amz-Log-Type: Tail`: the end of the logs in `X-Amz-Log-Result`.
+    pub tail_logs: bool,
+}
+
+/// `X-Amz-Invocation-Type`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum InvocationType {
+    /// Wait for the result (the default).
+    #[default]
+    RequestResponse,
+    /// Queue it and answer 202 at once; the result goes to the log.
+    Event,
+    /// Check the request and answer 204 without running anything.
+    DryRun,
+}
+
+/// Reads the Invoke API's request headers; a value it cannot take is the
+/// reason for a 400.
+pub fn invoke_options(headers: &HeaderMap) -> Result<InvokeOptions, String> {
+    let get = |name: &str| -> Result<Option<&str>, String> {
+        headers
+            .get(name)
+            .map(|v| v.to_str().map_err(|_| format!("{name}: not ASCII")))
+            .transpose()
+    };
+    let invocation_type = match get("x-amz-invocation-type")? {
+        None | Some("RequestResponse") => InvocationType::RequestResponse,
+        Some("Event") => InvocationType::Event,
+        Some("DryRun") => InvocationType::DryRun,
+        Some(other) => {
+            return Err(format!(
+                "X-Amz-Invocation-Type {other:?}: use RequestResponse, Event or DryRun"
+            ))
+        }
+    };
+    let client_context = match get("x-amz-client-context")? {
+        None => None,
+        Some(encoded) => {
+            let bad = |why: String| format!("X-Amz-Client-Context: {why}");
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .map_err(|e| bad(format!("not base64 ({e})")))?;
+            // The runtime clients parse it as a JSON object and end the
+            // function when they cannot: refused here instead.
+            match serde_json::from_slice::<Value>(&bytes) {
+                Ok(Value::Object(_)) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+                _ => return Err(bad("not a base64-encoded JSON object".into())),
+            }
+        }
+    };
+    let tail_logs = match get("x-amz-log-type")? {
+        None | Some("None") => false,
+        Some("Tail") => true,
+        Some(other) => return Err(format!("X-Amz-Log-Type {other:?}: use None or Tail")),
+    };
+    Ok(InvokeOptions {
+        invocation_type,
+        client_context,
+        tail_logs,
+    })
+}
+
 /// A new invocation's metadata: a fresh request id and X-Ray trace id, and
 /// the deadline `timeout` from now.
-pub fn invocation(arn: String, timeout: Duration) -> Invocation {
+pub fn invocation(arn: String, timeout: Duration, client_context: Option<String>) -> Invocation {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -45,6 +116,7 @@ pub fn invocation(arn: String, timeout: Duration) -> Invocation {
             hex(&random.as_bytes()[..12]),
             hex(&parent.as_bytes()[..8]),
         ),
+        client_context,
     }
 }
 
@@ -135,8 +207,27 @@ pub fn respond(
     output: ExecOutput,
     max_output: u32,
     proxy: bool,
+    tail_logs: bool,
 ) -> (Response, Counted) {
-    super::program::log_stderr(function, &request_id, &output);
+    let (mut r, counted) = answer(function, request_id, &output, max_output, proxy);
+    if tail_logs {
+        let tail = &output.stderr[output.stderr.len().saturating_sub(LOG_TAIL)..];
+        let encoded = base64::engine::general_purpose::STANDARD.encode(tail);
+        if let Ok(v) = HeaderValue::from_str(&encoded) {
+            r.headers_mut().insert("x-amz-log-result", v);
+        }
+    }
+    (r, counted)
+}
+
+fn answer(
+    function: &str,
+    request_id: &str,
+    output: &ExecOutput,
+    max_output: u32,
+    proxy: bool,
+) -> (Response, Counted) {
+    super::program::log_stderr(function, &request_id, output);
     let failed = |status: StatusCode, why: String| {
         tracing::warn!(function, request_id, "{why}");
         let counted = if status == StatusCode::GATEWAY_TIMEOUT {
@@ -168,7 +259,7 @@ pub fn respond(
             let mut r = (
                 StatusCode::BAD_GATEWAY,
                 [(axum::http::header::CONTENT_TYPE, "application/json")],
-                output.stdout,
+                output.stdout.clone(),
             )
                 .into_response();
             r.headers_mut()
@@ -192,7 +283,7 @@ pub fn respond(
         let r = (
             StatusCode::OK,
             [(axum::http::header::CONTENT_TYPE, "application/json")],
-            output.stdout,
+            output.stdout.clone(),
         )
             .into_response();
         return with_id(r, request_id, Counted::Ok);
@@ -300,8 +391,8 @@ mod tests {
 
     #[test]
     fn invocations_are_unique_and_well_formed() {
-        let a = invocation("arn:x".into(), Duration::from_secs(3));
-        let b = invocation("arn:x".into(), Duration::from_secs(3));
+        let a = invocation("arn:x".into(), Duration::from_secs(3), None);
+        let b = invocation("arn:x".into(), Duration::from_secs(3), None);
         assert_ne!(a.request_id, b.request_id);
         assert_ne!(a.trace_id, b.trace_id);
         assert!(uuid::Uuid::parse_str(&a.request_id).is_ok());
@@ -322,7 +413,7 @@ mod tests {
             (ExecOutcome::TimedOut, StatusCode::GATEWAY_TIMEOUT),
         ];
         for (outcome, status) in cases {
-            let (r, _) = respond("f", "id", output(outcome, b"{\"a\":1}"), 64, false);
+            let (r, _) = respond("f", "id", output(outcome, b"{\"a\":1}"), 64, false, false);
             assert_eq!(r.status(), status, "{outcome:?}");
             assert_eq!(r.headers()[REQUEST_ID_HEADER], "id");
         }
@@ -332,12 +423,13 @@ mod tests {
             output(ExecOutcome::FunctionError, b"{}"),
             64,
             false,
+            false,
         );
         assert_eq!(r.headers()[FUNCTION_ERROR_HEADER], "Unhandled");
         let mut cut = output(ExecOutcome::Exited(0), b"{");
         cut.stdout_truncated = true;
         assert_eq!(
-            respond("f", "id", cut, 1, false).0.status(),
+            respond("f", "id", cut, 1, false, false).0.status(),
             StatusCode::BAD_GATEWAY
         );
     }
@@ -346,12 +438,26 @@ mod tests {
     fn proxy_responses_become_http() {
         let ok = br#"{"statusCode":201,"headers":{"x-a":"1","x-n":2},
             "multiValueHeaders":{"set-cookie":["a=1","b=2"]},"body":"made"}"#;
-        let (r, c) = respond("f", "id", output(ExecOutcome::Exited(0), ok), 1024, true);
+        let (r, c) = respond(
+            "f",
+            "id",
+            output(ExecOutcome::Exited(0), ok),
+            1024,
+            true,
+            false,
+        );
         assert_eq!((r.status(), c), (StatusCode::CREATED, Counted::Ok));
         assert_eq!(r.headers()["x-n"], "2");
         assert_eq!(r.headers().get_all("set-cookie").iter().count(), 2);
         let b64 = br#"{"statusCode":"200","body":"aGk=","isBase64Encoded":true}"#;
-        let (r, _) = respond("f", "id", output(ExecOutcome::Exited(0), b64), 1024, true);
+        let (r, _) = respond(
+            "f",
+            "id",
+            output(ExecOutcome::Exited(0), b64),
+            1024,
+            true,
+            false,
+        );
         assert_eq!(r.status(), StatusCode::OK);
         for bad in [
             &b"not json"[..],
@@ -362,7 +468,14 @@ mod tests {
             br#"{"statusCode":200,"headers":{"bad name":"x"}}"#,
             br#"{"statusCode":200,"body":"!!","isBase64Encoded":true}"#,
         ] {
-            let (r, _) = respond("f", "id", output(ExecOutcome::Exited(0), bad), 1024, true);
+            let (r, _) = respond(
+                "f",
+                "id",
+                output(ExecOutcome::Exited(0), bad),
+                1024,
+                true,
+                false,
+            );
             assert_eq!(
                 r.status(),
                 StatusCode::BAD_GATEWAY,
@@ -370,6 +483,41 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn invoke_api_headers_are_read_or_refused() {
+        let mut h = HeaderMap::new();
+        assert_eq!(invoke_options(&h), Ok(InvokeOptions::default()));
+        h.insert("x-amz-invocation-type", HeaderValue::from_static("Event"));
+        h.insert("x-amz-log-type", HeaderValue::from_static("Tail"));
+        // {"custom":{"a":1}}
+        h.insert(
+            "x-amz-client-context",
+            HeaderValue::from_static("eyJjdXN0b20iOnsiYSI6MX19"),
+        );
+        let o = invoke_options(&h).unwrap();
+        assert_eq!(o.invocation_type, InvocationType::Event);
+        assert!(o.tail_logs);
+        assert_eq!(o.client_context.as_deref(), Some(r#"{"custom":{"a":1}}"#));
+        for (name, bad) in [
+            ("x-amz-invocation-type", "Later"),
+            ("x-amz-log-type", "All"),
+            ("x-amz-client-context", "!!"),
+            // "[1]": JSON, but not an object.
+            ("x-amz-client-context", "WzFd"),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(name, HeaderValue::from_static(bad));
+            assert!(invoke_options(&h).is_err(), "{name}: {bad}");
+        }
+        let mut out = output(ExecOutcome::Exited(0), b"{}");
+        out.stderr = b"x".repeat(LOG_TAIL + 10);
+        let (r, _) = respond("f", "id", out, 64, false, true);
+        let tail = base64::engine::general_purpose::STANDARD
+            .decode(r.headers()["x-amz-log-result"].as_bytes())
+            .unwrap();
+        assert_eq!(tail.len(), LOG_TAIL);
     }
 
     #[test]

@@ -57,6 +57,7 @@ async fn handler(event: LambdaEvent<Value>) -> Result<Value, Error> {
             "deadline_ms": ctx.deadline,
             "arn": ctx.invoked_function_arn,
             "trace_id": ctx.xray_trace_id,
+            "client_custom": ctx.client_context.as_ref().map(|c| &c.custom),
             "init_ms": INIT_MS.get().copied(),
             "pid": PID.get().copied(),
             "invocations": invocations,
