@@ -15,6 +15,7 @@ use base64::Engine;
 use serde_json::{json, Map, Value};
 
 use super::metrics::Counted;
+use super::program::text;
 use vmfork_machine::exec::{ExecOutcome, ExecOutput};
 use vmfork_machine::lambda::Invocation;
 
@@ -304,11 +305,6 @@ fn with_id(mut r: Response, request_id: &str, counted: Counted) -> (Response, Co
     (r, counted)
 }
 
-fn text(status: StatusCode, mut body: String) -> Response {
-    body.push('\n');
-    (status, body).into_response()
-}
-
 /// A proxy integration's response object as HTTP: `statusCode` (required),
 /// `headers`, `multiValueHeaders`, `body` and `isBase64Encoded`.
 fn proxy_response(result: &[u8]) -> Result<Response, String> {
@@ -379,15 +375,7 @@ fn proxy_response(result: &[u8]) -> Result<Response, String> {
 mod tests {
     use super::*;
 
-    fn output(outcome: ExecOutcome, stdout: &[u8]) -> ExecOutput {
-        ExecOutput {
-            outcome,
-            stdout: stdout.to_vec(),
-            stderr: b"a log line\n".to_vec(),
-            stdout_truncated: false,
-            stderr_truncated: false,
-        }
-    }
+    use crate::program::fixture as output;
 
     #[test]
     fn invocations_are_unique_and_well_formed() {

@@ -88,9 +88,23 @@ pub fn log_stderr(function: &str, request: &dyn std::fmt::Display, output: &Exec
     }
 }
 
-fn text(status: StatusCode, mut body: String) -> Response {
+/// A plain-text answer, newline-ended.
+pub(crate) fn text(status: StatusCode, mut body: String) -> Response {
     body.push('\n');
     (status, body).into_response()
+}
+
+/// A program's output for unit tests (here and lambda.rs): `stdout`, one
+/// line of stderr, nothing cut.
+#[cfg(test)]
+pub(crate) fn fixture(outcome: ExecOutcome, stdout: &[u8]) -> ExecOutput {
+    ExecOutput {
+        outcome,
+        stdout: stdout.to_vec(),
+        stderr: b"a log line\n".to_vec(),
+        stdout_truncated: false,
+        stderr_truncated: false,
+    }
 }
 
 #[cfg(test)]
@@ -98,13 +112,7 @@ mod tests {
     use super::*;
 
     fn output(outcome: ExecOutcome, stdout: &[u8]) -> ExecOutput {
-        ExecOutput {
-            outcome,
-            stdout: stdout.to_vec(),
-            stderr: b"a warning\n".to_vec(),
-            stdout_truncated: false,
-            stderr_truncated: false,
-        }
+        fixture(outcome, stdout)
     }
 
     #[test]
